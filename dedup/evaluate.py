@@ -1,0 +1,171 @@
+"""Metrics of a grouping against labels.
+
+All clustering metrics compare a predicted partition with a true one over the
+same images:
+
+* Pairwise precision / recall / F1: over unordered pairs of images, a pair is
+  predicted positive when both share a predicted group and truly positive
+  when both share a true group (as in imagededup's and most dedup
+  evaluations). Computed from the contingency table: TP = sum C(n_ij, 2),
+  predicted pairs = sum C(a_i, 2), true pairs = sum C(b_j, 2). Convention:
+  precision is 1.0 when no pair is predicted, recall is 1.0 when no true pair
+  exists (nothing claimed is nothing wrong).
+* B-cubed precision / recall / F1 (Bagga and Baldwin, 1998; Amigo et al.,
+  "A comparison of extrinsic clustering evaluation metrics", 2009): per image,
+  precision = |pred(i) & true(i)| / |pred(i)|, recall = |pred(i) & true(i)| /
+  |true(i)|, averaged over images; F1 is their harmonic mean.
+* Adjusted Rand index (Hubert and Arabie, 1985) from scikit-learn.
+* UKBench N-S score (Nister and Stewenius, CVPR 2006): mean number of an
+  image's true group among its 4 nearest neighbours by embedding, itself
+  included (max 4 on UKBench).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics.cluster import contingency_matrix
+
+
+def _comb2(x: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float((x * (x - 1) / 2).sum())
+
+
+def _f1(p: float, r: float) -> float:
+    return 0.0 if p + r == 0 else 2 * p * r / (p + r)
+
+
+def pairwise_scores(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Pairwise precision, recall, F1 and pair counts.
+
+    Args:
+        pred, true: ``(n,)`` group labels (any hashable values), one per image.
+
+    Returns:
+        ``{"precision", "recall", "f1"}`` in [0, 1] and ``"tp_pairs",
+        "predicted_pairs", "true_pairs"`` (ints).
+    """
+    c = contingency_matrix(true, pred, sparse=True)
+    tp = _comb2(c.data)
+    pred_pairs = _comb2(np.asarray(c.sum(axis=0)).ravel())
+    true_pairs = _comb2(np.asarray(c.sum(axis=1)).ravel())
+    p = tp / pred_pairs if pred_pairs else 1.0
+    r = tp / true_pairs if true_pairs else 1.0
+    return {"precision": p, "recall": r, "f1": _f1(p, r), "tp_pairs": int(tp),
+            "predicted_pairs": int(pred_pairs), "true_pairs": int(true_pairs)}
+
+
+def bcubed_scores(pred: np.ndarray, true: np.ndarray) -> dict:
+    """B-cubed precision, recall and F1, each in [0, 1]."""
+    c = contingency_matrix(true, pred, sparse=True).tocoo()
+    pred_size = np.asarray(contingency_matrix(true, pred, sparse=True).sum(axis=0)).ravel()
+    true_size = np.asarray(contingency_matrix(true, pred, sparse=True).sum(axis=1)).ravel()
+    n = float(len(pred))
+    # Each cell (t, p) holds n_tp images, each with overlap n_tp.
+    p = float((c.data ** 2 / pred_size[c.col]).sum() / n) if n else 1.0
+    r = float((c.data ** 2 / true_size[c.row]).sum() / n) if n else 1.0
+    return {"precision": p, "recall": r, "f1": _f1(p, r)}
+
+
+def ns_score(X: np.ndarray, true: np.ndarray, k: int = 4) -> float:
+    """UKBench N-S score: mean count of true-group members among each image's
+    ``k`` nearest (cosine, itself included). Range 0..k.
+
+    Args:
+        X: ``(n, d)`` float32 L2-normalised embeddings.
+        true: ``(n,)`` labels.
+    """
+    true = np.asarray(true)
+    X = np.asarray(X, np.float32)
+    total = 0.0
+    for s in range(0, len(X), 1024):
+        sim = X[s:s + 1024] @ X.T
+        rows = np.arange(sim.shape[0])
+        sim[rows, rows + s] = np.inf  # itself first
+        top = np.argpartition(-sim, min(k, len(X)) - 1, axis=1)[:, :k]
+        total += float((true[top] == true[s:s + 1024, None]).sum())
+    return total / len(X) if len(X) else 0.0
+
+
+def align(groups: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """Join predicted groups to labels by path.
+
+    Paths are compared as POSIX strings; when exact matching finds fewer than
+    half of the labels, each label path is matched to the predicted path that
+    is its suffix (``images/a.jpg`` vs ``a.jpg``).
+
+    Args:
+        groups: ``path, group`` (a groups.csv).
+        labels: ``path, group`` (a labels.csv).
+
+    Returns:
+        DataFrame ``path, true, pred`` with one row per label; ``pred`` is NaN
+        where the image is not in ``groups`` (skipped or absent).
+    """
+    g = groups[["path", "group"]].astype(str).drop_duplicates("path")
+    lab = labels[["path", "group"]].astype(str)
+    gmap = dict(zip(g.path, g.group))
+    hits = lab.path.map(gmap)
+    if hits.notna().mean() < 0.5:
+        by_name: dict[str, list[str]] = {}
+        for p in g.path:
+            by_name.setdefault(p.rsplit("/", 1)[-1], []).append(p)
+
+        def find(lp: str):
+            for cand in by_name.get(lp.rsplit("/", 1)[-1], []):
+                if lp == cand or lp.endswith("/" + cand) or cand.endswith("/" + lp):
+                    return gmap[cand]
+            return np.nan
+
+        hits = lab.path.map(find)
+    return pd.DataFrame({"path": lab.path, "true": lab.group, "pred": hits})
+
+
+def evaluate(groups: pd.DataFrame, labels: pd.DataFrame, embeddings: np.ndarray | None = None,
+             embedding_paths: list[str] | None = None) -> dict:
+    """Score a grouping against labels.
+
+    Labels whose group starts with ``_`` (e.g. ``_corrupt_``) mark files that
+    are expected to be skipped: they are left out of the metrics and counted
+    in ``expected_skipped`` / ``expected_skipped_but_grouped``. A labelled
+    image missing from ``groups`` counts as a predicted singleton.
+
+    Args:
+        groups: DataFrame ``path, group`` (a groups.csv).
+        labels: DataFrame ``path, group`` (a labels.csv).
+        embeddings: optional ``(n, d)`` float32 L2-normalised rows, for N-S.
+        embedding_paths: the ``groups`` path of each embedding row.
+
+    Returns:
+        ``{"images", "missing", "true_groups", "predicted_groups",
+        "pairwise": {...}, "bcubed": {...}, "ari", "ns_score" (or None),
+        "expected_skipped", "expected_skipped_but_grouped"}``.
+    """
+    a = align(groups, labels)
+    special = a.true.str.startswith("_")
+    expected_skipped = int(special.sum())
+    wrongly_read = int(a[special].pred.notna().sum())
+    a = a[~special].reset_index(drop=True)
+    missing = int(a.pred.isna().sum())
+    pred = a.pred.where(a.pred.notna(), "missing::" + a.path).to_numpy()
+    true = a.true.to_numpy()
+    out = {
+        "images": int(len(a)), "missing": missing,
+        "true_groups": int(pd.Series(true).nunique()),
+        "predicted_groups": int(pd.Series(pred).nunique()),
+        "pairwise": pairwise_scores(pred, true),
+        "bcubed": bcubed_scores(pred, true),
+        "ari": float(adjusted_rand_score(true, pred)) if len(a) > 1 else 1.0,
+        "ns_score": None,
+        "expected_skipped": expected_skipped,
+        "expected_skipped_but_grouped": wrongly_read,
+    }
+    if embeddings is not None and embedding_paths is not None and len(a):
+        emb_groups = pd.DataFrame({"path": list(embedding_paths), "group": np.arange(len(embedding_paths))})
+        row_of = align(emb_groups, pd.DataFrame({"path": a.path, "group": a.true}))
+        ok = row_of.pred.notna().to_numpy()
+        if ok.any():
+            rows = row_of.pred[ok].astype(float).astype(int).to_numpy()
+            out["ns_score"] = ns_score(np.asarray(embeddings)[rows], a.true.to_numpy()[ok])
+    return out

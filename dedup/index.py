@@ -1,0 +1,120 @@
+"""Stage 5, index: approximate nearest neighbours (ANN) with Annoy.
+
+Annoy (Bernhardsson, Spotify; random-projection trees) with the ``angular``
+metric, whose distance is ``sqrt(2 - 2 cos)``; on L2-normalised embeddings
+``cos = 1 - d**2 / 2``, so the cosine distance ``1 - cos = d**2 / 2`` in
+[0, 2]. At 1-2k dimensions Annoy's default search (``search_k = n_trees * k``)
+misses many true neighbours, so dedup searches ``search_k = n_trees * k *
+SEARCH_K_FACTOR`` nodes; ``benchmarks/ann_recall.py`` measures recall@10
+against exact search for the defaults.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+#: Trees per index. More trees: better recall, bigger index, slower build.
+DEFAULT_N_TREES: int = 50
+#: search_k = n_trees * k * factor; chosen by benchmarks/ann_recall.py.
+SEARCH_K_FACTOR: int = 20
+
+
+class AnnIndex:
+    """An Annoy index over L2-normalised embeddings.
+
+    Args:
+        n_trees: number of random-projection trees.
+        search_k_factor: nodes inspected per query = ``n_trees * k * factor``.
+        seed: Annoy's random seed (builds are reproducible).
+    """
+
+    def __init__(self, n_trees: int = DEFAULT_N_TREES, search_k_factor: int = SEARCH_K_FACTOR, seed: int = 42):
+        self.n_trees = n_trees
+        self.search_k_factor = search_k_factor
+        self.seed = seed
+        self._index = None
+        self.dim = 0
+        self.size = 0
+
+    def build(self, X: np.ndarray) -> "AnnIndex":
+        """Index the rows of ``X``: ``(n, d)`` float32, L2-normalised. Returns self."""
+        from annoy import AnnoyIndex
+
+        X = np.asarray(X, dtype=np.float32)
+        self.size, self.dim = X.shape
+        index = AnnoyIndex(self.dim, "angular")
+        index.set_seed(self.seed)
+        for i, row in enumerate(X):
+            index.add_item(i, row.tolist())
+        index.build(self.n_trees, n_jobs=1)
+        self._index = index
+        return self
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to ``path`` (Annoy's memory-mappable format)."""
+        self._index.save(str(path))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, dim: int, **kwargs) -> "AnnIndex":
+        """Memory-map an index written by :meth:`save`; ``dim`` is its dimension."""
+        from annoy import AnnoyIndex
+
+        self = cls(**kwargs)
+        index = AnnoyIndex(dim, "angular")
+        index.load(str(Path(path)))
+        self._index, self.dim, self.size = index, dim, index.get_n_items()
+        return self
+
+    def query(self, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` approximate nearest indexed items of each row of ``X``.
+
+        Args:
+            X: ``(m, d)`` float32 L2-normalised query vectors.
+            k: neighbours per query (fewer when the index is smaller).
+
+        Returns:
+            ``(ids, dists)``: ``(m, k)`` int64 item ids, ``-1`` padded, and
+            ``(m, k)`` float32 cosine distances ``1 - cos`` in [0, 2],
+            ``inf`` padded; each row sorted nearest first.
+        """
+        k_eff = min(k, self.size)
+        ids = np.full((len(X), k), -1, np.int64)
+        dists = np.full((len(X), k), np.inf, np.float32)
+        search_k = self.n_trees * max(k_eff, 1) * self.search_k_factor
+        for r, row in enumerate(np.asarray(X, np.float32)):
+            found, d = self._index.get_nns_by_vector(row.tolist(), k_eff, search_k=search_k,
+                                                     include_distances=True)
+            ids[r, :len(found)] = found
+            dists[r, :len(found)] = np.asarray(d, np.float32) ** 2 / 2.0
+        return ids, dists
+
+
+def exact_knn(X: np.ndarray, Q: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours by cosine distance, in blocks (never n x n at once).
+
+    Args:
+        X: ``(n, d)`` float32 L2-normalised database.
+        Q: ``(m, d)`` float32 L2-normalised queries.
+        k: neighbours per query.
+
+    Returns:
+        ``(ids, dists)`` as in :meth:`AnnIndex.query`.
+    """
+    k = min(k, len(X))
+    ids_out, d_out = [], []
+    for s in range(0, len(Q), block):
+        sim = Q[s:s + block] @ X.T
+        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        psim = np.take_along_axis(sim, part, axis=1)
+        order = np.argsort(-psim, axis=1)
+        ids_out.append(np.take_along_axis(part, order, axis=1))
+        d_out.append(1.0 - np.take_along_axis(psim, order, axis=1))
+    return np.concatenate(ids_out).astype(np.int64), np.concatenate(d_out).astype(np.float32)
+
+
+def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean share of the exact k nearest found by the approximate search (0..1)."""
+    hits = [len(set(a[a >= 0]) & set(e)) / len(e) for a, e in zip(approx_ids, exact_ids)]
+    return float(np.mean(hits)) if hits else 1.0

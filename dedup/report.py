@@ -1,0 +1,75 @@
+"""Stage 7, report: the files a run leaves in its output folder.
+
+Fixed names, so that a later ``query``, ``bench`` or ``evaluate`` finds them:
+
+* ``groups.csv``: ``path,group`` first (paths relative to the input folder,
+  every decoded image exactly once), then ``group_size, stage, distance,
+  matched, width, height, note, sha256``.
+* ``skipped.csv``: ``path,reason`` for every file not used.
+* ``run.json``: settings, backbones with weights provenance, counts, seconds
+  per stage.
+* ``index-<backbone>.ann`` and ``embeddings-<backbone>.npy``: one Annoy index
+  and one ``(n, d)`` float32 matrix per backbone, rows in ``groups.csv`` order.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+GROUPS_CSV = "groups.csv"
+SKIPPED_CSV = "skipped.csv"
+RUN_JSON = "run.json"
+
+
+def write_report(result, out: str | os.PathLike) -> Path:
+    """Write a :class:`dedup.pipeline.Result` into folder ``out`` (created).
+
+    Every file is written to a temporary name and renamed, so an interrupted
+    write never leaves a half file under a final name.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def atomic(name: str, write) -> None:
+        tmp = out / (name + ".tmp")
+        write(tmp)
+        os.replace(tmp, out / name)
+
+    atomic(GROUPS_CSV, lambda p: result.groups.to_csv(p, index=False))
+    atomic(SKIPPED_CSV, lambda p: result.skipped.to_csv(p, index=False))
+    for name, X in result.embeddings.items():
+        atomic(f"embeddings-{name}.npy", lambda p, X=X: np.save(open(p, "wb"), X))
+    for name, idx in result.indexes.items():
+        atomic(f"index-{name}.ann", lambda p, idx=idx: idx.save(p))
+    meta = dict(result.meta)
+    meta["files"] = sorted(f.name for f in out.iterdir() if not f.name.endswith(".tmp"))
+    atomic(RUN_JSON, lambda p: p.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8"))
+    return out
+
+
+def summary(result, out: str | os.PathLike | None = None) -> str:
+    """A few lines for a person: what was used, what was found, where it is."""
+    c = result.meta["counts"]
+    nets = ", ".join(f"{b['name']} [{b['weights_id']}]" for b in result.meta["backbones"])
+    lines = [
+        f"backbones: {nets}",
+        f"  ({result.meta['backbone_selection']})",
+        f"images: {c['images']} read, {c['skipped']} skipped, {c['from_cache']} from cache, "
+        f"{c['embedded']} embedded",
+        f"groups: {c['groups_of_2_or_more']} groups of 2+ holding {c['images_in_groups']} images; "
+        f"{c['singletons']} singletons",
+        "joined by: " + ", ".join(f"{k} {v}" for k, v in c["joined_by_stage"].items()),
+        f"time: {result.meta['seconds']['total']:.1f} s",
+    ]
+    if out is not None:
+        lines.append(f"report: {Path(out) / GROUPS_CSV}, {Path(out) / SKIPPED_CSV}, {Path(out) / RUN_JSON}")
+    return "\n".join(lines)
