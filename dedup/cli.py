@@ -1,6 +1,8 @@
 """Command line: argument parsing only; the work is in the library.
 
     python -m dedup run DIR [--out OUT] [--backbones auto|NAME,...] [...]
+    python -m dedup bench LABELS.csv [run options] [--out OUT]
+    python -m dedup evaluate GROUPS.csv LABELS.csv
     python -m dedup weights [--weights-dir DIR]
     python -m dedup weights import DIR
 
@@ -56,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("dir", help="folder of images (walked recursively; never written to)")
     _add_run_options(run)
 
+    b = sub.add_parser("bench", help="run the main job on a labelled set (path,group CSV) and score it")
+    b.add_argument("labels", help="LABELS.csv with columns path,group; paths relative to its folder")
+    _add_run_options(b)
+    b.set_defaults(out="dedup-bench")
+
+    e = sub.add_parser("evaluate", help="compare an existing groups.csv with a labels.csv")
+    e.add_argument("groups", help="GROUPS.csv (path,group)")
+    e.add_argument("labels", help="LABELS.csv (path,group)")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
     w = sub.add_parser("weights", help="list the ImageNet weights files and their status; "
                                        "`weights import DIR` copies verified files into Keras's cache")
     w.add_argument("action", nargs="?", choices=["list", "import"], default="list")
@@ -104,6 +116,48 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import BENCH_JSON, BENCH_MD, run_bench
+
+    labels = Path(args.labels)
+    if not labels.is_file():
+        print(f"dedup: error: no such labels file: {labels}", file=sys.stderr)
+        return 1
+    if _inside(Path(args.out), labels.parent):
+        print(f"dedup: error: --out {args.out} lies inside {labels.parent}; dedup never writes inside the "
+              "input folder", file=sys.stderr)
+        return 1
+    dd = _make(args)
+    nets, note = dd.check()
+    print(("NOTE: " if "FELL BACK" in note else "") + note, flush=True)
+    data = run_bench(labels, dd, args.out, backbones=(nets, note))
+    pw = data["pairwise"]
+    print(f"{data['dataset']}: {data['images']} images, {data['true_groups']} true groups, "
+          f"{data['predicted_groups']} predicted; pairwise P {pw['precision']:.3f} R {pw['recall']:.3f} "
+          f"F1 {pw['f1']:.3f}; B-cubed F1 {data['bcubed']['f1']:.3f}; N-S {data['ns_score']:.3f}")
+    print(f"report: {Path(args.out) / BENCH_MD}, {Path(args.out) / BENCH_JSON}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from .bench import read_labels
+    from .evaluate import evaluate
+
+    m = evaluate(read_labels(args.groups), read_labels(args.labels))
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    pw, b3 = m["pairwise"], m["bcubed"]
+    print(f"images {m['images']} (missing {m['missing']}), true groups {m['true_groups']}, "
+          f"predicted groups {m['predicted_groups']}")
+    print(f"pairwise  P {pw['precision']:.4f}  R {pw['recall']:.4f}  F1 {pw['f1']:.4f}")
+    print(f"B-cubed   P {b3['precision']:.4f}  R {b3['recall']:.4f}  F1 {b3['f1']:.4f}")
+    print(f"ARI {m['ari']:.4f}")
+    return 0
+
+
 def cmd_weights(args) -> int:
     from .backbones.weights import KERAS_WEIGHTS, import_weights, weights_status
 
@@ -145,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "weights":
             return cmd_weights(args)
+        if args.command == "bench":
+            return cmd_bench(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
     except WeightsError as exc:
         print(f"dedup: error: {exc}", file=sys.stderr)
         return 1

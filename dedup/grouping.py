@@ -47,6 +47,10 @@ class Pairs:
     per_backbone: np.ndarray
     colour: np.ndarray
 
+    def subset(self, mask: np.ndarray) -> "Pairs":
+        """The pairs selected by a boolean ``(m,)`` mask."""
+        return Pairs(self.ij[mask], self.distance[mask], self.per_backbone[mask], self.colour[mask])
+
 
 def candidate_pairs(neighbour_ids: list[np.ndarray]) -> np.ndarray:
     """Union of kNN pairs over backbones.

@@ -69,7 +69,17 @@ class Result:
     indexes: dict[str, AnnIndex]
     colours: np.ndarray
     pairs: object
+    exact_pairs: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+
+    def ensemble_embeddings(self) -> np.ndarray:
+        """``(n, sum d_b)`` float32: the backbones' embeddings side by side, each
+        scaled by ``1/sqrt(B)``, so that a dot product is the mean over
+        backbones of the cosine similarity (rows have unit norm)."""
+        mats = list(self.embeddings.values())
+        if not mats:
+            return np.zeros((len(self.groups), 0), np.float32)
+        return (np.hstack(mats) / np.sqrt(len(mats))).astype(np.float32)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -410,8 +420,7 @@ class Deduplicator:
         t = time.perf_counter()
         ij = candidate_pairs(neighbour_ids)
         pairs = score_pairs(ij, [emb[net.name] for net in nets], colours)
-        grouping: Grouping = group(n, pairs, exact, cutoff=self.cutoff, fallback_cutoff=self.fallback_cutoff,
-                                   colour_cutoff=self.colour_cutoff)
+        grouping = self.regroup(n, pairs, exact)
         timings["group"] = time.perf_counter() - t
 
         width = max(4, len(str(max(int(grouping.labels.max()) + 1, 1)))) if n else 4
@@ -442,4 +451,21 @@ class Deduplicator:
             },
             "images_per_second_inference": round(n_embedded / t_infer, 2) if t_infer > 0 else None,
         }
-        return Result(root, df, skipped_df, emb, indexes, colours, pairs, meta)
+        return Result(root, df, skipped_df, emb, indexes, colours, pairs, exact, meta)
+
+    def regroup(self, n: int, pairs, exact_pairs: dict, **overrides) -> Grouping:
+        """Group scored pairs with this object's settings, some overridden.
+
+        Used by the run itself and by ``bench``'s cutoff sweep, which regroups
+        one run's pairs at many cutoffs without re-embedding anything.
+
+        Args:
+            n: number of images.
+            pairs: :class:`dedup.grouping.Pairs` of the run.
+            exact_pairs: the run's ``{"sha256": ..., "phash": ...}`` pairs.
+            overrides: ``cutoff``, ``fallback_cutoff``, ``colour_cutoff``.
+        """
+        params = {"cutoff": self.cutoff, "fallback_cutoff": self.fallback_cutoff,
+                  "colour_cutoff": self.colour_cutoff, **overrides}
+        params["fallback_cutoff"] = max(params["fallback_cutoff"], params["cutoff"])
+        return group(n, pairs, exact_pairs, **params)

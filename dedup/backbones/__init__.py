@@ -79,7 +79,7 @@ def select_backbones(spec: str | list | tuple = "auto", weights_dir: str | None 
             b.check_weights()
         note = ("auto: FELL BACK to efficientnet-lite0 because the card's ensemble weights are not on this "
                 "machine (" + "; ".join(missing) + "). Run `python -m dedup weights` for what to install.")
-        log.warning(note)
+        log.info(note)
         return fallback, note
     names = spec.split(",") if isinstance(spec, str) else list(spec)
     names = [n.strip().lower() for n in names if n.strip()]

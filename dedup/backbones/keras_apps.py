@@ -22,7 +22,9 @@ import os
 import numpy as np
 
 from .base import Backbone
-from .weights import KERAS_WEIGHTS, WeightsSpec, resolve_weights
+from .weights import KERAS_WEIGHTS, MD5_OVERRIDE_ENV, WeightsSpec, expected_spec, resolve_weights
+
+KERAS_IMAGENET_MD5 = {name: spec.md5 for name, spec in KERAS_WEIGHTS.items()}
 
 _BUILD = {  # dedup name -> (keras.applications attribute, preprocess module, input, dim)
     "vgg16": ("VGG16", "vgg16", 224, 512),
@@ -39,8 +41,10 @@ class KerasBackbone(Backbone):
         weights_dir: an extra folder searched first for the weights file.
         allow_download: let Keras download missing weights (needs network).
         spec: the weights file expected; default from
-            :data:`~dedup.backbones.weights.KERAS_WEIGHTS`. Tests pass their
-            own spec (a file they made, with its MD5) here.
+            :data:`~dedup.backbones.weights.KERAS_WEIGHTS` (through
+            :func:`~dedup.backbones.weights.expected_spec`, which applies the
+            test hook). Tests pass their own spec (a file they made, with its
+            MD5) here.
 
     Raises:
         ValueError: unknown ``name``.
@@ -54,7 +58,7 @@ class KerasBackbone(Backbone):
         _, _, self.input_size, self.dim = _BUILD[name]
         self.weights_dir = weights_dir
         self.allow_download = allow_download
-        self.spec = spec or KERAS_WEIGHTS[name]
+        self.spec = spec or expected_spec(name)
         self._path = None
         self._fn = None
 
@@ -63,6 +67,9 @@ class KerasBackbone(Backbone):
             self._path, source = resolve_weights(self.spec, self.weights_dir, self.allow_download)
             self.weights_id = f"{self.spec.filename} md5:{self.spec.md5}"
             self.weights_source = f"{source} ({self._path})"
+            if self.spec.md5 != KERAS_IMAGENET_MD5.get(self.name):
+                self.weights_source += (" -- NOT the ImageNet file: expected md5 was overridden "
+                                        f"(test hook ${MD5_OVERRIDE_ENV} or a custom spec)")
 
     def load(self) -> None:
         if self._fn is not None:

@@ -61,6 +61,27 @@ KERAS_WEIGHTS: dict[str, WeightsSpec] = {
 }
 
 
+#: Test hook: ``"vgg16=<md5>,resnet50=<md5>"`` replaces the expected MD5 of
+#: those files, so that tests can run the real loading code on weights files
+#: they made themselves. A run under it says so in ``weights_source``.
+MD5_OVERRIDE_ENV = "DEDUP_TEST_WEIGHTS_MD5"
+
+
+def expected_spec(backbone: str) -> WeightsSpec:
+    """The weights spec of a keras backbone, with the test hook applied.
+
+    Raises:
+        KeyError: unknown backbone.
+    """
+    spec = KERAS_WEIGHTS[backbone]
+    for item in os.environ.get(MD5_OVERRIDE_ENV, "").split(","):
+        name, _, md5 = item.partition("=")
+        if name.strip() == backbone and md5.strip():
+            spec = WeightsSpec(spec.backbone, spec.filename, md5.strip().lower(),
+                               spec.origin + f" [expected md5 overridden by ${MD5_OVERRIDE_ENV}]")
+    return spec
+
+
 class WeightsError(RuntimeError):
     """A backbone's weights could not be had; the message says what to do."""
 

@@ -1,0 +1,151 @@
+"""The card's ensemble (VGG16 + ResNet50 + InceptionV3 through Keras) and
+honest weights handling. The weights files here are made by the tests: each
+model's own random initialisation saved under Keras's file name, with its MD5
+supplied through the DEDUP_TEST_WEIGHTS_MD5 hook (no network here)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import bench_set, run_cli
+from dedup.backbones import KERAS_WEIGHTS, select_backbones
+from dedup.backbones.weights import MD5_OVERRIDE_ENV, file_md5, import_weights
+
+CARD = ("vgg16", "resnet50", "inceptionv3")
+
+
+@pytest.fixture(scope="module")
+def made_weights(tmp_path_factory):
+    """A Keras cache folder holding the three no-top files, made from random init."""
+    import h5py
+    from keras import applications
+    from keras.src.legacy.saving import legacy_h5_format
+
+    home = tmp_path_factory.mktemp("keras_home")
+    models = home / "models"
+    models.mkdir()
+    builders = {"vgg16": (applications.VGG16, 224), "resnet50": (applications.ResNet50, 224),
+                "inceptionv3": (applications.InceptionV3, 299)}
+    md5 = {}
+    for name, (build, size) in builders.items():
+        model = build(include_top=False, weights=None, pooling="avg", input_shape=(size, size, 3))
+        path = models / KERAS_WEIGHTS[name].filename
+        with h5py.File(path, "w") as fh:  # the legacy .h5 layout Keras's ImageNet files use
+            legacy_h5_format.save_weights_to_hdf5_group(fh, model)
+        md5[name] = file_md5(path)
+    hook = ",".join(f"{k}={v}" for k, v in md5.items())
+    return home, md5, hook
+
+
+@pytest.fixture()
+def small_set(tmp_path):
+    src = bench_set("ukbench-dev") / "images"
+    d = tmp_path / "pics"
+    d.mkdir()
+    for i in (0, 1, 2, 3, 40, 41, 42, 43):
+        shutil.copy(src / f"ukbench{i:05d}.jpg", d)
+    shutil.copy(src / "ukbench00040.jpg", d / "copy.jpg")
+    return d
+
+
+@pytest.mark.keras
+def test_cli_runs_the_card_ensemble_end_to_end(made_weights, small_set, tmp_path):
+    home, md5, hook = made_weights
+    out = tmp_path / "out"
+    proc = run_cli("run", str(small_set), "--out", str(out), "--quiet", "--backbones", "vgg16,resnet50,inceptionv3",
+                   env={"KERAS_HOME": str(home), MD5_OVERRIDE_ENV: hook})
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((out / "run.json").read_text())
+    names = [b["name"] for b in meta["backbones"]]
+    assert names == list(CARD)
+    dims = {b["name"]: b["dim"] for b in meta["backbones"]}
+    assert dims == {"vgg16": 512, "resnet50": 2048, "inceptionv3": 2048}
+    for b in meta["backbones"]:
+        # provenance is honest: the file, its md5, and that the expectation was overridden
+        assert md5[b["name"]] in b["weights_id"]
+        assert str(home) in b["weights_source"] and "NOT the ImageNet file" in b["weights_source"]
+        X = np.load(out / f"embeddings-{b['name']}.npy")
+        assert X.shape == (9, dims[b["name"]]) and X.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, rtol=1e-4)
+        assert (out / f"index-{b['name']}.ann").is_file()
+    g = pd.read_csv(out / "groups.csv").set_index("path")
+    assert len(g) == 9
+    assert g.loc["copy.jpg", "group"] == g.loc["ukbench00040.jpg", "group"]
+
+
+def test_auto_picks_the_card_ensemble_when_its_weights_are_present(made_weights, monkeypatch):
+    home, md5, hook = made_weights
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    monkeypatch.setenv(MD5_OVERRIDE_ENV, hook)
+    nets, note = select_backbones("auto")
+    assert [b.name for b in nets] == list(CARD)
+    assert "ensemble" in note
+
+
+def test_auto_falls_back_loudly_when_weights_are_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    nets, note = select_backbones("auto")
+    assert [b.name for b in nets] == ["efficientnet-lite0"]
+    assert "FELL BACK" in note and "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in note
+
+
+def test_named_backbone_with_missing_weights_stops_before_any_work(tmp_path, small_set):
+    out = tmp_path / "out"
+    proc = run_cli("run", str(small_set), "--out", str(out), "--backbones", "vgg16",
+                   env={"KERAS_HOME": str(tmp_path / "empty")})
+    assert proc.returncode == 1
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in err
+    assert str(tmp_path / "empty" / "models") in err          # where to put it
+    assert "--backbones efficientnet-lite0" in err           # the offline alternative
+    assert not (out / "groups.csv").exists()
+
+
+def test_wrong_hash_is_reported_and_the_file_left_untouched(tmp_path, small_set):
+    models = tmp_path / "home" / "models"
+    models.mkdir(parents=True)
+    bad = models / KERAS_WEIGHTS["resnet50"].filename
+    bad.write_bytes(b"not the weights you are looking for" * 100)
+    before = bad.read_bytes()
+    proc = run_cli("run", str(small_set), "--out", str(tmp_path / "out"), "--backbones", "resnet50",
+                   env={"KERAS_HOME": str(tmp_path / "home")})
+    assert proc.returncode == 1
+    assert "md5" in proc.stderr and KERAS_WEIGHTS["resnet50"].md5 in proc.stderr
+    assert "left untouched" in proc.stderr
+    assert bad.read_bytes() == before
+    listing = run_cli("weights", env={"KERAS_HOME": str(tmp_path / "home")})
+    assert listing.returncode == 0
+    line = [ln for ln in listing.stdout.splitlines() if ln.startswith("resnet50")][0]
+    assert "wrong hash" in line
+    assert "missing" in [ln for ln in listing.stdout.splitlines() if ln.startswith("vgg16")][0]
+    assert bad.read_bytes() == before
+
+
+def test_weights_import_copies_only_verified_files_and_never_overwrites(made_weights, tmp_path, monkeypatch):
+    home, md5, hook = made_weights
+    monkeypatch.setenv(MD5_OVERRIDE_ENV, hook)
+    src = tmp_path / "downloads"
+    src.mkdir()
+    shutil.copy(home / "models" / KERAS_WEIGHTS["vgg16"].filename, src)
+    (src / KERAS_WEIGHTS["resnet50"].filename).write_bytes(b"truncated download")
+    dest = tmp_path / "dest"
+    from dedup.backbones.weights import expected_spec
+
+    specs = {n: expected_spec(n) for n in CARD}
+    result = dict(import_weights(src, dest, specs))
+    assert result[KERAS_WEIGHTS["vgg16"].filename] == "copied"
+    assert result[KERAS_WEIGHTS["resnet50"].filename] == "wrong hash (not copied)"
+    assert result[KERAS_WEIGHTS["inceptionv3"].filename] == "not in source"
+    assert file_md5(dest / KERAS_WEIGHTS["vgg16"].filename) == md5["vgg16"]
+    assert not (dest / KERAS_WEIGHTS["resnet50"].filename).exists()
+    # an existing different file at the destination is left as it was
+    other = dest / KERAS_WEIGHTS["vgg16"].filename
+    other.write_bytes(b"user's own file")
+    result = dict(import_weights(src, dest, specs))
+    assert "left untouched" in result[KERAS_WEIGHTS["vgg16"].filename]
+    assert other.read_bytes() == b"user's own file"
