@@ -50,7 +50,7 @@ def run_bench(labels_csv: str | os.PathLike, dedup, out: str | os.PathLike,
         labels_csv: a ``path,group`` CSV; paths relative to its folder.
         dedup: a configured :class:`dedup.pipeline.Deduplicator`.
         out: output folder (the run's report and the bench files).
-        sweep: cutoffs for the sweep; default 0.05..0.60 in steps of 0.025
+        sweep: cutoffs (contextual distance) for the sweep; default 0.3..1.2 in steps of 0.05
             plus the configured cutoff.
         backbones: the output of ``dedup.check()`` when already called.
 
@@ -68,7 +68,7 @@ def run_bench(labels_csv: str | os.PathLike, dedup, out: str | os.PathLike,
 
     # Per stage: the exact pass alone, then what embeddings added.
     exact_only = dedup.regroup(n, result.pairs.subset(np.zeros(len(result.pairs.ij), bool)),
-                               result.exact_pairs)
+                               result.exact_pairs, result.colours, list(result.embeddings.values()))
     exact_metrics = evaluate(_labels_frame(result, exact_only), labels)
     per_stage = {
         "exact_pass": {"images_joined": int(np.isin(result.groups.stage, ["sha256", "phash"]).sum()),
@@ -76,17 +76,17 @@ def run_bench(labels_csv: str | os.PathLike, dedup, out: str | os.PathLike,
                        "pairwise_precision": exact_metrics["pairwise"]["precision"],
                        "pairwise_recall": exact_metrics["pairwise"]["recall"]},
         "embedding_stage_added": {
-            "images_joined": int(np.isin(result.groups.stage, ["embedding", "fallback"]).sum()),
+            "images_joined": int(np.isin(result.groups.stage, ["embedding", "verified", "fallback"]).sum()),
             "predicted_pairs": metrics["pairwise"]["predicted_pairs"] - exact_metrics["pairwise"]["predicted_pairs"],
             "true_pairs_added": metrics["pairwise"]["tp_pairs"] - exact_metrics["pairwise"]["tp_pairs"],
         },
     }
 
-    cutoffs = np.round(np.arange(0.05, 0.601, 0.025), 4) if sweep is None else np.asarray(sweep, float)
+    cutoffs = np.round(np.arange(0.3, 1.201, 0.05), 4) if sweep is None else np.asarray(sweep, float)
     cutoffs = np.unique(np.append(cutoffs, dedup.cutoff))
     rows = []
     for c in cutoffs:
-        g = dedup.regroup(n, result.pairs, result.exact_pairs, cutoff=float(c))
+        g = dedup.regroup_result(result, cutoff=float(c))
         m = evaluate(_labels_frame(result, g), labels)
         rows.append({"cutoff": float(c), "precision": m["pairwise"]["precision"], "recall": m["pairwise"]["recall"],
                      "f1": m["pairwise"]["f1"], "bcubed_f1": m["bcubed"]["f1"],
@@ -126,7 +126,7 @@ def plot_sweep(sweep: pd.DataFrame, default: float, path: str | os.PathLike, tit
     for col in ("precision", "recall", "f1"):
         ax.plot(sweep.cutoff, sweep[col], label=col, marker=".")
     ax.axvline(default, color="k", linestyle="--", linewidth=1, label=f"default {default:g}")
-    ax.set_xlabel("cutoff (ensemble cosine distance)")
+    ax.set_xlabel("cutoff (contextual ensemble distance)")
     ax.set_ylabel("pairwise score")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"cutoff sweep {title}".strip())

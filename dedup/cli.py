@@ -27,13 +27,22 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbones", default="auto",
                    help="auto (default), or a comma-separated list of: vgg16, resnet50, inceptionv3, "
                         "efficientnet-lite0")
-    p.add_argument("--cutoff", type=float, default=P.DEFAULT_CUTOFF,
-                   help=f"ensemble cosine distance joining a pair, 0..2 (default {P.DEFAULT_CUTOFF})")
-    p.add_argument("--fallback-cutoff", type=float, default=P.DEFAULT_FALLBACK_CUTOFF,
-                   help="limit of the mutual-nearest-neighbour fallback "
-                        f"(default {P.DEFAULT_FALLBACK_CUTOFF})")
-    p.add_argument("--colour-cutoff", type=float, default=P.DEFAULT_COLOUR_CUTOFF,
-                   help=f"largest Hellinger colour distance of a joined pair, 0..1 (default {P.DEFAULT_COLOUR_CUTOFF})")
+    from .grouping import GroupingParams
+
+    helps = {"cutoff": "contextual ensemble distance joining a pair",
+             "max_distance": "absolute cap on the ensemble cosine distance, 0..2",
+             "colour_weight": "weight of the colour distance in the fused distance",
+             "colour_cutoff": "largest Hellinger colour distance of a joined pair, 0..1",
+             "k_context": "neighbours averaged for the contextual distance",
+             "verify_cutoff": "upper end of the geometrically verified band",
+             "min_inliers": "RANSAC inliers confirming a borderline pair",
+             "linkage_cutoff": "average-linkage cut inside groups (no chaining)",
+             "fallback_max": "largest fused distance of the nearest-group fallback",
+             "fallback_ratio": "nearest/next group distance ratio of the fallback"}
+    for name, f in GroupingParams.__dataclass_fields__.items():
+        p.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=f.default,
+                       help=f"{helps[name]} (default {f.default}; see dedup.grouping.GroupingParams)")
+    p.add_argument("--no-verify", action="store_true", help="skip geometric verification (ORB + RANSAC)")
     p.add_argument("-k", type=int, default=P.DEFAULT_K, help=f"ANN neighbours per image (default {P.DEFAULT_K})")
     p.add_argument("--phash-distance", type=int, default=None,
                    help="Hamming distance (bits of 64) of the pHash pass (default 4)")
@@ -77,12 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _make(args) -> P.Deduplicator:
+    from .grouping import GroupingParams
     from .hashing import DEFAULT_PHASH_MAX_DISTANCE
 
     cache = False if args.no_cache else (args.cache or str(Path(args.out) / "cache.sqlite"))
     return P.Deduplicator(
-        backbones=args.backbones, cutoff=args.cutoff, fallback_cutoff=args.fallback_cutoff,
-        colour_cutoff=args.colour_cutoff, k=args.k,
+        backbones=args.backbones, verify=not args.no_verify, k=args.k,
+        **{name: getattr(args, name) for name in GroupingParams.__dataclass_fields__},
         phash_max_distance=DEFAULT_PHASH_MAX_DISTANCE if args.phash_distance is None else args.phash_distance,
         batch_size=args.batch_size, workers=args.workers, cache=cache, weights_dir=args.weights_dir,
         allow_download=args.download_weights, progress=not args.quiet)

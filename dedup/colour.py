@@ -9,9 +9,17 @@ the standard formulas of CIE 15:2004), near-white background pixels
 (L* > 92 and chroma < 6, a white studio sweep) are dropped when they are not
 the whole image, and the rest is binned jointly in 3 L* x 6 a* x 6 b* bins
 (108 bins, soft-assigned by linear interpolation so a small shift does not
-jump a bin). The histogram is normalised to sum 1 and stored as its square
-root, so that the Euclidean distance between two descriptors divided by
-sqrt(2) is the Hellinger distance between the histograms, in [0, 1].
+jump a bin), plus an 8-bin histogram of L* alone. Each histogram is
+normalised to sum 1 and stored as its square root, so that the Euclidean
+distance between two descriptors divided by sqrt(2) is the Hellinger
+distance between the histograms, in [0, 1].
+
+:func:`colour_distance` compares the joint histograms, except when either
+image is achromatic (a greyscale copy, a black or white product: at least
+97 % of its foreground mass in the four central a*/b* bins); then only the
+L* histograms are compared, because hue carries no evidence there. A
+greyscale copy of a photo thus matches its original, while a black dress
+still differs from the same dress in red (different lightness).
 """
 from __future__ import annotations
 
@@ -19,7 +27,12 @@ import numpy as np
 from PIL import Image
 
 L_BINS, A_BINS, B_BINS = 3, 6, 6
-DIM = L_BINS * A_BINS * B_BINS
+JOINT = L_BINS * A_BINS * B_BINS
+L_ONLY = 8
+#: Length of a colour descriptor.
+DIM = JOINT + L_ONLY
+#: Share of foreground mass in the central a*/b* bins that makes an image achromatic.
+ACHROMATIC_SHARE = 0.97
 _AB_RANGE = 80.0  # a*, b* clipped to [-80, 80]
 
 
@@ -51,8 +64,9 @@ def colour_descriptor(image: Image.Image) -> np.ndarray:
     """The colour descriptor of an RGB image.
 
     Returns:
-        ``(108,)`` float32, the square root of a normalised L*a*b* histogram
-        (unit L2 norm).
+        ``(116,)`` float32: the square root of a normalised 108-bin joint
+        L*a*b* histogram, then the square root of an 8-bin L* histogram
+        (each part has unit L2 norm).
     """
     rgb = np.asarray(image.convert("RGB").resize((64, 64), Image.BILINEAR))
     lab = srgb_to_lab(rgb).reshape(-1, 3)
@@ -63,20 +77,45 @@ def colour_descriptor(image: Image.Image) -> np.ndarray:
     li = _soft_bin(lab[:, 0], 0, 100, L_BINS)
     ai = _soft_bin(np.clip(lab[:, 1], -_AB_RANGE, _AB_RANGE), -_AB_RANGE, _AB_RANGE, A_BINS)
     bi = _soft_bin(np.clip(lab[:, 2], -_AB_RANGE, _AB_RANGE), -_AB_RANGE, _AB_RANGE, B_BINS)
-    hist = np.zeros(DIM, np.float64)
+    hist = np.zeros(JOINT, np.float64)
     for lx, lw in ((li[0], li[2]), (li[1], 1 - li[2])):
         for ax, aw in ((ai[0], ai[2]), (ai[1], 1 - ai[2])):
             for bx, bw in ((bi[0], bi[2]), (bi[1], 1 - bi[2])):
                 np.add.at(hist, (lx * A_BINS + ax) * B_BINS + bx, lw * aw * bw)
     hist /= max(hist.sum(), 1e-12)
-    return np.sqrt(hist).astype(np.float32)
+    lum = np.histogram(np.clip(lab[:, 0], 0, 100), bins=L_ONLY, range=(0, 100))[0].astype(np.float64)
+    lum /= max(lum.sum(), 1e-12)
+    return np.sqrt(np.concatenate([hist, lum])).astype(np.float32)
+
+
+_CENTRAL = np.zeros((L_BINS, A_BINS, B_BINS), bool)
+_CENTRAL[:, A_BINS // 2 - 1:A_BINS // 2 + 1, B_BINS // 2 - 1:B_BINS // 2 + 1] = True
+_CENTRAL = _CENTRAL.reshape(-1)
+
+
+def is_achromatic(desc: np.ndarray) -> np.ndarray:
+    """Whether descriptors (rows) are achromatic; ``(..., 116)`` -> ``(...)`` bool."""
+    desc = np.asarray(desc)
+    return (desc[..., :JOINT][..., _CENTRAL] ** 2).sum(axis=-1) >= ACHROMATIC_SHARE
+
+
+def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Colour distance between descriptors (rows, broadcast), in [0, 1].
+
+    Hellinger distance of the joint L*a*b* histograms, or of the L*
+    histograms alone when either side is achromatic (see module docstring).
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    joint = hellinger(a[..., :JOINT], b[..., :JOINT])
+    lum = hellinger(a[..., JOINT:], b[..., JOINT:])
+    return np.where(is_achromatic(a) | is_achromatic(b), lum, joint).astype(np.float32)
 
 
 def hellinger(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Hellinger distance between descriptors (rows), in [0, 1].
 
     Args:
-        a, b: ``(m, 108)`` or ``(108,)`` float32 descriptors from
-            :func:`colour_descriptor` (broadcast row-wise).
+        a, b: ``(m, k)`` or ``(k,)`` float32 square-rooted histograms
+            (broadcast row-wise).
     """
     return np.linalg.norm(np.asarray(a) - np.asarray(b), axis=-1) / np.sqrt(2.0)

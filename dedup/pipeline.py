@@ -21,21 +21,19 @@ from tqdm.auto import tqdm
 from . import __version__
 from .backbones import Backbone, select_backbones
 from .cache import EmbeddingCache
+from .colour import DIM as COLOUR_DIM
 from .colour import colour_descriptor
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_image
 from .discover import Skipped, discover
-from .grouping import Grouping, candidate_pairs, group, score_pairs
+from .grouping import Grouping, GroupingParams, candidate_pairs, group, score_pairs
 from .hashing import DEFAULT_PHASH_MAX_DISTANCE, exact_groups, near_duplicate_pairs, phash, sha256_file
 from .index import DEFAULT_N_TREES, SEARCH_K_FACTOR, AnnIndex
 
 log = logging.getLogger(__name__)
 
-#: Default ensemble cosine-distance cutoff (see README, "How grouping decides").
-DEFAULT_CUTOFF: float = 0.30
-#: Default limit of the mutual-nearest-neighbour fallback.
-DEFAULT_FALLBACK_CUTOFF: float = 0.40
-#: Default largest Hellinger colour distance for a joined pair.
-DEFAULT_COLOUR_CUTOFF: float = 0.55
+_G = GroupingParams()
+#: Default contextual-distance cutoff (see :class:`dedup.grouping.GroupingParams`).
+DEFAULT_CUTOFF: float = _G.cutoff
 #: Neighbours per image taken from each ANN index as candidates.
 DEFAULT_K: int = 10
 
@@ -56,7 +54,7 @@ class Result:
         embeddings: backbone name -> ``(n, d)`` float32 L2-normalised, rows
             in ``groups`` order.
         indexes: backbone name -> :class:`AnnIndex` over those rows.
-        colours: ``(n, 108)`` float32 colour descriptors.
+        colours: ``(n, 116)`` float32 colour descriptors.
         pairs: the scored candidate pairs (:class:`dedup.grouping.Pairs`).
         meta: settings, backbones with weights provenance, counts, seconds
             per stage (written to run.json).
@@ -71,6 +69,7 @@ class Result:
     pairs: object
     exact_pairs: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    verifier: object = None
 
     def ensemble_embeddings(self) -> np.ndarray:
         """``(n, sum d_b)`` float32: the backbones' embeddings side by side, each
@@ -104,12 +103,11 @@ class Deduplicator:
         backbones: ``"auto"`` (the card's VGG16+ResNet50+InceptionV3 when their
             ImageNet weights are on disk, else ``efficientnet-lite0``), a
             comma-separated string or list of names, or Backbone objects.
-        cutoff: ensemble cosine distance (``1 - cos``, [0, 2]) within which a
-            candidate pair is joined.
-        fallback_cutoff: looser limit for joining a lone image to its mutual
-            nearest neighbour.
-        colour_cutoff: largest Hellinger distance (0..1) between colour
-            histograms of a joined pair.
+        cutoff, max_distance, colour_weight, colour_cutoff, k_context,
+        verify_cutoff, min_inliers, linkage_cutoff, fallback_max,
+        fallback_ratio: grouping settings, documented with the reason for
+            each default in :class:`dedup.grouping.GroupingParams`.
+        verify: run geometric verification (ORB + RANSAC) on borderline pairs.
         k: neighbours per image from each ANN index.
         phash_max_distance: Hamming distance (bits of 64) of the pHash pass.
         batch_size: images per inference batch.
@@ -124,9 +122,12 @@ class Deduplicator:
         progress: show tqdm progress bars.
     """
 
-    def __init__(self, backbones="auto", cutoff: float = DEFAULT_CUTOFF,
-                 fallback_cutoff: float = DEFAULT_FALLBACK_CUTOFF,
-                 colour_cutoff: float = DEFAULT_COLOUR_CUTOFF, k: int = DEFAULT_K,
+    def __init__(self, backbones="auto", cutoff: float = _G.cutoff, max_distance: float = _G.max_distance,
+                 colour_weight: float = _G.colour_weight, colour_cutoff: float = _G.colour_cutoff,
+                 k_context: int = _G.k_context, verify: bool = True, verify_cutoff: float = _G.verify_cutoff,
+                 min_inliers: int = _G.min_inliers, linkage_cutoff: float = _G.linkage_cutoff,
+                 fallback_max: float = _G.fallback_max, fallback_ratio: float = _G.fallback_ratio,
+                 k: int = DEFAULT_K,
                  phash_max_distance: int = DEFAULT_PHASH_MAX_DISTANCE, batch_size: int = 32,
                  workers: int = 2, cache=None, weights_dir: str | None = None,
                  allow_download: bool = False, n_trees: int = DEFAULT_N_TREES,
@@ -134,8 +135,16 @@ class Deduplicator:
                  progress: bool = True):
         self.backbones = backbones
         self.cutoff = cutoff
-        self.fallback_cutoff = fallback_cutoff
+        self.max_distance = max_distance
+        self.colour_weight = colour_weight
         self.colour_cutoff = colour_cutoff
+        self.k_context = k_context
+        self.verify = verify
+        self.verify_cutoff = verify_cutoff
+        self.min_inliers = min_inliers
+        self.linkage_cutoff = linkage_cutoff
+        self.fallback_max = fallback_max
+        self.fallback_ratio = fallback_ratio
         self.k = k
         self.phash_max_distance = phash_max_distance
         self.batch_size = batch_size
@@ -164,10 +173,10 @@ class Deduplicator:
             WeightsError: a named backbone's weights are missing or wrong.
             ValueError: bad settings.
         """
-        if not 0 <= self.cutoff <= 2 or not self.cutoff <= self.fallback_cutoff <= 2:
-            raise ValueError("need 0 <= cutoff <= fallback_cutoff <= 2")
-        if not 0 <= self.colour_cutoff <= 1:
-            raise ValueError("colour_cutoff must lie in [0, 1]")
+        if self.cutoff < 0 or self.verify_cutoff < 0 or not 0 <= self.max_distance <= 2:
+            raise ValueError("need cutoff >= 0, verify_cutoff >= 0 and 0 <= max_distance <= 2")
+        if not 0 <= self.colour_cutoff <= 1 or self.colour_weight < 0:
+            raise ValueError("colour_cutoff must lie in [0, 1] and colour_weight be >= 0")
         if self.k < 1 or self.batch_size < 1:
             raise ValueError("k and batch_size must be >= 1")
         return select_backbones(self.backbones, self.weights_dir, self.allow_download)
@@ -289,6 +298,8 @@ class Deduplicator:
         if cache is not None:
             for i, (_, d) in enumerate(keep):
                 info[i] = cache.get_file(d)
+                if info[i] is not None and len(info[i]["colour"]) != COLOUR_DIM:
+                    info[i] = None  # stored by another descriptor version
             uniq = sorted({d for _, d in keep})
             for b, net in enumerate(nets):
                 got = cache.get_embeddings(uniq, net.name, net.weights_id, net.dim)
@@ -394,7 +405,7 @@ class Deduplicator:
         dig = [keep[i][1] for i in rows_ok]
         emb = {net.name: (np.stack([vecs[b][i] for i in rows_ok]).astype(np.float32) if n
                           else np.zeros((0, net.dim), np.float32)) for b, net in enumerate(nets)}
-        colours = (np.stack([info[i]["colour"] for i in rows_ok]) if n else np.zeros((0, 108), np.float32))
+        colours = (np.stack([info[i]["colour"] for i in rows_ok]) if n else np.zeros((0, COLOUR_DIM), np.float32))
         codes = np.array([info[i]["phash"] for i in rows_ok], dtype=np.uint64)
 
         # Exact pass.
@@ -420,7 +431,16 @@ class Deduplicator:
         t = time.perf_counter()
         ij = candidate_pairs(neighbour_ids)
         pairs = score_pairs(ij, [emb[net.name] for net in nets], colours)
-        grouping = self.regroup(n, pairs, exact)
+        verifier = None
+        if self.verify:
+            from .verify import MAX_SIDE, GeometricVerifier
+
+            paths_ok = [keep[i][0] for i in rows_ok]
+            verifier = GeometricVerifier(lambda i: load_image(paths_ok[i], target_size=MAX_SIDE,
+                                                              max_pixels=self.max_pixels).image)
+        grouping = self.regroup(n, pairs, exact, colours, list(emb.values()), verifier)
+        if verifier is not None:
+            timings["verified_pairs"] = verifier.pairs_checked
         timings["group"] = time.perf_counter() - t
 
         width = max(4, len(str(max(int(grouping.labels.max()) + 1, 1)))) if n else 4
@@ -451,9 +471,15 @@ class Deduplicator:
             },
             "images_per_second_inference": round(n_embedded / t_infer, 2) if t_infer > 0 else None,
         }
-        return Result(root, df, skipped_df, emb, indexes, colours, pairs, exact, meta)
+        return Result(root, df, skipped_df, emb, indexes, colours, pairs, exact, meta, verifier)
 
-    def regroup(self, n: int, pairs, exact_pairs: dict, **overrides) -> Grouping:
+    def grouping_params(self, **overrides) -> GroupingParams:
+        """This object's grouping settings as :class:`GroupingParams`, some overridden."""
+        names = GroupingParams.__dataclass_fields__
+        return GroupingParams(**{**{k: getattr(self, k) for k in names}, **overrides})
+
+    def regroup(self, n: int, pairs, exact_pairs: dict, colours: np.ndarray, embeddings: list[np.ndarray],
+                verifier=None, **overrides) -> Grouping:
         """Group scored pairs with this object's settings, some overridden.
 
         Used by the run itself and by ``bench``'s cutoff sweep, which regroups
@@ -463,9 +489,13 @@ class Deduplicator:
             n: number of images.
             pairs: :class:`dedup.grouping.Pairs` of the run.
             exact_pairs: the run's ``{"sha256": ..., "phash": ...}`` pairs.
-            overrides: ``cutoff``, ``fallback_cutoff``, ``colour_cutoff``.
+            colours: ``(n, 116)`` colour descriptors; embeddings: per backbone ``(n, d)``.
+            verifier: pair -> inliers callable, or ``None``.
+            overrides: any :class:`GroupingParams` field.
         """
-        params = {"cutoff": self.cutoff, "fallback_cutoff": self.fallback_cutoff,
-                  "colour_cutoff": self.colour_cutoff, **overrides}
-        params["fallback_cutoff"] = max(params["fallback_cutoff"], params["cutoff"])
-        return group(n, pairs, exact_pairs, **params)
+        return group(n, pairs, exact_pairs, colours, embeddings, self.grouping_params(**overrides), verifier)
+
+    def regroup_result(self, result: "Result", **overrides) -> Grouping:
+        """:meth:`regroup` on a finished run's pairs (cheap: nothing re-embedded)."""
+        return self.regroup(len(result.groups), result.pairs, result.exact_pairs, result.colours,
+                            list(result.embeddings.values()), result.verifier, **overrides)
