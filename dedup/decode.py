@@ -127,7 +127,7 @@ def load_image(path: str | os.PathLike, *, target_size: int | None = None,
             raise DecodeError("empty file (0 bytes)") from None
         raise DecodeError("not an image: Pillow cannot identify the content") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason
-        raise DecodeError(f"cannot open: {type(exc).__name__}: {exc}") from None
+        raise DecodeError(_reason(exc)) from None
     try:
         with im:
             fmt = im.format or "?"
@@ -158,15 +158,18 @@ def load_image(path: str | os.PathLike, *, target_size: int | None = None,
         raise
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"decompression bomb guard: {exc}") from None
-    except OSError as exc:
-        msg = str(exc)
-        if "truncated" in msg:
-            raise DecodeError(f"truncated image data: {msg}") from None
-        raise DecodeError(f"corrupt image data: {msg}") from None
-    except Exception as exc:  # noqa: BLE001
-        raise DecodeError(f"corrupt image data: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason
+        raise DecodeError(_reason(exc)) from None
     note = f"first of {frames} frames" if frames > 1 else ""
     return Decoded(rgb, width, height, fmt, mode, frames, note)
+
+
+def _reason(exc: Exception) -> str:
+    """A one-line skip reason for a decoder exception."""
+    msg = f"{type(exc).__name__}: {exc}"
+    if "truncat" in msg.lower():
+        return f"truncated image data ({msg})"
+    return f"corrupt image data ({msg})"
 
 
 def _original_size(width: int, height: int, rgb: Image.Image, im: Image.Image) -> tuple[int, int]:
