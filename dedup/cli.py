@@ -1,6 +1,7 @@
 """Command line: argument parsing only; the work is in the library.
 
     python -m dedup run DIR [--out OUT] [--backbones auto|NAME,...] [...]
+    python -m dedup undo MANIFEST
     python -m dedup bench LABELS.csv [run options] [--out OUT]
     python -m dedup evaluate GROUPS.csv LABELS.csv
     python -m dedup weights [--weights-dir DIR]
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="group the images under DIR")
     run.add_argument("dir", help="folder of images (walked recursively; never written to)")
     _add_run_options(run)
+    run.add_argument("--move-duplicates", metavar="PATH", default=None,
+                     help="move all but one image of each group (largest resolution, then file) into PATH, "
+                          "keeping relative paths, and write PATH/moved-manifest.jsonl for `undo`")
+
+    u = sub.add_parser("undo", help="put back every file moved by --move-duplicates")
+    u.add_argument("manifest", help="the moved-manifest.jsonl written by --move-duplicates")
 
     b = sub.add_parser("bench", help="run the main job on a labelled set (path,group CSV) and score it")
     b.add_argument("labels", help="LABELS.csv with columns path,group; paths relative to its folder")
@@ -113,6 +120,9 @@ def cmd_run(args) -> int:
     if not root.is_dir():
         print(f"dedup: error: not a folder: {root}", file=sys.stderr)
         return 1
+    if args.move_duplicates and _inside(Path(args.move_duplicates), root):
+        print(f"dedup: error: --move-duplicates {args.move_duplicates} lies inside {root}", file=sys.stderr)
+        return 1
     if _inside(Path(args.out), root):
         print(f"dedup: error: --out {args.out} lies inside {root}; dedup never writes inside the input folder",
               file=sys.stderr)
@@ -123,7 +133,24 @@ def cmd_run(args) -> int:
     result = dd.run(root, backbones=(nets, note))
     out = write_report(result, args.out)
     print(summary(result, out))
+    if args.move_duplicates:
+        from .actions import MANIFEST, move_duplicates
+
+        moved = move_duplicates(result.groups, root, args.move_duplicates)
+        moved.to_csv(Path(args.out) / "moved.csv", index=False)
+        n_ok = int((moved.status == "moved").sum())
+        print(f"moved {n_ok} duplicates to {args.move_duplicates} ({len(moved) - n_ok} refused); "
+              f"undo with: python -m dedup undo {Path(args.move_duplicates) / MANIFEST}")
     return 0
+
+
+def cmd_undo(args) -> int:
+    from .actions import undo
+
+    res = undo(args.manifest)
+    for status, n in res.status.value_counts().items():
+        print(f"{status}: {n}")
+    return 0 if not res.status.str.startswith("refused").any() else 1
 
 
 def cmd_bench(args) -> int:
@@ -209,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "weights":
             return cmd_weights(args)
+        if args.command == "undo":
+            return cmd_undo(args)
         if args.command == "bench":
             return cmd_bench(args)
         if args.command == "evaluate":

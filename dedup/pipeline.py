@@ -467,7 +467,7 @@ class Deduplicator:
                 "images_in_groups": int((df.group_size > 1).sum()) if n else 0,
                 "singletons": int((df.group_size == 1).sum()) if n else 0,
                 "candidate_pairs": int(len(pairs.ij)),
-                "joined_by_stage": {s: int((df.stage == s).sum()) for s in ("sha256", "phash", "embedding", "fallback")},
+                "joined_by_stage": {s: int((df.stage == s).sum()) for s in ("sha256", "phash", "embedding", "verified", "fallback")},
             },
             "images_per_second_inference": round(n_embedded / t_infer, 2) if t_infer > 0 else None,
         }

