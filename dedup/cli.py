@@ -1,6 +1,7 @@
 """Command line: argument parsing only; the work is in the library.
 
     python -m dedup run DIR [--out OUT] [--backbones auto|NAME,...] [...]
+    python -m dedup query IMAGE [IMAGE...] --index OUT [-n 10]
     python -m dedup undo MANIFEST
     python -m dedup bench LABELS.csv [run options] [--out OUT]
     python -m dedup evaluate GROUPS.csv LABELS.csv
@@ -25,6 +26,9 @@ log = logging.getLogger("dedup")
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="dedup-out", help="output folder (default: ./dedup-out)")
+    p.add_argument("--similarity", choices=["content", "style"], default="content",
+                   help="content (default): the CNN ensemble; style: texture and colour (Gram statistics + "
+                        "colour histogram, backbone style-lite0)")
     p.add_argument("--backbones", default="auto",
                    help="auto (default), or a comma-separated list of: vgg16, resnet50, inceptionv3, "
                         "efficientnet-lite0")
@@ -71,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="move all but one image of each group (largest resolution, then file) into PATH, "
                           "keeping relative paths, and write PATH/moved-manifest.jsonl for `undo`")
 
+    q = sub.add_parser("query", help="the N catalogue images most similar to each query image")
+    q.add_argument("images", nargs="+", help="query image files (need not be in the catalogue)")
+    q.add_argument("--index", required=True, help="the --out folder of a `dedup run` on the catalogue")
+    q.add_argument("-n", type=int, default=10, help="results per query (default 10)")
+    q.add_argument("--csv", default=None, help="write the results here (default INDEX/query.csv)")
+    q.add_argument("--weights-dir", default=None)
+
     u = sub.add_parser("undo", help="put back every file moved by --move-duplicates")
     u.add_argument("manifest", help="the moved-manifest.jsonl written by --move-duplicates")
 
@@ -97,8 +108,9 @@ def _make(args) -> P.Deduplicator:
     from .hashing import DEFAULT_PHASH_MAX_DISTANCE
 
     cache = False if args.no_cache else (args.cache or str(Path(args.out) / "cache.sqlite"))
+    backbones = "style-lite0" if args.similarity == "style" else args.backbones
     return P.Deduplicator(
-        backbones=args.backbones, verify=not args.no_verify, k=args.k,
+        backbones=backbones, verify=not args.no_verify, k=args.k,
         **{name: getattr(args, name) for name in GroupingParams.__dataclass_fields__},
         phash_max_distance=DEFAULT_PHASH_MAX_DISTANCE if args.phash_distance is None else args.phash_distance,
         batch_size=args.batch_size, workers=args.workers, cache=cache, weights_dir=args.weights_dir,
@@ -141,6 +153,25 @@ def cmd_run(args) -> int:
         n_ok = int((moved.status == "moved").sum())
         print(f"moved {n_ok} duplicates to {args.move_duplicates} ({len(moved) - n_ok} refused); "
               f"undo with: python -m dedup undo {Path(args.move_duplicates) / MANIFEST}")
+    return 0
+
+
+def cmd_query(args) -> int:
+    import time
+
+    from .query import Searcher
+
+    searcher = Searcher(args.index, args.weights_dir)
+    t = time.perf_counter()
+    res = searcher.query(args.images, n=args.n)
+    secs = time.perf_counter() - t
+    csv = Path(args.csv) if args.csv else Path(args.index) / "query.csv"
+    res.to_csv(csv, index=False)
+    for query, rows in res.groupby("query", sort=False):
+        print(f"{query}  ({searcher.similarity} similarity)")
+        for r in rows.itertuples():
+            print(f"  {r.rank:3d}. {r.distance:.4f}  {r.path}  [{r.group}]")
+    print(f"{len(args.images)} queries in {secs:.2f} s; results: {csv}")
     return 0
 
 
@@ -236,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "weights":
             return cmd_weights(args)
+        if args.command == "query":
+            return cmd_query(args)
         if args.command == "undo":
             return cmd_undo(args)
         if args.command == "bench":

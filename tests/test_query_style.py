@@ -1,0 +1,95 @@
+"""Query ("the N most similar") and style similarity, on real photos."""
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import bench_set, run_cli
+from dedup.pipeline import Deduplicator
+from dedup.query import Searcher
+from dedup.report import write_report
+
+FK = bench_set("products-flipkart") / "images"
+BLUE_SARI = sorted(FK.glob("free-hm-kash-*"))      # blue silk sari, 3 photos
+ORANGE_SARI = sorted(FK.glob("free-sari-5-*"))     # the same shape in another fabric, 3 photos
+
+
+def fabric_crop(path, box=(0.40, 0.55, 0.62, 0.80)):
+    """A crop of the sari's fabric below the waist (fractions of width/height)."""
+    im = Image.open(path).convert("RGB")
+    w, h = im.size
+    return im.crop((int(box[0] * w), int(box[1] * h), int(box[2] * w), int(box[3] * h)))
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    """The 20 flipkart photos plus fabric crops of the blue sari, run in both modes."""
+    d = tmp_path_factory.mktemp("catalogue")
+    for p in FK.iterdir():
+        shutil.copy(p, d / p.name)
+    for k, p in enumerate(BLUE_SARI[1:]):
+        fabric_crop(p).save(d / f"blue-fabric-{k}.jpg", quality=95)
+        fabric_crop(p, (0.3, 0.7, 0.5, 0.9)).save(d / f"blue-fabric-low-{k}.jpg", quality=95)
+    outs = {}
+    for mode in ("content", "style"):
+        out = tmp_path_factory.mktemp(f"out-{mode}")
+        proc = run_cli("run", str(d), "--out", str(out), "--quiet", "--similarity", mode)
+        assert proc.returncode == 0, proc.stderr
+        outs[mode] = out
+    return d, outs
+
+
+def test_query_cli_prints_and_writes_the_n_nearest(catalogue, tmp_path):
+    d, outs = catalogue
+    q = FK / "m-rs19stkt-b-rope-original-imafeeugebf5nghr.jpeg"
+    csv = tmp_path / "res.csv"
+    proc = run_cli("query", str(q), "--index", str(outs["content"]), "-n", "4", "--csv", str(csv))
+    assert proc.returncode == 0, proc.stderr
+    res = pd.read_csv(csv)
+    assert list(res["rank"]) == [1, 2, 3, 4]
+    assert res.distance.is_monotonic_increasing
+    # the image itself is in the catalogue: distance ~0 at rank 1; then photos of the same shirt
+    assert res.path[0] == q.name and res.distance[0] < 1e-4
+    assert (res.path[1:3].str.contains("rs19stkt")).all()
+    assert q.name in proc.stdout
+
+
+def test_query_with_an_image_not_in_the_catalogue(catalogue):
+    d, outs = catalogue
+    searcher = Searcher(outs["content"])
+    new = Image.open(ORANGE_SARI[0]).convert("RGB").resize((300, 400)).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    res = searcher.query([new], n=3)
+    assert len(res) == 3 and res.distance.min() > 0
+    assert res.path.str.startswith("free-sari-5").sum() >= 2
+
+
+def test_style_finds_the_same_fabric_ahead_of_the_same_shape(catalogue):
+    d, outs = catalogue
+    query = fabric_crop(BLUE_SARI[0])
+    style = Searcher(outs["style"]).query([query], n=30)
+    rank = dict(zip(style.path, style["rank"]))
+    fabric = [p for p in rank if p.startswith("blue-fabric")]
+    assert len(fabric) == 4
+    worst_fabric = max(rank[p] for p in fabric)
+    best_orange = min(rank[p.name] for p in ORANGE_SARI)
+    # every crop of the same fabric ranks ahead of every photo of the same shape in another fabric
+    assert worst_fabric < best_orange, style
+    assert Searcher(outs["style"]).similarity == "style"
+
+
+def test_query_refuses_an_output_folder_without_a_run(tmp_path):
+    proc = run_cli("query", str(BLUE_SARI[0]), "--index", str(tmp_path))
+    assert proc.returncode == 1 and "run.json" in proc.stderr
+
+
+def test_library_query_matches_cli_order(catalogue):
+    d, outs = catalogue
+    res = Deduplicator(progress=False).run(d)
+    out = d.parent / "lib-out"
+    write_report(res, out)
+    lib = Searcher(out).query([FK / "m-pr343white-prakhya-original-imafj5awvx26z9hq.jpeg"], n=5)
+    assert lib["rank"].tolist() == [1, 2, 3, 4, 5]
+    assert lib.path.str.contains("prakhya").sum() >= 3
