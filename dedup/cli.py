@@ -48,7 +48,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=f.default,
                        help=f"{helps[name]} (default {f.default}; see dedup.grouping.GroupingParams)")
     p.add_argument("--no-verify", action="store_true", help="skip geometric verification (ORB + RANSAC)")
-    p.add_argument("-k", type=int, default=P.DEFAULT_K, help=f"ANN neighbours per image (default {P.DEFAULT_K})")
+    p.add_argument("--neighbours", type=int, default=P.DEFAULT_K,
+                   help=f"ANN neighbours per image taken as candidates (default {P.DEFAULT_K})")
     p.add_argument("--phash-distance", type=int, default=None,
                    help="Hamming distance (bits of 64) of the pHash pass (default 4)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -71,6 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="group the images under DIR")
     run.add_argument("dir", help="folder of images (walked recursively; never written to)")
     _add_run_options(run)
+    v = run.add_argument_group("views (on top of the same embeddings)")
+    v.add_argument("--method", choices=["group", "hierarchical", "kmeans"], default="group",
+                   help="group (default): the dedup grouping; hierarchical: average linkage cut at --sim; "
+                        "kmeans: --k clusters")
+    v.add_argument("--sim", type=float, default=0.5,
+                   help="similarity level of the hierarchical cut, 0..1: clusters whose average cosine similarity "
+                        "is >= SIM (0 = one cluster, 1 = every image alone; default 0.5)")
+    v.add_argument("--k", dest="k_clusters", type=int, default=8, help="number of k-means clusters")
+    v.add_argument("--min-size", type=int, default=1, help="smallest cluster reported (default 1)")
+    v.add_argument("--pca", type=int, default=None, help="reduce embeddings to N principal components first")
+    v.add_argument("--time-weight", type=float, default=0.0,
+                   help="ALPHA: add ALPHA * min(1, |capture time difference| / 1 day) to the content distance")
+    v.add_argument("--link-dir", default=None,
+                   help="write PATH/cluster_with_N/cluster_i/ folders of symlinks to the originals")
+    v.add_argument("--map", action="store_true", help="write OUT/map.png, a t-SNE map coloured by group")
+    v.add_argument("--no-gallery", action="store_true", help="do not write OUT/gallery.html")
     run.add_argument("--move-duplicates", metavar="PATH", default=None,
                      help="move all but one image of each group (largest resolution, then file) into PATH, "
                           "keeping relative paths, and write PATH/moved-manifest.jsonl for `undo`")
@@ -110,7 +127,7 @@ def _make(args) -> P.Deduplicator:
     cache = False if args.no_cache else (args.cache or str(Path(args.out) / "cache.sqlite"))
     backbones = "style-lite0" if args.similarity == "style" else args.backbones
     return P.Deduplicator(
-        backbones=backbones, verify=not args.no_verify, k=args.k,
+        backbones=backbones, verify=not args.no_verify, k=args.neighbours,
         **{name: getattr(args, name) for name in GroupingParams.__dataclass_fields__},
         phash_max_distance=DEFAULT_PHASH_MAX_DISTANCE if args.phash_distance is None else args.phash_distance,
         batch_size=args.batch_size, workers=args.workers, cache=cache, weights_dir=args.weights_dir,
@@ -143,6 +160,9 @@ def cmd_run(args) -> int:
     nets, note = dd.check()  # weights problems stop here, before any image work
     print(("NOTE: " if "FELL BACK" in note else "") + note, flush=True)
     result = dd.run(root, backbones=(nets, note))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _views(args, result, root, out)
     out = write_report(result, args.out)
     print(summary(result, out))
     if args.move_duplicates:
@@ -154,6 +174,37 @@ def cmd_run(args) -> int:
         print(f"moved {n_ok} duplicates to {args.move_duplicates} ({len(moved) - n_ok} refused); "
               f"undo with: python -m dedup undo {Path(args.move_duplicates) / MANIFEST}")
     return 0
+
+
+def _views(args, result, root: Path, out: Path) -> None:
+    """Apply --method and write the gallery, map, dendrogram and link folders."""
+    from . import views
+
+    if args.method != "group":
+        times = None
+        if args.time_weight > 0:
+            times = views.capture_times([root / p for p in result.groups.path])
+        labels, Z = views.cluster(result.ensemble_embeddings(), method=args.method, sim=args.sim,
+                                  k=args.k_clusters, min_size=args.min_size, pca=args.pca, times=times,
+                                  time_weight=args.time_weight)
+        result.groups = views.relabel(result.groups, labels, args.method)
+        result.meta["views"] = {"method": args.method, "sim": args.sim, "k": args.k_clusters,
+                                "min_size": args.min_size, "pca": args.pca, "time_weight": args.time_weight,
+                                "time_scale_s": views.TIME_SCALE_S, "linkage": "average (UPGMA), cosine"}
+        c = result.meta["counts"]
+        c["groups_of_2_or_more"] = int(result.groups.loc[result.groups.group_size > 1, "group"].nunique())
+        c["images_in_groups"] = int((result.groups.group_size > 1).sum())
+        c["singletons"] = int((result.groups.group_size == 1).sum())
+        c["joined_by_stage"] = {str(k): int(v) for k, v in result.groups.stage.value_counts().items()}
+        if Z is not None:
+            views.plot_dendrogram(Z, out / "dendrogram.png", cut=1 - args.sim)
+    if not args.no_gallery:
+        views.write_gallery(result.groups, root, out / "gallery.html", title=f"dedup: {root}")
+    if args.map:
+        views.plot_map(result.ensemble_embeddings(), result.groups.group.to_numpy(), out / "map.png")
+    if args.link_dir:
+        n = views.link_clusters(result.groups, root, args.link_dir)
+        print(f"linked {n} images into {args.link_dir}/cluster_with_N/cluster_i/")
 
 
 def cmd_query(args) -> int:
@@ -278,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsError as exc:
         print(f"dedup: error: {exc}", file=sys.stderr)
         return 1
-    except (FileNotFoundError, NotADirectoryError, ValueError, PermissionError) as exc:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, PermissionError) as exc:
         print(f"dedup: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
