@@ -24,28 +24,32 @@ from .hashing import sha256_file
 MANIFEST = "moved-manifest.jsonl"
 
 
-def choose_keepers(groups: pd.DataFrame, root: str | os.PathLike) -> pd.Series:
+def _sources(groups: pd.DataFrame, root: Path, files: list | None) -> list[Path]:
+    return [Path(f) for f in files] if files is not None else [root / p for p in groups.path]
+
+
+def choose_keepers(groups: pd.DataFrame, root: str | os.PathLike, files: list | None = None) -> pd.Series:
     """Which row of each group is kept.
 
     Args:
         groups: a run's groups DataFrame (``path, group, width, height``).
         root: the folder the paths are relative to.
+        files: the real path of each row (``Result.files``); default ``root / path``.
 
     Returns:
         Boolean Series aligned with ``groups``: True for the one kept image of
         each group (and for every singleton).
     """
-    root = Path(root)
     df = groups.copy()
     df["_pixels"] = df.width.astype("int64") * df.height.astype("int64")
-    df["_bytes"] = [(root / p).stat().st_size if (root / p).exists() else -1 for p in df.path]
+    df["_bytes"] = [f.stat().st_size if f.exists() else -1 for f in _sources(groups, Path(root), files)]
     df = df.sort_values(["group", "_pixels", "_bytes", "path"], ascending=[True, False, False, True])
     keep = ~df.duplicated("group", keep="first")
     return keep.reindex(groups.index)
 
 
 def move_duplicates(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike,
-                    manifest: str | os.PathLike | None = None) -> pd.DataFrame:
+                    manifest: str | os.PathLike | None = None, files: list | None = None) -> pd.DataFrame:
     """Move every non-kept image of each group from ``root`` to ``dest``.
 
     Args:
@@ -55,6 +59,7 @@ def move_duplicates(groups: pd.DataFrame, root: str | os.PathLike, dest: str | o
         manifest: the manifest file (JSON lines); default ``dest/moved-manifest.jsonl``.
             Each line is written *before* its move, with ``"done": false``,
             then confirmed, so an interrupted move can still be undone.
+        files: the real path of each row (``Result.files``); default ``root / path``.
 
     Returns:
         DataFrame ``path, moved_to, kept, status`` for every moved or refused file.
@@ -71,14 +76,15 @@ def move_duplicates(groups: pd.DataFrame, root: str | os.PathLike, dest: str | o
             raise
     dest.mkdir(parents=True, exist_ok=True)
     manifest = Path(manifest) if manifest else dest / MANIFEST
-    keep = choose_keepers(groups, root)
+    sources = [f.resolve() for f in _sources(groups, root, files)]
+    keep = choose_keepers(groups, root, sources)
     kept_of = {g: p for g, p, k in zip(groups.group, groups.path, keep) if k}
     rows = []
-    with open(manifest, "a", encoding="utf-8") as fh:
-        for (_, r), k in zip(groups.iterrows(), keep):
+    with open(manifest, "a", encoding="utf-8", errors="surrogateescape") as fh:
+        for (_, r), k, src in zip(groups.iterrows(), keep, sources):
             if k:
                 continue
-            src, target = root / r.path, dest / r.path
+            target = dest / src.relative_to(root)
             entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "original": str(src), "moved_to": str(target),
                      "sha256": r.sha256, "kept": str(root / kept_of[r.group]), "group": r.group}
             if target.exists():
@@ -112,7 +118,7 @@ def undo(manifest: str | os.PathLike) -> pd.DataFrame:
         FileNotFoundError: no such manifest.
     """
     entries: dict[str, dict] = {}
-    with open(manifest, encoding="utf-8") as fh:
+    with open(manifest, encoding="utf-8", errors="surrogateescape") as fh:
         for line in fh:
             if line.strip():
                 e = json.loads(line)

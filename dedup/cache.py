@@ -23,11 +23,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS stats (path TEXT PRIMARY KEY, size INTEGER NOT NULL,
+CREATE TABLE IF NOT EXISTS stats (path BLOB PRIMARY KEY, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, digest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (digest TEXT PRIMARY KEY, phash INTEGER NOT NULL,
     width INTEGER NOT NULL, height INTEGER NOT NULL, colour BLOB NOT NULL, note TEXT NOT NULL);
@@ -120,15 +120,16 @@ class EmbeddingCache:
         self._db.commit()
 
     # -- path -> digest --------------------------------------------------
-    def get_digest(self, path: str, size: int, mtime_ns: int) -> str | None:
-        """The SHA-256 stored for ``path`` if its size and mtime (ns) are unchanged."""
+    def get_digest(self, path: bytes, size: int, mtime_ns: int) -> str | None:
+        """The SHA-256 stored for ``path`` (``os.fsencode`` bytes, so any file
+        name works) if its size and mtime (ns) are unchanged."""
         row = self._db.execute("SELECT size, mtime_ns, digest FROM stats WHERE path=?", (path,)).fetchone()
         if row and row[0] == size and row[1] == mtime_ns:
             return row[2]
         return None
 
-    def put_digest(self, path: str, size: int, mtime_ns: int, digest: str) -> None:
-        """Remember the SHA-256 of ``path`` at this size and mtime (ns)."""
+    def put_digest(self, path: bytes, size: int, mtime_ns: int, digest: str) -> None:
+        """Remember the SHA-256 of ``path`` (bytes) at this size and mtime (ns)."""
         self._db.execute("INSERT OR REPLACE INTO stats VALUES (?,?,?,?)", (path, size, mtime_ns, digest))
 
     # -- per-file facts ----------------------------------------------------

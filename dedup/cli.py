@@ -168,7 +168,7 @@ def cmd_run(args) -> int:
     if args.move_duplicates:
         from .actions import MANIFEST, move_duplicates
 
-        moved = move_duplicates(result.groups, root, args.move_duplicates)
+        moved = move_duplicates(result.groups, root, args.move_duplicates, files=result.files)
         moved.to_csv(Path(args.out) / "moved.csv", index=False)
         n_ok = int((moved.status == "moved").sum())
         print(f"moved {n_ok} duplicates to {args.move_duplicates} ({len(moved) - n_ok} refused); "
@@ -183,7 +183,7 @@ def _views(args, result, root: Path, out: Path) -> None:
     if args.method != "group":
         times = None
         if args.time_weight > 0:
-            times = views.capture_times([root / p for p in result.groups.path])
+            times = views.capture_times(result.files)
         labels, Z = views.cluster(result.ensemble_embeddings(), method=args.method, sim=args.sim,
                                   k=args.k_clusters, min_size=args.min_size, pca=args.pca, times=times,
                                   time_weight=args.time_weight)
@@ -199,11 +199,11 @@ def _views(args, result, root: Path, out: Path) -> None:
         if Z is not None:
             views.plot_dendrogram(Z, out / "dendrogram.png", cut=1 - args.sim)
     if not args.no_gallery:
-        views.write_gallery(result.groups, root, out / "gallery.html", title=f"dedup: {root}")
+        views.write_gallery(result.groups, root, out / "gallery.html", title=f"dedup: {root}", files=result.files)
     if args.map:
         views.plot_map(result.ensemble_embeddings(), result.groups.group.to_numpy(), out / "map.png")
     if args.link_dir:
-        n = views.link_clusters(result.groups, root, args.link_dir)
+        n = views.link_clusters(result.groups, root, args.link_dir, files=result.files)
         print(f"linked {n} images into {args.link_dir}/cluster_with_N/cluster_i/")
 
 

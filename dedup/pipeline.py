@@ -58,6 +58,10 @@ class Result:
         pairs: the scored candidate pairs (:class:`dedup.grouping.Pairs`).
         meta: settings, backbones with weights provenance, counts, seconds
             per stage (written to run.json).
+        verifier: the geometric verifier used (or ``None``).
+        files: the real path of each row of ``groups`` (``groups.path`` is
+            made printable: a name that is not valid UTF-8 is backslash-escaped
+            there, so act on files through this list).
     """
 
     root: Path
@@ -70,6 +74,7 @@ class Result:
     exact_pairs: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     verifier: object = None
+    files: list = field(default_factory=list)
 
     def ensemble_embeddings(self) -> np.ndarray:
         """``(n, sum d_b)`` float32: the backbones' embeddings side by side, each
@@ -249,7 +254,7 @@ class Deduplicator:
             except OSError as exc:
                 out[i] = exc
                 continue
-            stats[i] = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+            stats[i] = (os.fsencode(p.resolve()), st.st_size, st.st_mtime_ns)
             if cache is not None:
                 out[i] = cache.get_digest(*stats[i])
         todo = [i for i in range(len(paths)) if out[i] is None]
@@ -471,7 +476,8 @@ class Deduplicator:
             },
             "images_per_second_inference": round(n_embedded / t_infer, 2) if t_infer > 0 else None,
         }
-        return Result(root, df, skipped_df, emb, indexes, colours, pairs, exact, meta, verifier)
+        files = [keep[i][0] for i in rows_ok]
+        return Result(root, df, skipped_df, emb, indexes, colours, pairs, exact, meta, verifier, files)
 
     def grouping_params(self, **overrides) -> GroupingParams:
         """This object's grouping settings as :class:`GroupingParams`, some overridden."""

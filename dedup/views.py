@@ -170,13 +170,15 @@ def cluster(X: np.ndarray, method: str = "hierarchical", sim: float = 0.5, k: in
     return out, Z
 
 
-def link_clusters(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike) -> int:
+def link_clusters(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike,
+                  files: list | None = None) -> int:
     """Write ``dest/cluster_with_N/cluster_i/`` folders of symlinks.
 
     One folder per group of N >= 2 images (groups of one are not linked),
     named by size then group order; each link points at the original file
     (absolute path) and is named like it (a number is prefixed on a clash).
-    Originals are never touched.
+    Originals are never touched. ``files``: the real path of each row
+    (``Result.files``); default ``root / path``.
 
     Returns:
         The number of links made.
@@ -188,8 +190,9 @@ def link_clusters(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} exists and is not empty; choose a new folder")
     root = Path(root).resolve()
+    real = [Path(f).resolve() for f in files] if files is not None else [root / p for p in groups.path]
     made = 0
-    sized = groups.groupby("group", sort=False).path.apply(list)
+    sized = pd.Series(range(len(groups)), index=groups.index).groupby(groups.group.to_numpy(), sort=False).apply(list)
     counters: dict[int, int] = {}
     for _, paths in sized.items():
         n = len(paths)
@@ -199,12 +202,12 @@ def link_clusters(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.
         counters[n] = i + 1
         folder = dest / f"cluster_with_{n}" / f"cluster_{i}"
         folder.mkdir(parents=True, exist_ok=True)
-        for j, p in enumerate(paths):
-            name = Path(p).name
+        for j, row in enumerate(paths):
+            name = real[row].name
             link = folder / name
             if link.exists() or link.is_symlink():
                 link = folder / f"{j}_{name}"
-            os.symlink(root / p, link)
+            os.symlink(real[row], link)
             made += 1
     return made
 
@@ -221,18 +224,21 @@ def _thumb_data_uri(path: Path, side: int = 160) -> str:
 
 
 def write_gallery(groups: pd.DataFrame, root: str | os.PathLike, path: str | os.PathLike,
-                  title: str = "dedup groups") -> Path:
+                  title: str = "dedup groups", files: list | None = None) -> Path:
     """A self-contained HTML gallery (thumbnails inlined as data URIs).
 
     One ``<section class="group">`` per group of >= 2 images, with
     thumbnails, file names, pixel size, file size and the stage and distance
     that joined each image; singletons are counted and listed in a folded
     ``<details>`` without thumbnails. Opens in a browser with no server.
+    ``files``: the real path of each row (``Result.files``); default ``root / path``.
 
     Returns:
         The written path.
     """
     root = Path(root)
+    real = [Path(f) for f in files] if files is not None else [root / p for p in groups.path]
+    groups = groups.assign(real_file=real)
     multi = groups[groups.group_size > 1]
     singles = groups[groups.group_size == 1]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
@@ -248,7 +254,7 @@ def write_gallery(groups: pd.DataFrame, root: str | os.PathLike, path: str | os.
         parts.append(f"<section class='group' id='{html.escape(str(gid))}'><h2>{html.escape(str(gid))} "
                      f"({len(members)} images)</h2>")
         for r in members.itertuples():
-            p = root / r.path
+            p = r.real_file
             size = p.stat().st_size if p.exists() else 0
             dist = "" if pd.isna(r.distance) else f"{r.distance:.3f}"
             parts.append(f"<figure><img src='{_thumb_data_uri(p)}' alt='{html.escape(r.path)}'>"

@@ -168,3 +168,23 @@ def test_fuzzed_real_jpeg_prefixes_never_raise_anything_else(tmp_path):
             load_image(p)
         except DecodeError:
             pass
+
+
+def test_heic_is_read_through_pillow_heif(tmp_path, photo):
+    pytest.importorskip("pillow_heif")  # a declared dependency; present after `pip install -e .`
+    photo.save(tmp_path / "phone.heic")
+    assert sniff_format((tmp_path / "phone.heic").read_bytes()[:32]) == "HEIF"
+    dec = load_image(tmp_path / "phone.heic")
+    assert dec.format == "HEIF" and dec.image.size == photo.size
+    assert np.abs(np.asarray(dec.image, np.float32) - np.asarray(photo, np.float32)).mean() < 10
+
+
+def test_non_utf8_file_name_is_read_and_reported(tmp_path):
+    raw = os.fsencode(str(tmp_path)) + b"/caf\xe9-latin1.jpg"  # not valid UTF-8
+    with open(raw, "wb") as fh:
+        fh.write(PHOTO.read_bytes())
+    out = tmp_path.parent / (tmp_path.name + "-out")
+    proc = run_cli("run", str(tmp_path), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    groups = pd.read_csv(out / "groups.csv")
+    assert len(groups) == 1 and "caf" in groups.path[0]
