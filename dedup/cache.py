@@ -23,7 +23,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS stats (path BLOB PRIMARY KEY, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, digest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (digest TEXT PRIMARY KEY, phash INTEGER NOT NULL,
     width INTEGER NOT NULL, height INTEGER NOT NULL, colour BLOB NOT NULL, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS inliers (a TEXT NOT NULL, b TEXT NOT NULL, method TEXT NOT NULL,
+    inliers INTEGER NOT NULL, PRIMARY KEY (a, b, method));
+CREATE TABLE IF NOT EXISTS thumbs (digest TEXT NOT NULL, side INTEGER NOT NULL, jpeg BLOB NOT NULL,
+    PRIMARY KEY (digest, side));
 CREATE TABLE IF NOT EXISTS embeddings (digest TEXT NOT NULL, backbone TEXT NOT NULL,
     weights_id TEXT NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (digest, backbone, weights_id));
 """
@@ -168,3 +172,29 @@ class EmbeddingCache:
         rows = [(d, backbone, weights_id, np.asarray(v, np.float32).tobytes()) for d, v in zip(digests, vecs)]
         self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?,?,?,?)", rows)
         self._db.commit()
+
+    # -- geometric verification and thumbnails ------------------------------
+    def get_inliers(self, pairs: list[tuple[str, str]], method: str) -> dict[tuple[str, str], int]:
+        """Stored inlier counts for ``(digest_a, digest_b)`` pairs (a < b); misses absent."""
+        out = {}
+        for a, b in pairs:
+            row = self._db.execute("SELECT inliers FROM inliers WHERE a=? AND b=? AND method=?",
+                                   (a, b, method)).fetchone()
+            if row is not None:
+                out[(a, b)] = int(row[0])
+        return out
+
+    def put_inliers(self, values: dict[tuple[str, str], int], method: str) -> None:
+        """Store inlier counts of digest pairs (a < b) and commit."""
+        self._db.executemany("INSERT OR REPLACE INTO inliers VALUES (?,?,?,?)",
+                             [(a, b, method, int(v)) for (a, b), v in values.items()])
+        self._db.commit()
+
+    def get_thumb(self, digest: str, side: int) -> bytes | None:
+        """A stored JPEG thumbnail (longest side ``side`` px), or ``None``."""
+        row = self._db.execute("SELECT jpeg FROM thumbs WHERE digest=? AND side=?", (digest, side)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_thumb(self, digest: str, side: int, jpeg: bytes) -> None:
+        """Store a JPEG thumbnail."""
+        self._db.execute("INSERT OR REPLACE INTO thumbs VALUES (?,?,?)", (digest, side, jpeg))

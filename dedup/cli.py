@@ -199,7 +199,15 @@ def _views(args, result, root: Path, out: Path) -> None:
         if Z is not None:
             views.plot_dendrogram(Z, out / "dendrogram.png", cut=1 - args.sim)
     if not args.no_gallery:
-        views.write_gallery(result.groups, root, out / "gallery.html", title=f"dedup: {root}", files=result.files)
+        from .cache import EmbeddingCache
+
+        cache = EmbeddingCache(dd_cache) if (dd_cache := result.meta["settings"].get("cache")) else None
+        try:
+            views.write_gallery(result.groups, root, out / "gallery.html", title=f"dedup: {root}",
+                                files=result.files, cache=cache)
+        finally:
+            if cache is not None:
+                cache.close()
     if args.map:
         views.plot_map(result.ensemble_embeddings(), result.groups.group.to_numpy(), out / "map.png")
     if args.link_dir:

@@ -98,6 +98,24 @@ def _safe_str(s: str) -> str:
     return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+class _CachedVerify:
+    """Geometric verification that reuses inlier counts stored in the cache."""
+
+    def __init__(self, verifier, cache: EmbeddingCache, digests: list[str]):
+        self.verifier, self.cache, self.digests = verifier, cache, digests
+
+    def __call__(self, ij: np.ndarray) -> np.ndarray:
+        keys = [tuple(sorted((self.digests[i], self.digests[j]))) for i, j in ij]
+        method = self.verifier.method_id
+        got = self.cache.get_inliers(keys, method)
+        out = np.array([got.get(k, -1) for k in keys], dtype=np.int64)
+        miss = out < 0
+        if miss.any():
+            out[miss] = self.verifier(ij[miss])
+            self.cache.put_inliers({k: int(v) for k, v, m in zip(keys, out, miss) if m}, method)
+        return out
+
+
 class Deduplicator:
     """Group the images of a folder that show the same product.
 
@@ -443,7 +461,8 @@ class Deduplicator:
             paths_ok = [keep[i][0] for i in rows_ok]
             verifier = GeometricVerifier(lambda i: load_image(paths_ok[i], target_size=MAX_SIDE,
                                                               max_pixels=self.max_pixels).image)
-        grouping = self.regroup(n, pairs, exact, colours, list(emb.values()), verifier)
+        verify = verifier if cache is None or verifier is None else _CachedVerify(verifier, cache, dig)
+        grouping = self.regroup(n, pairs, exact, colours, list(emb.values()), verify)
         if verifier is not None:
             timings["verified_pairs"] = verifier.pairs_checked
         timings["group"] = time.perf_counter() - t

@@ -46,6 +46,11 @@ class GeometricVerifier:
         self._feats: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
         self.pairs_checked = 0
 
+    @property
+    def method_id(self) -> str:
+        """Identifies the settings, so that cached inlier counts are reused only for the same method."""
+        return f"orb{self.n_features}-ratio{self.ratio}-ransac{self.reprojection_px}-side{MAX_SIDE}"
+
     def _features(self, i: int):
         if i not in self._feats:
             import cv2

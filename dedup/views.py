@@ -212,19 +212,28 @@ def link_clusters(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.
     return made
 
 
-def _thumb_data_uri(path: Path, side: int = 160) -> str:
-    try:
-        im = load_image(path, target_size=side).image
-    except DecodeError:
-        return ""
-    im.thumbnail((side, side))
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+THUMB_SIDE = 160
+
+
+def _thumb_data_uri(path: Path, digest: str | None = None, cache=None) -> str:
+    """An inline JPEG thumbnail (longest side THUMB_SIDE px), from the cache when it has one."""
+    jpeg = cache.get_thumb(digest, THUMB_SIDE) if cache is not None and digest else None
+    if jpeg is None:
+        try:
+            im = load_image(path, target_size=THUMB_SIDE).image
+        except DecodeError:
+            return ""
+        im.thumbnail((THUMB_SIDE, THUMB_SIDE))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=80)
+        jpeg = buf.getvalue()
+        if cache is not None and digest:
+            cache.put_thumb(digest, THUMB_SIDE, jpeg)
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def write_gallery(groups: pd.DataFrame, root: str | os.PathLike, path: str | os.PathLike,
-                  title: str = "dedup groups", files: list | None = None) -> Path:
+                  title: str = "dedup groups", files: list | None = None, cache=None) -> Path:
     """A self-contained HTML gallery (thumbnails inlined as data URIs).
 
     One ``<section class="group">`` per group of >= 2 images, with
@@ -232,6 +241,8 @@ def write_gallery(groups: pd.DataFrame, root: str | os.PathLike, path: str | os.
     that joined each image; singletons are counted and listed in a folded
     ``<details>`` without thumbnails. Opens in a browser with no server.
     ``files``: the real path of each row (``Result.files``); default ``root / path``.
+    ``cache``: an open :class:`dedup.cache.EmbeddingCache` to keep thumbnails in
+    (keyed by the ``sha256`` column).
 
     Returns:
         The written path.
@@ -257,7 +268,8 @@ def write_gallery(groups: pd.DataFrame, root: str | os.PathLike, path: str | os.
             p = r.real_file
             size = p.stat().st_size if p.exists() else 0
             dist = "" if pd.isna(r.distance) else f"{r.distance:.3f}"
-            parts.append(f"<figure><img src='{_thumb_data_uri(p)}' alt='{html.escape(r.path)}'>"
+            uri = _thumb_data_uri(p, getattr(r, "sha256", None), cache)
+            parts.append(f"<figure><img src='{uri}' alt='{html.escape(r.path)}'>"
                          f"<figcaption>{html.escape(r.path)}<br>{r.width}x{r.height} px, {size / 1024:.0f} KB"
                          f"<br>{html.escape(str(r.stage))} {dist}</figcaption></figure>")
         parts.append("</section>")
