@@ -28,3 +28,14 @@ def write(name: str, data: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def replace_readme_block(name: str, text: str) -> None:
+    """Replace the text between ``<!-- NAME:START -->`` and ``<!-- NAME:END -->`` in README.md."""
+    start, end = f"<!-- {name}:START -->", f"<!-- {name}:END -->"
+    path = ROOT / "README.md"
+    content = path.read_text()
+    if start in content and end in content:
+        head, rest = content.split(start, 1)
+        _, tail = rest.split(end, 1)
+        path.write_text(f"{head}{start}\n{text}\n{end}{tail}")

@@ -11,7 +11,7 @@ Sets (embeddings from efficientnet-lite0, cached in benchmarks/.cache):
 
 Each row switches one part off (or back to the plain global cutoff).
 
-    python benchmarks/grouping_ablation.py
+    python benchmarks/grouping_ablation.py [--readme]
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from _common import BENCH, ROOT, machine, write
+import sys
+
+from _common import BENCH, ROOT, machine, replace_readme_block, write
 from dedup.backbones import EfficientNetLite0
 from dedup.colour import colour_descriptor
 from dedup.evaluate import evaluate
@@ -115,6 +117,8 @@ def main() -> None:
                   f"{r['distinct_flipkart_joined']} | {r['recoloured_joined']} |")
     write("grouping_ablation", {"machine": machine(), "defaults": dataclasses.asdict(d), "rows": rows},
           "\n".join(md) + "\n")
+    if "--readme" in sys.argv:
+        replace_readme_block("ABLATION-TABLE", "\n".join(md[2:]))
 
 
 if __name__ == "__main__":

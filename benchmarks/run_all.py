@@ -12,9 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import BENCH, ROOT, machine, write
-
-START, END = "<!-- BENCH-TABLE:START -->", "<!-- BENCH-TABLE:END -->"
+from _common import BENCH, ROOT, machine, replace_readme_block, write
 
 
 def main() -> None:
@@ -48,12 +46,7 @@ def main() -> None:
           f"{m['cores']} CPU cores, {m['date']}. Produced by `python benchmarks/run_all.py`.\n\n{table}\n")
     write("bench_sets", {"machine": m, "extra_options": extra, "rows": rows}, md)
     if readme:
-        path = ROOT / "README.md"
-        text = path.read_text()
-        if START in text and END in text:
-            head, rest = text.split(START, 1)
-            _, tail = rest.split(END, 1)
-            path.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+        replace_readme_block("BENCH-TABLE", table)
 
 
 if __name__ == "__main__":
