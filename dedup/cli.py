@@ -149,13 +149,12 @@ def cmd_run(args) -> int:
     if not root.is_dir():
         print(f"dedup: error: not a folder: {root}", file=sys.stderr)
         return 1
-    if args.move_duplicates and _inside(Path(args.move_duplicates), root):
-        print(f"dedup: error: --move-duplicates {args.move_duplicates} lies inside {root}", file=sys.stderr)
-        return 1
-    if _inside(Path(args.out), root):
-        print(f"dedup: error: --out {args.out} lies inside {root}; dedup never writes inside the input folder",
-              file=sys.stderr)
-        return 1
+    for flag, value in (("--out", args.out), ("--cache", args.cache), ("--link-dir", args.link_dir),
+                        ("--move-duplicates", args.move_duplicates)):
+        if value and _inside(Path(value), root):
+            print(f"dedup: error: {flag} {value} lies inside {root}; dedup never writes inside the input folder",
+                  file=sys.stderr)
+            return 1
     dd = _make(args)
     nets, note = dd.check()  # weights problems stop here, before any image work
     print(("NOTE: " if "FELL BACK" in note else "") + note, flush=True)
@@ -250,10 +249,11 @@ def cmd_bench(args) -> int:
     if not labels.is_file():
         print(f"dedup: error: no such labels file: {labels}", file=sys.stderr)
         return 1
-    if _inside(Path(args.out), labels.parent):
-        print(f"dedup: error: --out {args.out} lies inside {labels.parent}; dedup never writes inside the "
-              "input folder", file=sys.stderr)
-        return 1
+    for flag, value in (("--out", args.out), ("--cache", args.cache)):
+        if value and _inside(Path(value), labels.parent):
+            print(f"dedup: error: {flag} {value} lies inside {labels.parent}; dedup never writes inside the "
+                  "input folder", file=sys.stderr)
+            return 1
     dd = _make(args)
     nets, note = dd.check()
     print(("NOTE: " if "FELL BACK" in note else "") + note, flush=True)

@@ -272,17 +272,23 @@ def group(n: int, pairs: Pairs, exact_pairs: dict[str, np.ndarray], colours: np.
     labels = comp.copy()
     next_label = comp.max() + 1 if n else 0
     sizes = np.bincount(comp, minlength=comp.max() + 1 if n else 0)
+    order = np.argsort(comp, kind="stable")
+    bounds = np.searchsorted(comp[order], np.arange(len(sizes) + 1))
+    exact_by_comp: dict[int, list] = {}
+    for a, b in exact:
+        exact_by_comp.setdefault(int(comp[a]), []).append((a, b))
     for c in np.nonzero(sizes > 2)[0]:
-        members = np.nonzero(comp == c)[0]
+        members = order[bounds[c]:bounds[c + 1]]
         if len(members) > 2000:  # O(m^2) distances: leave giant components to the cutoff
             continue
         sub = np.mean([1.0 - X[members] @ X[members].T for X in embeddings], axis=0)
-        sub = sub + p.colour_weight * colour_distance(colours[members][:, None, :], colours[members][None, :, :])
+        cm = colours[members]
+        for s0 in range(0, len(members), 64):  # row blocks: memory O(64 m), not O(m^2 x 116)
+            sub[s0:s0 + 64] += p.colour_weight * colour_distance(cm[s0:s0 + 64, None, :], cm[None, :, :])
         # exact-pass pairs inside the component stay together
         pos = {m: t for t, m in enumerate(members)}
-        for a, b in exact:
-            if a in pos and b in pos:
-                sub[pos[a], pos[b]] = sub[pos[b], pos[a]] = 0.0
+        for a, b in exact_by_comp.get(int(c), []):
+            sub[pos[a], pos[b]] = sub[pos[b], pos[a]] = 0.0
         np.fill_diagonal(sub, 0.0)
         sub = np.clip((sub + sub.T) / 2, 0, None)
         cut = fcluster(linkage(squareform(sub, checks=False), method="average"), t=p.linkage_cutoff,

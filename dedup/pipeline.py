@@ -463,8 +463,6 @@ class Deduplicator:
                                                               max_pixels=self.max_pixels).image)
         verify = verifier if cache is None or verifier is None else _CachedVerify(verifier, cache, dig)
         grouping = self.regroup(n, pairs, exact, colours, list(emb.values()), verify)
-        if verifier is not None:
-            timings["verified_pairs"] = verifier.pairs_checked
         timings["group"] = time.perf_counter() - t
 
         width = max(4, len(str(max(int(grouping.labels.max()) + 1, 1)))) if n else 4
@@ -491,6 +489,7 @@ class Deduplicator:
                 "images_in_groups": int((df.group_size > 1).sum()) if n else 0,
                 "singletons": int((df.group_size == 1).sum()) if n else 0,
                 "candidate_pairs": int(len(pairs.ij)),
+                "pairs_verified_geometrically": verifier.pairs_checked if verifier is not None else 0,
                 "joined_by_stage": {s: int((df.stage == s).sum()) for s in ("sha256", "phash", "embedding", "verified", "fallback")},
             },
             "images_per_second_inference": round(n_embedded / t_infer, 2) if t_infer > 0 else None,
