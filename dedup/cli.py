@@ -54,6 +54,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="Hamming distance (bits of 64) of the pHash pass (default 4)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
+    p.add_argument("--processes", type=int, default=0,
+                   help="decode in N spawn-started worker processes instead of threads (default 0: threads)")
     p.add_argument("--cache", default=None, help="SQLite cache file (default OUT/cache.sqlite)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
     p.add_argument("--weights-dir", default=None, help="extra folder searched for weights files")
@@ -130,7 +132,7 @@ def _make(args) -> P.Deduplicator:
         backbones=backbones, verify=not args.no_verify, k=args.neighbours,
         **{name: getattr(args, name) for name in GroupingParams.__dataclass_fields__},
         phash_max_distance=DEFAULT_PHASH_MAX_DISTANCE if args.phash_distance is None else args.phash_distance,
-        batch_size=args.batch_size, workers=args.workers, cache=cache, weights_dir=args.weights_dir,
+        batch_size=args.batch_size, workers=args.workers, processes=args.processes, cache=cache, weights_dir=args.weights_dir,
         allow_download=args.download_weights, progress=not args.quiet)
 
 

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +98,26 @@ def _safe_str(s: str) -> str:
     return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _decode_task(path: Path, nets: list[Backbone], need_embed: list[bool], max_pixels: int | None):
+    """Decode one file and compute what every stage needs from its pixels.
+
+    Module-level (picklable), so that it runs in threads or in spawn-started
+    processes alike.
+
+    Returns:
+        ``(width, height, note, phash, colour, prepared)``; ``prepared`` holds
+        each backbone's network input (``None`` where the cache has the
+        embedding).
+
+    Raises:
+        DecodeError: the file cannot be decoded.
+    """
+    target = max(n.input_size for n in nets) if nets else 64
+    dec = load_image(path, target_size=target, max_pixels=max_pixels)
+    prepared = [n.prepare(dec.image) if need else None for n, need in zip(nets, need_embed)]
+    return dec.width, dec.height, dec.note, phash(dec.image), colour_descriptor(dec.image), prepared
+
+
 class _CachedVerify:
     """Geometric verification that reuses inlier counts stored in the cache."""
 
@@ -134,7 +154,11 @@ class Deduplicator:
         k: neighbours per image from each ANN index.
         phash_max_distance: Hamming distance (bits of 64) of the pHash pass.
         batch_size: images per inference batch.
-        workers: decoding threads, overlapped with inference.
+        workers: decoding threads, overlapped with inference (Pillow releases
+            the GIL while decoding and resizing, so threads scale).
+        processes: when > 0, decode in that many spawn-started worker
+            processes instead of threads (for decoders that hold the GIL;
+            costs about a second of start-up per process).
         cache: path of the SQLite cache, ``None`` for ``OUT/cache.sqlite`` when
             run through the CLI (no cache in the library unless given), or
             ``False`` to disable.
@@ -152,7 +176,7 @@ class Deduplicator:
                  fallback_max: float = _G.fallback_max, fallback_ratio: float = _G.fallback_ratio,
                  k: int = DEFAULT_K,
                  phash_max_distance: int = DEFAULT_PHASH_MAX_DISTANCE, batch_size: int = 32,
-                 workers: int = 2, cache=None, weights_dir: str | None = None,
+                 workers: int = 2, processes: int = 0, cache=None, weights_dir: str | None = None,
                  allow_download: bool = False, n_trees: int = DEFAULT_N_TREES,
                  search_k_factor: int = SEARCH_K_FACTOR, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  progress: bool = True):
@@ -172,6 +196,7 @@ class Deduplicator:
         self.phash_max_distance = phash_max_distance
         self.batch_size = batch_size
         self.workers = workers
+        self.processes = processes
         self.cache = cache
         self.weights_dir = weights_dir
         self.allow_download = allow_download
@@ -293,11 +318,6 @@ class Deduplicator:
             cache.commit()
         return out
 
-    def _decode_one(self, path: Path, nets: list[Backbone], need_embed: list[bool]):
-        target = max(n.input_size for n in nets) if nets else 64
-        dec = load_image(path, target_size=target, max_pixels=self.max_pixels)
-        prepared = [n.prepare(dec.image) if need else None for n, need in zip(nets, need_embed)]
-        return dec, phash(dec.image), colour_descriptor(dec.image), prepared
 
     def _run(self, root: Path, paths: list[Path], skipped: list[Skipped], nets: list[Backbone],
              cache: EmbeddingCache | None, timings: dict) -> Result:
@@ -368,7 +388,13 @@ class Deduplicator:
 
             bar = tqdm(total=len(todo), desc="decode+embed " + "+".join(n.name for n in nets),
                        disable=not self.progress, unit="img")
-            with ThreadPoolExecutor(max(1, self.workers)) as ex:
+            if self.processes:
+                import multiprocessing
+
+                executor = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
+            else:
+                executor = ThreadPoolExecutor(max(1, self.workers))
+            with executor as ex:
                 pending: deque = deque()
                 it = iter(todo)
                 window = max(2 * self.batch_size, 4)
@@ -378,7 +404,7 @@ class Deduplicator:
                     if i is None:
                         return False
                     need = [v[i] is None for v in vecs]
-                    pending.append((i, ex.submit(self._decode_one, keep[i][0], nets, need)))
+                    pending.append((i, ex.submit(_decode_task, keep[i][0], nets, need, self.max_pixels)))
                     return True
 
                 while len(pending) < window and submit_next():
@@ -387,7 +413,7 @@ class Deduplicator:
                     i, fut = pending.popleft()
                     submit_next()
                     try:
-                        dec, code, colour, prepared = fut.result()
+                        width, height, note, code, colour, prepared = fut.result()
                     except DecodeError as exc:
                         failed[i] = str(exc)
                         bar.update(1)
@@ -396,10 +422,9 @@ class Deduplicator:
                         failed[i] = f"decode failed: {type(exc).__name__}: {exc}"
                         bar.update(1)
                         continue
-                    info[i] = {"phash": code, "width": dec.width, "height": dec.height,
-                               "colour": colour, "note": dec.note}
+                    info[i] = {"phash": code, "width": width, "height": height, "colour": colour, "note": note}
                     if cache is not None:
-                        cache.put_file(keep[i][1], code, dec.width, dec.height, colour, dec.note)
+                        cache.put_file(keep[i][1], code, width, height, colour, note)
                     batch_idx.append(i)
                     for b in range(len(nets)):
                         batch_arr[b].append(prepared[b])

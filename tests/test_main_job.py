@@ -117,3 +117,14 @@ def test_second_run_reuses_the_cache(tmp_path):
     meta = json.loads((out / "run.json").read_text())
     assert meta["counts"]["embedded"] == 0 and meta["counts"]["from_cache"] == 20
     pd.testing.assert_frame_equal(groups1, pd.read_csv(out / "groups.csv"))
+
+
+def test_decoding_in_spawned_processes_gives_the_same_result(robustness_run, tmp_path):
+    _, threads_out = robustness_run
+    out = tmp_path / "out"
+    proc = run_cli("run", str(bench_set("robustness") / "images"), "--out", str(out), "--quiet", "--processes", "2")
+    assert proc.returncode == 0, proc.stderr
+    a = pd.read_csv(threads_out / "groups.csv")
+    b = pd.read_csv(out / "groups.csv")
+    assert list(a.path) == list(b.path) and list(a.group) == list(b.group)
+    pd.testing.assert_frame_equal(pd.read_csv(threads_out / "skipped.csv"), pd.read_csv(out / "skipped.csv"))

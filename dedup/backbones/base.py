@@ -34,6 +34,15 @@ class Backbone(ABC):
     weights_id: str = ""
     weights_source: str = ""
 
+    def __getstate__(self) -> dict:
+        """Pickle without the built model (for spawn-started decoding
+        processes, which only call :meth:`prepare`)."""
+        state = self.__dict__.copy()
+        for key in ("_model", "_fast", "_fn"):
+            if key in state:
+                state[key] = None
+        return state
+
     @abstractmethod
     def check_weights(self) -> None:
         """Resolve the weights file without building the model.
