@@ -147,13 +147,15 @@ def load_image(path: str | os.PathLike, *, target_size: int | None = None,
                 im.seek(0)
             im.load()
             try:
+                orientation = int(im.getexif().get(0x0112, 1))
                 im = ImageOps.exif_transpose(im)
             except Exception:  # noqa: BLE001 - a broken EXIF block is not fatal
-                pass
+                orientation = 1
+            if orientation in (5, 6, 7, 8):  # a quarter turn: the upright image is height x width
+                width, height = height, width
             rgb = _to_rgb(im)
             if rgb is im:
                 rgb = im.copy()
-            width, height = _original_size(width, height, rgb, im)
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -170,12 +172,6 @@ def _reason(exc: Exception) -> str:
     if "truncat" in msg.lower():
         return f"truncated image data ({msg})"
     return f"corrupt image data ({msg})"
-
-
-def _original_size(width: int, height: int, rgb: Image.Image, im: Image.Image) -> tuple[int, int]:
-    """Original (pre-draft) size with the EXIF rotation applied."""
-    rotated = (rgb.width > rgb.height) != (width > height) and rgb.width != rgb.height
-    return (height, width) if rotated else (width, height)
 
 
 def _size_or_none(path: str | os.PathLike) -> int | None:
