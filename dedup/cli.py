@@ -323,26 +323,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from .backbones import WeightsError
 
+    commands = {"run": cmd_run, "weights": cmd_weights, "query": cmd_query, "undo": cmd_undo,
+                "bench": cmd_bench, "evaluate": cmd_evaluate}
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "weights":
-            return cmd_weights(args)
-        if args.command == "query":
-            return cmd_query(args)
-        if args.command == "undo":
-            return cmd_undo(args)
-        if args.command == "bench":
-            return cmd_bench(args)
-        if args.command == "evaluate":
-            return cmd_evaluate(args)
-    except WeightsError as exc:
-        print(f"dedup: error: {exc}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, PermissionError) as exc:
+        return commands[args.command](args)
+    except (WeightsError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
+            PermissionError) as exc:
         print(f"dedup: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("dedup: interrupted; finished batches are in the cache, run again to resume", file=sys.stderr)
         return 130
-    return 2
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

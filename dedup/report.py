@@ -46,8 +46,12 @@ def write_report(result, out: str | os.PathLike) -> Path:
 
     atomic(GROUPS_CSV, lambda p: result.groups.to_csv(p, index=False))
     atomic(SKIPPED_CSV, lambda p: result.skipped.to_csv(p, index=False))
+    def save_npy(path: Path, X: np.ndarray) -> None:
+        with open(path, "wb") as fh:
+            np.save(fh, X)
+
     for name, X in result.embeddings.items():
-        atomic(f"embeddings-{name}.npy", lambda p, X=X: np.save(open(p, "wb"), X))
+        atomic(f"embeddings-{name}.npy", lambda p, X=X: save_npy(p, X))
     for name, idx in result.indexes.items():
         atomic(f"index-{name}.ann", lambda p, idx=idx: idx.save(p))
     meta = dict(result.meta)
