@@ -145,6 +145,7 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def cmd_run(args) -> int:
+    """`run DIR`: the main job, then the views; returns the exit status."""
     from .report import summary, write_report
 
     root = Path(args.dir)
@@ -217,6 +218,7 @@ def _views(args, result, root: Path, out: Path) -> None:
 
 
 def cmd_query(args) -> int:
+    """`query IMAGE... --index OUT`: print and write the N nearest catalogue images."""
     import time
 
     from .query import Searcher
@@ -236,6 +238,7 @@ def cmd_query(args) -> int:
 
 
 def cmd_undo(args) -> int:
+    """`undo MANIFEST`: put moved files back; 1 if any file could not be restored."""
     from .actions import undo
 
     res = undo(args.manifest)
@@ -245,6 +248,7 @@ def cmd_undo(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    """`bench LABELS.csv`: run on a labelled set and write bench.json / bench.md / sweep.png."""
     from .bench import BENCH_JSON, BENCH_MD, run_bench
 
     labels = Path(args.labels)
@@ -269,6 +273,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """`evaluate GROUPS.csv LABELS.csv`: print the metrics of an existing run."""
     import json
 
     from .bench import read_labels
@@ -288,6 +293,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_weights(args) -> int:
+    """`weights [import DIR]`: list weights files and their status, or import verified ones."""
     from .backbones.weights import KERAS_WEIGHTS, import_weights, weights_status
 
     if args.action == "import":

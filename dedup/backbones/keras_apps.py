@@ -63,6 +63,7 @@ class KerasBackbone(Backbone):
         self._fn = None
 
     def check_weights(self) -> None:
+        """See :meth:`dedup.backbones.base.Backbone.check_weights`."""
         if self._path is None:
             self._path, source = resolve_weights(self.spec, self.weights_dir, self.allow_download)
             self.weights_id = f"{self.spec.filename} md5:{self.spec.md5}"
@@ -72,6 +73,7 @@ class KerasBackbone(Backbone):
                                         f"(test hook ${MD5_OVERRIDE_ENV} or a custom spec)")
 
     def load(self) -> None:
+        """See :meth:`dedup.backbones.base.Backbone.load`."""
         if self._fn is not None:
             return
         self.check_weights()

@@ -41,11 +41,13 @@ class StyleLite0(EfficientNetLite0):
     dim = sum(c * (c + 1) // 2 for c in _CHANNELS) + COLOUR_DIM
 
     def check_weights(self) -> None:
+        """See :meth:`dedup.backbones.base.Backbone.check_weights`."""
         super().check_weights()
         if "style" not in self.weights_id:
             self.weights_id = f"style(gram 3 stages + colour {COLOUR_SHARE}) {self.weights_id}"
 
     def load(self) -> None:
+        """See :meth:`dedup.backbones.base.Backbone.load`."""
         if self._model is None:
             super().load()
 
