@@ -54,6 +54,10 @@ class EmbeddingCache:
     Args:
         path: the database file (created with its folder if missing).
 
+    Raises:
+        sqlite3.OperationalError: the database stays locked by another
+            process for more than 30 s.
+
     The object is a context manager; :meth:`close` commits and closes.
     """
 
@@ -92,6 +96,10 @@ class EmbeddingCache:
                 return db
             db.close()
             reason = "failed integrity check or has an unknown schema"
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise  # another process holds it: busy is not corrupt, never move it aside
+            reason = f"is not a readable SQLite database ({exc})"
         except sqlite3.DatabaseError as exc:
             reason = f"is not a readable SQLite database ({exc})"
         aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
