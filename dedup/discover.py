@@ -131,7 +131,12 @@ def discover(root: str | os.PathLike, *, include_hidden: bool = False) -> tuple[
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=on_error):
         here = Path(dirpath)
-        st = here.stat()
+        try:
+            st = here.stat()
+        except OSError as exc:
+            skipped.append(Skipped(here, f"unreadable folder: {exc.strerror or exc}"))
+            dirnames[:] = []
+            continue
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs:
             skipped.append(Skipped(here, "folder already visited (symlink loop or duplicate link)"))

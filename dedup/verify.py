@@ -34,7 +34,7 @@ class GeometricVerifier:
         reprojection_px: RANSAC inlier threshold in pixels at ``MAX_SIDE``.
 
     Features are computed once per image and kept for the object's lifetime
-    (about 32 KB per image).
+    (about 32 KB per image); so is each pair's count.
     """
 
     def __init__(self, load: Callable[[int], Image.Image], n_features: int = 1000, ratio: float = 0.8,
@@ -44,6 +44,7 @@ class GeometricVerifier:
         self.ratio = ratio
         self.reprojection_px = reprojection_px
         self._feats: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._done: dict[tuple[int, int], int] = {}
         self.pairs_checked = 0
 
     @property
@@ -68,10 +69,18 @@ class GeometricVerifier:
         return self._feats[i]
 
     def inliers(self, i: int, j: int) -> int:
-        """RANSAC homography inliers between images ``i`` and ``j`` (0 if too few matches)."""
+        """RANSAC homography inliers between images ``i`` and ``j`` (0 if too few matches).
+
+        Each pair is computed once per verifier (a cutoff sweep asks again)."""
+        key = (int(i), int(j))
+        if key not in self._done:
+            self._done[key] = self._compute(*key)
+        return self._done[key]
+
+    def _compute(self, i: int, j: int) -> int:
         import cv2
 
-        (pa, da), (pb, db) = self._features(int(i)), self._features(int(j))
+        (pa, da), (pb, db) = self._features(i), self._features(j)
         self.pairs_checked += 1
         if da is None or db is None or len(da) < 8 or len(db) < 8:
             return 0
