@@ -54,11 +54,6 @@ def phash(image: Image.Image) -> int:
     return int(np.packbits(bits.astype(np.uint8)).view(">u8")[0])
 
 
-def hamming(a: int, b: int) -> int:
-    """Hamming distance between two 64-bit codes, in bits (0..64)."""
-    return int(bin(int(a) ^ int(b)).count("1"))
-
-
 def exact_groups(digests: list[str]) -> list[list[int]]:
     """Indices of byte-identical files, one list per digest shared by >= 2.
 

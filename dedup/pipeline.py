@@ -32,8 +32,6 @@ from .index import DEFAULT_N_TREES, SEARCH_K_FACTOR, AnnIndex
 log = logging.getLogger(__name__)
 
 _G = GroupingParams()
-#: Default contextual-distance cutoff (see :class:`dedup.grouping.GroupingParams`).
-DEFAULT_CUTOFF: float = _G.cutoff
 #: Neighbours per image taken from each ANN index as candidates.
 DEFAULT_K: int = 10
 
@@ -96,6 +94,11 @@ def _rel(path: Path, root: Path) -> str:
 def _safe_str(s: str) -> str:
     """A path string that can always be written as UTF-8 (surrogates escaped)."""
     return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to ``root``, printable (what groups.csv and skipped.csv show)."""
+    return _safe_str(_rel(path, root))
 
 
 def _decode_task(path: Path, nets: list[Backbone], need_embed: list[bool], max_pixels: int | None):
@@ -321,7 +324,7 @@ class Deduplicator:
 
     def _run(self, root: Path, paths: list[Path], skipped: list[Skipped], nets: list[Backbone],
              cache: EmbeddingCache | None, timings: dict) -> Result:
-        skipped_rows = [(_safe_str(_rel(s.path, root)), s.reason) for s in skipped]
+        skipped_rows = [(_shown(s.path, root), s.reason) for s in skipped]
 
         t = time.perf_counter()
         digests = self._digests(paths, cache)
@@ -330,7 +333,7 @@ class Deduplicator:
             if isinstance(d, str):
                 keep.append((p, d))
             else:
-                skipped_rows.append((_safe_str(_rel(p, root)), f"unreadable: {getattr(d, 'strerror', d)}"))
+                skipped_rows.append((_shown(p, root), f"unreadable: {getattr(d, 'strerror', d)}"))
         timings["sha256"] = time.perf_counter() - t
 
         # Decode + hash + embed, reusing everything the cache already has.
@@ -441,7 +444,7 @@ class Deduplicator:
         for i, (p, d) in enumerate(keep):
             src = first_of[d]
             if src in failed:
-                skipped_rows.append((_safe_str(_rel(p, root)), failed[src]))
+                skipped_rows.append((_shown(p, root), failed[src]))
                 continue
             if src != i:
                 info[i] = info[src]
@@ -449,7 +452,7 @@ class Deduplicator:
                     v[i] = v[src]
             rows_ok.append(i)
         n = len(rows_ok)
-        rel = [_safe_str(_rel(keep[i][0], root)) for i in rows_ok]
+        rel = [_shown(keep[i][0], root) for i in rows_ok]
         dig = [keep[i][1] for i in rows_ok]
         emb = {net.name: (np.stack([vecs[b][i] for i in rows_ok]).astype(np.float32) if n
                           else np.zeros((0, net.dim), np.float32)) for b, net in enumerate(nets)}
