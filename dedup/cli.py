@@ -193,11 +193,7 @@ def _views(args, result, root: Path, out: Path) -> None:
         result.meta["views"] = {"method": args.method, "sim": args.sim, "k": args.k_clusters,
                                 "min_size": args.min_size, "pca": args.pca, "time_weight": args.time_weight,
                                 "time_scale_s": views.TIME_SCALE_S, "linkage": "average (UPGMA), cosine"}
-        c = result.meta["counts"]
-        c["groups_of_2_or_more"] = int(result.groups.loc[result.groups.group_size > 1, "group"].nunique())
-        c["images_in_groups"] = int((result.groups.group_size > 1).sum())
-        c["singletons"] = int((result.groups.group_size == 1).sum())
-        c["joined_by_stage"] = {str(k): int(v) for k, v in result.groups.stage.value_counts().items()}
+        result.meta["counts"].update(P.group_counts(result.groups))
         if Z is not None:
             views.plot_dendrogram(Z, out / "dendrogram.png", cut=1 - args.sim)
     if not args.no_gallery:

@@ -25,7 +25,7 @@ from .colour import DIM as COLOUR_DIM
 from .colour import colour_descriptor
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_image
 from .discover import Skipped, discover
-from .grouping import Grouping, GroupingParams, candidate_pairs, group, score_pairs
+from .grouping import STAGES, Grouping, GroupingParams, candidate_pairs, group, score_pairs
 from .hashing import DEFAULT_PHASH_MAX_DISTANCE, exact_groups, near_duplicate_pairs, phash, sha256_file
 from .index import DEFAULT_N_TREES, SEARCH_K_FACTOR, AnnIndex
 
@@ -119,6 +119,20 @@ def _decode_task(path: Path, nets: list[Backbone], need_embed: list[bool], max_p
     dec = load_image(path, target_size=target, max_pixels=max_pixels)
     prepared = [n.prepare(dec.image) if need else None for n, need in zip(nets, need_embed)]
     return dec.width, dec.height, dec.note, phash(dec.image), colour_descriptor(dec.image), prepared
+
+
+def group_counts(groups: pd.DataFrame) -> dict:
+    """Counts of a groups table for run.json and the summary.
+
+    Returns:
+        ``{"groups_of_2_or_more", "images_in_groups", "singletons",
+        "joined_by_stage": {stage: images}}`` (ints).
+    """
+    multi = groups.group_size > 1
+    stages = {s: 0 for s in STAGES}
+    stages.update({str(k): int(v) for k, v in groups.stage.value_counts().items() if k != "single"})
+    return {"groups_of_2_or_more": int(groups.loc[multi, "group"].nunique()),
+            "images_in_groups": int(multi.sum()), "singletons": int((~multi).sum()), "joined_by_stage": stages}
 
 
 class _CachedVerify:
@@ -508,17 +522,13 @@ class Deduplicator:
             "sha256": dig,
         })
         skipped_df = pd.DataFrame(skipped_rows, columns=["path", "reason"]).sort_values("path", ignore_index=True)
-        n_groups = int(df.loc[df.group_size > 1, "group"].nunique()) if n else 0
         meta = {
             "counts": {
                 "found": len(paths), "images": n, "skipped": len(skipped_df),
                 "from_cache": cached_count, "embedded": n_embedded,
-                "groups_of_2_or_more": n_groups,
-                "images_in_groups": int((df.group_size > 1).sum()) if n else 0,
-                "singletons": int((df.group_size == 1).sum()) if n else 0,
+                **group_counts(df),
                 "candidate_pairs": int(len(pairs.ij)),
                 "pairs_verified_geometrically": verifier.pairs_checked if verifier is not None else 0,
-                "joined_by_stage": {s: int((df.stage == s).sum()) for s in ("sha256", "phash", "embedding", "verified", "fallback")},
             },
             "images_per_second_inference": round(n_embedded / t_infer, 2) if t_infer > 0 else None,
         }

@@ -23,6 +23,9 @@ class EfficientNetLite0(Backbone):
     name = "efficientnet-lite0"
     input_size = 224
     dim = 1280
+    #: Build the traced pooled-feature model in :meth:`load` (subclasses
+    #: that run only the early blocks switch it off).
+    trace_pooled = True
 
     def __init__(self, num_threads: int | None = None):
         self.num_threads = num_threads
@@ -65,6 +68,8 @@ class EfficientNetLite0(Backbone):
         model.eval()
         self._model = model
         self._fast = None
+        if not self.trace_pooled:
+            return
         # TorchScript trace + freeze (folds batch norm into the convolutions)
         # in channels-last layout: measured 2.0x the eager rate on a 2-core
         # CPU (17 -> 35 img/s). Kept only if it matches the eager output.

@@ -39,17 +39,13 @@ class StyleLite0(EfficientNetLite0):
 
     name = "style-lite0"
     dim = sum(c * (c + 1) // 2 for c in _CHANNELS) + COLOUR_DIM
+    trace_pooled = False  # only the first stages run: no need for the traced full network
 
     def check_weights(self) -> None:
         """See :meth:`dedup.backbones.base.Backbone.check_weights`."""
         super().check_weights()
         if "style" not in self.weights_id:
             self.weights_id = f"style(gram 3 stages + colour {COLOUR_SHARE}) {self.weights_id}"
-
-    def load(self) -> None:
-        """See :meth:`dedup.backbones.base.Backbone.load`."""
-        if self._model is None:
-            super().load()
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """``(s*s*3 + 116,)`` uint8-packed input: the network input plus the colour descriptor."""
