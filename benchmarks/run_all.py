@@ -1,52 +1,95 @@
-"""Run `python -m dedup bench` on every labelled set in ../shared/bench and
-write the table to benchmarks/results/bench_sets.{md,json}; with --readme,
-also replace the table between the BENCH-TABLE markers in README.md.
+"""`dedup bench` on every labelled set: the shared sets in ../shared/bench and
+the edited-copy sets built by benchmarks/edits.py.
 
-    python benchmarks/run_all.py [--readme] [-- extra run options]
+Writes benchmarks/results/bench_sets.{md,json} (the table the README quotes)
+and benchmarks/results/precision_recall.png (pairwise precision against
+recall over --min-confidence, one curve per set, the default marked); with
+--readme, also replaces the table between the BENCH-TABLE markers in README.md.
+Embeddings and inlier counts are cached in benchmarks/.cache (delete it for a
+cold run; speed is measured by benchmarks/speed.py, not here).
+
+    python benchmarks/run_all.py [--readme]
 """
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import BENCH, ROOT, machine, replace_readme_block, write
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BENCH, ROOT, RESULTS, machine, replace_readme_block, write  # noqa: E402
+from edits import build_edited_set  # noqa: E402
+
+from dedup.bench import run_bench  # noqa: E402
+from dedup.pipeline import Deduplicator  # noqa: E402
+
+SETS = ("products-flipkart", "ukbench-dev", "inshop-women", "robustness", "edited-inshop", "edited-ukbench")
+
+
+def _fmt(x, digits=3):
+    return "n/a" if x is None else f"{x:.{digits}f}"
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    readme = "--readme" in args
-    extra = [a for a in args if a not in ("--readme", "--")]
+    readme = "--readme" in sys.argv[1:]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for labels in sorted(BENCH.glob("*/labels.csv")):
-            out = Path(tmp) / labels.parent.name
-            cmd = [sys.executable, "-m", "dedup", "bench", str(labels), "--out", str(out), "--quiet",
-                   "--no-cache", *extra]
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"bench failed on {labels}: {proc.stderr}")
-            d = json.loads((out / "bench.json").read_text())
-            rows.append({k: d[k] for k in ("dataset", "images", "true_groups", "predicted_groups", "pairwise",
-                                           "bcubed", "ari", "ns_score", "images_per_second_end_to_end",
-                                           "backbones", "best_cutoff_after_the_fact", "per_stage", "seconds")})
+        for name in SETS:
+            folder = build_edited_set(name) if name.startswith("edited-") else BENCH / name
+            dd = Deduplicator(backbones="efficientnet-lite0", cache=ROOT / "benchmarks" / ".cache" / f"{name}.sqlite",
+                              progress=False)
+            rows.append(run_bench(folder / "labels.csv", dd, Path(tmp) / name))
     lines = ["| dataset | images | true groups | predicted groups | pairwise P | pairwise R | pairwise F1 "
-             "| B-cubed F1 | N-S (max 4) | images/s | backbones |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| B-cubed F1 | R@1 | N-S (max 4) | calibration error (ECE) | edited copies found (worst kind) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pw = r["pairwise"]
+        copies = "-"
+        if "copies_found_by_edit" in r:
+            c = r["copies_found_by_edit"]
+            worst = min((k for k in c if k != "all"), key=lambda k: c[k]["share"])
+            copies = f"{c['all']['share']:.3f} ({worst} {c[worst]['share']:.2f})"
         lines.append(f"| {r['dataset']} | {r['images']} | {r['true_groups']} | {r['predicted_groups']} | "
                      f"{pw['precision']:.3f} | {pw['recall']:.3f} | {pw['f1']:.3f} | {r['bcubed']['f1']:.3f} | "
-                     f"{r['ns_score']:.3f} | {r['images_per_second_end_to_end']} | {', '.join(r['backbones'])} |")
+                     f"{_fmt(r['recall_at_1'])} | {_fmt(r['ns_score'])} | {r['calibration_ece']:.3f} | {copies} |")
     table = "\n".join(lines)
+    curve = ["", "| dataset | " + " | ".join(f"{s['min_confidence']:.2f}" for s in rows[0]["sweep"]) + " |",
+             "|---|" + "---|" * len(rows[0]["sweep"])]
+    for r in rows:
+        curve.append(f"| {r['dataset']} P/R | " + " | ".join(f"{s['precision']:.3f}/{s['recall']:.3f}"
+                                                             for s in r["sweep"]) + " |")
     m = machine()
-    md = (f"# dedup bench on every set in ../shared/bench\n\nDefault settings, cold run (no cache), "
-          f"{m['cores']} CPU cores, {m['date']}. Produced by `python benchmarks/run_all.py`.\n\n{table}\n")
-    write("bench_sets", {"machine": m, "extra_options": extra, "rows": rows}, md)
+    md = (f"# dedup bench on every labelled set\n\nDefault settings (backbone efficientnet-lite0, the shipped pair "
+          f"model), {m['date']}. Produced by `python benchmarks/run_all.py`.\n\n{table}\n\n"
+          "## Pairwise precision/recall against --min-confidence\n" + "\n".join(curve) + "\n")
+    write("bench_sets", {"machine": m, "rows": rows}, md)
+    plot(rows, RESULTS / "precision_recall.png")
     if readme:
         replace_readme_block("BENCH-TABLE", table)
+        replace_readme_block("PR-TABLE", "\n".join(curve[1:]))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Precision against recall over --min-confidence, one curve per set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    for r in rows:
+        sw = r["sweep"]
+        line, = ax.plot([s["recall"] for s in sw], [s["precision"] for s in sw], marker=".", label=r["dataset"])
+        d = [s for s in sw if s["default"]][0]
+        ax.plot([d["recall"]], [d["precision"]], marker="o", markersize=9, color=line.get_color(), fillstyle="none")
+    ax.set_xlabel("pairwise recall")
+    ax.set_ylabel("pairwise precision")
+    ax.set_title("--min-confidence 0.5 .. 0.99 (circle: default)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

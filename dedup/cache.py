@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS inliers (a TEXT NOT NULL, b TEXT NOT NULL, method TEX
     inliers INTEGER NOT NULL, PRIMARY KEY (a, b, method));
 CREATE TABLE IF NOT EXISTS thumbs (digest TEXT NOT NULL, side INTEGER NOT NULL, jpeg BLOB NOT NULL,
     PRIMARY KEY (digest, side));
+CREATE TABLE IF NOT EXISTS decisions (a TEXT NOT NULL, b TEXT NOT NULL, same INTEGER NOT NULL,
+    PRIMARY KEY (a, b));
 CREATE TABLE IF NOT EXISTS embeddings (digest TEXT NOT NULL, backbone TEXT NOT NULL,
     weights_id TEXT NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (digest, backbone, weights_id));
 """
@@ -185,17 +187,30 @@ class EmbeddingCache:
     def get_inliers(self, pairs: list[tuple[str, str]], method: str) -> dict[tuple[str, str], int]:
         """Stored inlier counts for ``(digest_a, digest_b)`` pairs (a < b); misses absent."""
         out = {}
-        for a, b in pairs:
-            row = self._db.execute("SELECT inliers FROM inliers WHERE a=? AND b=? AND method=?",
-                                   (a, b, method)).fetchone()
-            if row is not None:
-                out[(a, b)] = int(row[0])
+        wanted = set(pairs)
+        for start in range(0, len(pairs), 400):
+            chunk = pairs[start:start + 400]
+            firsts = sorted({a for a, _ in chunk})
+            q = "SELECT a, b, inliers FROM inliers WHERE method=? AND a IN (%s)" % ",".join("?" * len(firsts))
+            for a, b, v in self._db.execute(q, (method, *firsts)):
+                if (a, b) in wanted:
+                    out[(a, b)] = int(v)
         return out
 
     def put_inliers(self, values: dict[tuple[str, str], int], method: str) -> None:
         """Store inlier counts of digest pairs (a < b) and commit."""
         self._db.executemany("INSERT OR REPLACE INTO inliers VALUES (?,?,?,?)",
                              [(a, b, method, int(v)) for (a, b), v in values.items()])
+        self._db.commit()
+
+    def get_decisions(self) -> dict[tuple[str, str], bool]:
+        """A person's stored decisions: ``{(digest_a, digest_b): same}`` with a < b."""
+        return {(a, b): bool(v) for a, b, v in self._db.execute("SELECT a, b, same FROM decisions")}
+
+    def put_decisions(self, values: dict[tuple[str, str], bool]) -> None:
+        """Store decisions on digest pairs (a < b), replacing earlier ones, and commit."""
+        self._db.executemany("INSERT OR REPLACE INTO decisions VALUES (?,?,?)",
+                             [(a, b, int(bool(v))) for (a, b), v in values.items()])
         self._db.commit()
 
     def get_thumb(self, digest: str, side: int) -> bytes | None:

@@ -34,20 +34,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                         "efficientnet-lite0")
     from .grouping import GroupingParams
 
-    helps = {"cutoff": "contextual ensemble distance joining a pair",
-             "max_distance": "absolute cap on the ensemble cosine distance, 0..2",
-             "colour_weight": "weight of the colour distance in the fused distance",
-             "colour_cutoff": "largest Hellinger colour distance of a joined pair, 0..1",
-             "k_context": "neighbours averaged for the contextual distance",
-             "verify_cutoff": "upper end of the geometrically verified band",
-             "min_inliers": "RANSAC inliers confirming a borderline pair",
-             "linkage_cutoff": "average-linkage cut inside groups (no chaining)",
-             "fallback_max": "largest fused distance of the nearest-group fallback",
-             "fallback_ratio": "nearest/next group distance ratio of the fallback"}
-    for name, f in GroupingParams.__dataclass_fields__.items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(f.default), default=f.default,
-                       help=f"{helps[name]} (default {f.default}; see dedup.grouping.GroupingParams)")
-    p.add_argument("--no-verify", action="store_true", help="skip geometric verification (ORB + RANSAC)")
+    defaults = GroupingParams()
+    for name, text in GroupingParams.help().items():
+        default = getattr(defaults, name)
+        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+                       help=f"{text} (default {default}; see dedup.grouping.GroupingParams)")
+    p.add_argument("--decisions", default=None, metavar="FILE",
+                   help="a reviewer's decisions CSV (path_a,path_b,decision = same|different), as the gallery "
+                        "downloads it: confirmed pairs join, rejected pairs never join; kept in the cache for "
+                        "later runs")
+    p.add_argument("--pair-model", default=None, metavar="JSON",
+                   help="a pair model fitted by benchmarks/calibrate.py (default: the one shipped in dedup)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip geometric verification (RootSIFT + RANSAC; faster, finds fewer edited copies)")
     p.add_argument("--neighbours", type=int, default=P.DEFAULT_K,
                    help=f"ANN neighbours per image taken as candidates (default {P.DEFAULT_K})")
     p.add_argument("--phash-distance", type=int, default=None,
@@ -128,9 +127,10 @@ def _make(args) -> P.Deduplicator:
 
     cache = False if args.no_cache else (args.cache or str(Path(args.out) / "cache.sqlite"))
     backbones = "style-lite0" if args.similarity == "style" else args.backbones
+    grouping = GroupingParams(**{name: getattr(args, name) for name in GroupingParams.help()})
     return P.Deduplicator(
-        backbones=backbones, verify=not args.no_verify, k=args.neighbours,
-        **{name: getattr(args, name) for name in GroupingParams.__dataclass_fields__},
+        backbones=backbones, grouping=grouping, verify=not args.no_verify, k=args.neighbours,
+        model_path=args.pair_model, decisions=args.decisions,
         phash_max_distance=DEFAULT_PHASH_MAX_DISTANCE if args.phash_distance is None else args.phash_distance,
         batch_size=args.batch_size, workers=args.workers, processes=args.processes, cache=cache, weights_dir=args.weights_dir,
         allow_download=args.download_weights, progress=not args.quiet)
@@ -202,7 +202,7 @@ def _views(args, result, root: Path, out: Path) -> None:
         cache = EmbeddingCache(dd_cache) if (dd_cache := result.meta["settings"].get("cache")) else None
         try:
             views.write_gallery(result.groups, root, out / "gallery.html", title=f"dedup: {root}",
-                                files=result.files, cache=cache)
+                                files=result.files, cache=cache, review=result.review)
         finally:
             if cache is not None:
                 cache.close()
@@ -263,7 +263,10 @@ def cmd_bench(args) -> int:
     pw = data["pairwise"]
     print(f"{data['dataset']}: {data['images']} images, {data['true_groups']} true groups, "
           f"{data['predicted_groups']} predicted; pairwise P {pw['precision']:.3f} R {pw['recall']:.3f} "
-          f"F1 {pw['f1']:.3f}; B-cubed F1 {data['bcubed']['f1']:.3f}; N-S {data['ns_score']:.3f}")
+          f"F1 {pw['f1']:.3f}; B-cubed F1 {data['bcubed']['f1']:.3f}; N-S {data['ns_score']:.3f}; "
+          f"R@1 {data['recall_at_1']}; calibration error {data['calibration_ece']}")
+    if "copies_found_by_edit" in data:
+        print("copies found: " + ", ".join(f"{k} {v['share']:.2f}" for k, v in data["copies_found_by_edit"].items()))
     print(f"report: {Path(args.out) / BENCH_MD}, {Path(args.out) / BENCH_JSON}")
     return 0
 

@@ -1,39 +1,43 @@
-"""Colour evidence: a foreground colour histogram in CIELAB.
+"""Colour evidence: a fine foreground colour histogram in CIELAB.
 
 Pooled CNN features are largely colour-blind (ImageNet training augments
-colour), so a red and a blue shirt of one cut look alike to them. This
-descriptor lets grouping tell colour variants apart.
+colour), so a red and a blue shirt of one cut look alike to them, while the
+views of one product share its colour exactly. This descriptor lets the
+nearest-neighbour search and the pair decision tell colour variants apart.
 
-Descriptor: the image is shrunk to 64 x 64, converted sRGB -> CIELAB (D65,
-the standard formulas of CIE 15:2004), near-white background pixels
-(L* > 92 and chroma < 6, a white studio sweep) are dropped when they are not
-the whole image, and the rest is binned jointly in 3 L* x 6 a* x 6 b* bins
-(108 bins, soft-assigned by linear interpolation so a small shift does not
-jump a bin), plus an 8-bin histogram of L* alone. Each histogram is
-normalised to sum 1 and stored as its square root, so that the Euclidean
-distance between two descriptors divided by sqrt(2) is the Hellinger
-distance between the histograms, in [0, 1].
+Descriptor: the image is shrunk to 64 x 64 and converted sRGB -> CIELAB (D65,
+the standard formulas of CIE 15:2004). The background is the colour of the
+image border (the median L*a*b* of the outermost pixel ring, a studio sweep
+or a white page); pixels within Delta E*ab 10 of it are dropped unless that
+leaves under 5 % of the image. The rest is binned jointly in 6 L* x 12 a* x
+12 b* bins (a* and b* clipped to [-45, 45], 7.5 units a bin, so black and
+navy, or grey and beige, fall in different bins), soft-assigned by trilinear
+interpolation so a small shift does not jump a bin. The histogram is
+normalised to sum 1 and stored as its square root: the dot product of two
+descriptors is the Bhattacharyya coefficient and their Euclidean distance
+divided by sqrt(2) is the Hellinger distance, in [0, 1].
 
-:func:`colour_distance` compares the joint histograms, except when either
-image is achromatic (a greyscale copy, a black or white product: at least
-97 % of its foreground mass in the four central a*/b* bins); then only the
-L* histograms are compared, because hue carries no evidence there. A
-greyscale copy of a photo thus matches its original, while a black dress
-still differs from the same dress in red (different lightness).
+The bin counts, the clipping range and the border background were chosen by
+nearest-neighbour recall@1 on ``inshop-women`` (0.30 for the CNN embedding
+alone, 0.58 with the previous 3 x 6 x 6 near-white-background histogram,
+0.84 with this one, fused as in :func:`dedup.grouping.fused_vectors`), with
+no loss on ``ukbench-dev``. Every colour is compared in full: a grey garment
+no longer matches any colour of similar lightness, and a greyscale copy of a
+colour photo counts as a different colour (it is, for a retailer).
 """
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-L_BINS, A_BINS, B_BINS = 3, 6, 6
-JOINT = L_BINS * A_BINS * B_BINS
-L_ONLY = 8
+L_BINS, A_BINS, B_BINS = 6, 12, 12
 #: Length of a colour descriptor.
-DIM = JOINT + L_ONLY
-#: Share of foreground mass in the central a*/b* bins that makes an image achromatic.
-ACHROMATIC_SHARE = 0.97
-_AB_RANGE = 80.0  # a*, b* clipped to [-80, 80]
+DIM = L_BINS * A_BINS * B_BINS
+#: a* and b* are clipped to [-AB_RANGE, AB_RANGE].
+AB_RANGE = 45.0
+#: Delta E*ab from the border colour under which a pixel is background.
+BACKGROUND_DELTA_E = 10.0
+_SIDE = 64
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -51,71 +55,65 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     return np.stack([L, a, b], axis=-1).astype(np.float32)
 
 
-def _soft_bin(x: np.ndarray, lo: float, hi: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Linear-interpolation assignment of values to ``n`` bin centres."""
+def _soft_bin(x: np.ndarray, lo: float, hi: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear-interpolation assignment of values to ``n`` bin centres:
+    the lower bin index and the weight of the next bin."""
     pos = np.clip((x - lo) / (hi - lo) * n - 0.5, 0, n - 1)
     i0 = np.floor(pos).astype(np.int64)
-    i1 = np.minimum(i0 + 1, n - 1)
-    w1 = pos - i0
-    return i0, i1, 1.0 - w1
+    return i0, pos - i0
+
+
+def foreground_mask(lab: np.ndarray) -> np.ndarray:
+    """Pixels that are not background.
+
+    Args:
+        lab: ``(h, w, 3)`` float32 CIELAB image.
+
+    Returns:
+        ``(h * w,)`` bool, True for foreground; all True when the border
+        colour covers more than 95 % of the image (a plain or tiny image).
+    """
+    ring = np.concatenate([lab[0], lab[-1], lab[1:-1, 0], lab[1:-1, -1]])
+    ref = np.median(ring, axis=0)
+    fg = (np.linalg.norm(lab.reshape(-1, 3) - ref, axis=1) > BACKGROUND_DELTA_E)
+    if fg.sum() < 0.05 * fg.size:
+        fg[:] = True
+    return fg
 
 
 def colour_descriptor(image: Image.Image) -> np.ndarray:
-    """The colour descriptor of an RGB image.
+    """The colour descriptor of an image (any mode; converted to RGB).
 
     Returns:
-        ``(116,)`` float32: the square root of a normalised 108-bin joint
-        L*a*b* histogram, then the square root of an 8-bin L* histogram
-        (each part has unit L2 norm).
+        ``(DIM,)`` = ``(864,)`` float32, the square root of a normalised
+        6 x 12 x 12 L*a*b* foreground histogram (unit L2 norm).
     """
-    rgb = np.asarray(image.convert("RGB").resize((64, 64), Image.BILINEAR))
-    lab = srgb_to_lab(rgb).reshape(-1, 3)
-    chroma = np.hypot(lab[:, 1], lab[:, 2])
-    fg = ~((lab[:, 0] > 92) & (chroma < 6))
-    if fg.sum() >= 0.05 * len(lab):
-        lab = lab[fg]
-    li = _soft_bin(lab[:, 0], 0, 100, L_BINS)
-    ai = _soft_bin(np.clip(lab[:, 1], -_AB_RANGE, _AB_RANGE), -_AB_RANGE, _AB_RANGE, A_BINS)
-    bi = _soft_bin(np.clip(lab[:, 2], -_AB_RANGE, _AB_RANGE), -_AB_RANGE, _AB_RANGE, B_BINS)
-    hist = np.zeros(JOINT, np.float64)
-    for lx, lw in ((li[0], li[2]), (li[1], 1 - li[2])):
-        for ax, aw in ((ai[0], ai[2]), (ai[1], 1 - ai[2])):
-            for bx, bw in ((bi[0], bi[2]), (bi[1], 1 - bi[2])):
-                np.add.at(hist, (lx * A_BINS + ax) * B_BINS + bx, lw * aw * bw)
+    rgb = np.asarray(image.convert("RGB").resize((_SIDE, _SIDE), Image.BILINEAR))
+    lab = srgb_to_lab(rgb)
+    lab = lab.reshape(-1, 3)[foreground_mask(lab)]
+    l0, lw = _soft_bin(lab[:, 0], 0, 100, L_BINS)
+    a0, aw = _soft_bin(np.clip(lab[:, 1], -AB_RANGE, AB_RANGE), -AB_RANGE, AB_RANGE, A_BINS)
+    b0, bw = _soft_bin(np.clip(lab[:, 2], -AB_RANGE, AB_RANGE), -AB_RANGE, AB_RANGE, B_BINS)
+    hist = np.zeros(DIM, np.float64)
+    for dl in (0, 1):
+        for da in (0, 1):
+            for db in (0, 1):
+                w = (lw if dl else 1 - lw) * (aw if da else 1 - aw) * (bw if db else 1 - bw)
+                idx = (np.minimum(l0 + dl, L_BINS - 1) * A_BINS + np.minimum(a0 + da, A_BINS - 1)) * B_BINS \
+                    + np.minimum(b0 + db, B_BINS - 1)
+                hist += np.bincount(idx, weights=w, minlength=DIM)
     hist /= max(hist.sum(), 1e-12)
-    lum = np.histogram(np.clip(lab[:, 0], 0, 100), bins=L_ONLY, range=(0, 100))[0].astype(np.float64)
-    lum /= max(lum.sum(), 1e-12)
-    return np.sqrt(np.concatenate([hist, lum])).astype(np.float32)
-
-
-_CENTRAL = np.zeros((L_BINS, A_BINS, B_BINS), bool)
-_CENTRAL[:, A_BINS // 2 - 1:A_BINS // 2 + 1, B_BINS // 2 - 1:B_BINS // 2 + 1] = True
-_CENTRAL = _CENTRAL.reshape(-1)
-
-
-def is_achromatic(desc: np.ndarray) -> np.ndarray:
-    """Whether descriptors (rows) are achromatic; ``(..., 116)`` -> ``(...)`` bool."""
-    desc = np.asarray(desc)
-    return (desc[..., :JOINT][..., _CENTRAL] ** 2).sum(axis=-1) >= ACHROMATIC_SHARE
+    return np.sqrt(hist).astype(np.float32)
 
 
 def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Colour distance between descriptors (rows, broadcast), in [0, 1].
-
-    Hellinger distance of the joint L*a*b* histograms, or of the L*
-    histograms alone when either side is achromatic (see module docstring).
-    """
-    a, b = np.asarray(a), np.asarray(b)
-    joint = hellinger(a[..., :JOINT], b[..., :JOINT])
-    lum = hellinger(a[..., JOINT:], b[..., JOINT:])
-    return np.where(is_achromatic(a) | is_achromatic(b), lum, joint).astype(np.float32)
-
-
-def hellinger(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hellinger distance between descriptors (rows), in [0, 1].
+    """Hellinger distance between colour descriptors (rows, broadcast), in [0, 1].
 
     Args:
-        a, b: ``(m, k)`` or ``(k,)`` float32 square-rooted histograms
-            (broadcast row-wise).
+        a, b: ``(..., DIM)`` float32 descriptors from :func:`colour_descriptor`.
+
+    Returns:
+        ``(...)`` float32; 0 for the same colour distribution, 1 for disjoint ones.
     """
-    return np.linalg.norm(np.asarray(a) - np.asarray(b), axis=-1) / np.sqrt(2.0)
+    bc = np.einsum("...k,...k->...", np.asarray(a, np.float32), np.asarray(b, np.float32))
+    return np.sqrt(np.clip(1.0 - bc, 0.0, 1.0)).astype(np.float32)

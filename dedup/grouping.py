@@ -1,102 +1,97 @@
-"""Stage 6, group: candidate pairs, ensemble distances, acceptance, components.
+"""Stage 6, group: candidate pairs, their evidence, the decision, the groups.
 
-How a pair of images is judged (every number is a documented default of
-:class:`GroupingParams`; the README gives the measured effect of each part):
+Precision first: two products merged into one is the expensive error for a
+retailer, a missed duplicate the cheap one, and a doubtful pair goes to a
+person. How a run decides (every number is a documented default of
+:class:`GroupingParams`; ``benchmarks/precision.py`` measures them):
 
 1. Candidates: each image's ``k`` nearest neighbours in every backbone's ANN
-   index (the union over backbones). Memory O(n x k): never an n x n matrix.
-2. Ensemble distance ``d``: the mean over backbones of the exact cosine
-   distance ``1 - cos`` of L2-normalised embeddings, in [0, 2] ([0, 1] in
-   practice: pooled ReLU features are non-negative).
-3. Colour: ``h``, the Hellinger distance of the two images' foreground
-   CIELAB histograms ([0, 1], :mod:`dedup.colour`). Pooled CNN features are
-   nearly colour-blind; a colour variant is a different product.
-   Fused distance ``D = d + colour_weight * h``.
-4. Context: distances are judged relative to each image's neighbourhood, the
-   contextual dissimilarity measure of Jegou et al. (CVPR 2007, evaluated on
-   UKBench): ``r_i`` = mean ``D`` to the image's ``k_context`` nearest
-   candidates, ``Dc = D / sqrt(r_i r_j)`` (dimensionless; ~1 is an ordinary
-   neighbour). In a dense region of look-alike products (one cut photographed
-   many times on white) every neighbour is close, ``r`` is small, and only a
-   pair that stands out is joined.
-5. Acceptance: ``Dc <= cutoff`` and ``d <= max_distance`` and
-   ``h <= colour_cutoff``. Pairs with ``cutoff < Dc <= verify_cutoff`` are
-   joined only when geometric verification (ORB + RANSAC homography, after
-   Philbin et al., CVPR 2007) finds at least ``min_inliers`` inliers: shared
-   local structure is strong evidence of the same object.
-6. Exact pass: byte-identical files (SHA-256) are always joined; pHash
-   near-duplicates are joined when their colours agree too (pHash is computed
-   on greyscale, so a recoloured copy has the same pHash).
-7. No chaining: inside every connected component of joined pairs of more
-   than two images, average linkage (UPGMA, SciPy) on the fused distance
-   ``D`` is cut at ``linkage_cutoff``, so one bridging image cannot pull
-   distinct products together. Exact-pass pairs are never split.
-8. Bounded nearest-neighbour fallback: an image still alone joins the group
-   of its nearest neighbour only when that group has >= 2 images, the fused
-   distance is within ``fallback_max`` and the nearest group is clearly
-   nearer than the next one (ratio <= ``fallback_ratio``; Lowe's ratio test,
-   IJCV 2004, applied to groups). A unique product, equally far from
-   several others, stays alone.
+   index and in the colour-fused index (:func:`fused_vectors`: pooled CNN
+   features barely see colour while a product's own views share it, so the
+   search itself must weigh colour), plus every pHash near-duplicate pair.
+   Memory O(n x k): never an n x n matrix.
+2. Evidence per pair (:func:`score_pairs`): ensemble cosine distance, colour
+   distance, contextual distance (Jegou et al., CVPR 2007), mutual ranks,
+   pHash bits, and RootSIFT + RANSAC inliers (:mod:`dedup.verify`).
+3. Decision (:mod:`dedup.calibration`): a calibrated probability that the pair
+   shows the same product. ``p >= min_confidence`` joins; ``review_confidence
+   <= p < min_confidence`` is written to ``review.csv`` for a person.
+4. Exact pass: byte-identical files (SHA-256) always join; pHash
+   near-duplicates join when their colours agree too (pHash is computed on
+   greyscale, so a recoloured copy has the same pHash).
+5. A person's decisions (``--decisions``) override: a confirmed pair joins,
+   a rejected pair is never in one group.
+6. No chaining: joins are applied strongest first (Kruskal's order), and two
+   groups merge by a classifier join only if the scored pairs between them
+   average at least ``linkage_confidence`` (average linkage over the
+   evidence at hand); no join of any kind but SHA-256 merges two groups
+   between which a person rejected a pair. One bridging image cannot pull two products
+   together, and no component is too big to check.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field, fields
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, linkage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
-from scipy.spatial.distance import squareform
+import pandas as pd
 
 from .colour import colour_distance
 
 #: Stage names recorded per joined image, strongest evidence first.
-STAGES = ("sha256", "phash", "embedding", "verified", "fallback")
+STAGES = ("sha256", "reviewed", "phash", "classifier")
+
+
+def _param(default, help: str, lo=None, hi=None, kind=float):
+    return field(default=default, metadata={"help": help, "range": (lo, hi), "type": kind})
 
 
 @dataclass
 class GroupingParams:
-    """Settings of :func:`group`, with the reason for each default.
+    """Settings of the grouping, validated once, each with its help text.
 
-    Defaults were chosen by measurement on ukbench-dev, products-flipkart and
-    hard-negative sets built from them (distinct objects only, recoloured
-    copies), as one set for all data; ``benchmarks/grouping_ablation.py``
-    reruns that measurement.
-
-    Attributes:
-        cutoff: contextual distance ``Dc`` joining a pair (dimensionless).
-            0.65: below the typical neighbour (1.0) by a clear margin.
-        max_distance: absolute cap on the ensemble cosine distance ``d``
-            ([0, 2]); 0.35 is about the 95th percentile of same-object pairs
-            on UKBench, so genuinely far pairs never join whatever the context.
-        colour_weight: weight of the colour distance in ``D``; 0.5 makes a
-            full colour change (h ~ 0.8) outweigh any viewpoint change.
-        colour_cutoff: largest Hellinger colour distance of a joined pair
-            ([0, 1]); 0.4 is above 98 % of same-product pairs measured, below
-            most recoloured copies.
-        k_context: neighbours averaged for ``r_i``; 10, Jegou et al.'s order.
-        verify_cutoff: upper end of the band verified geometrically.
-        min_inliers: RANSAC inliers that confirm a pair; 15 is reached by
-            ~5 % of different-object candidate pairs and ~65 % of same-object
-            pairs on UKBench.
-        linkage_cutoff: average-linkage cut on ``D`` inside components.
-        fallback_max: largest ``D`` for the fallback.
-        fallback_ratio: nearest-group / next-group distance ratio for the
-            fallback; 0.8 as in Lowe's ratio test (measured: 0.85 and 0.9
-            start to cost precision on UKBench).
+    Defaults chosen by ``benchmarks/precision.py`` on the shared sets (see
+    the README's precision/recall table); ``--min-confidence`` is the one knob.
     """
 
-    cutoff: float = 0.65
-    max_distance: float = 0.35
-    colour_weight: float = 0.5
-    colour_cutoff: float = 0.4
-    k_context: int = 10
-    verify_cutoff: float = 0.85
-    min_inliers: int = 15
-    linkage_cutoff: float = 0.5
-    fallback_max: float = 0.7
-    fallback_ratio: float = 0.8
+    min_confidence: float = _param(
+        0.9, "calibrated probability of 'same product' that joins a pair", 0.0, 1.0)
+    review_confidence: float = _param(
+        0.5, "pairs from this probability up to --min-confidence go to review.csv", 0.0, 1.0)
+    linkage_confidence: float = _param(
+        0.5, "two groups merge only if the scored pairs between them average at least this probability",
+        0.0, 1.0)
+    colour_weight: float = _param(
+        0.75, "share of the colour histogram in the fused kNN search (0 = embedding only)", 0.0, 1.0)
+    phash_colour_cutoff: float = _param(
+        0.35, "largest colour distance of a pHash near-duplicate that joins in the exact pass", 0.0, 1.0)
+    k_context: int = _param(10, "neighbours averaged for the contextual distance", 1, 1000, int)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "GroupingParams":
+        """Check every setting against its range.
+
+        Raises:
+            ValueError: a value of the wrong type, NaN, or out of range (the
+                message names the setting and the accepted range).
+        """
+        for f in fields(self):
+            v, (lo, hi), kind = getattr(self, f.name), f.metadata["range"], f.metadata["type"]
+            if kind is int and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+                raise ValueError(f"{f.name} must be an integer in [{lo}, {hi}], got {v!r}")
+            if not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
+                    or (lo is not None and v < lo) or (hi is not None and v > hi):
+                raise ValueError(f"{f.name} must lie in [{lo}, {hi}], got {v!r}")
+        if self.review_confidence > self.min_confidence:
+            raise ValueError(f"review_confidence ({self.review_confidence}) must not exceed min_confidence "
+                             f"({self.min_confidence})")
+        return self
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """``{name: help text}`` for each setting (the CLI builds its options from it)."""
+        return {f.name: f.metadata["help"] for f in fields(cls)}
 
 
 @dataclass
@@ -107,29 +102,68 @@ class Pairs:
         ij: ``(m, 2)`` int64 index pairs, ``i < j``, unique.
         distance: ``(m,)`` float32 ensemble cosine distance in [0, 2].
         per_backbone: ``(m, b)`` float32 cosine distance for each backbone.
-        colour: ``(m,)`` float32 colour distance (:func:`dedup.colour.colour_distance`), [0, 1].
+        colour: ``(m,)`` float32 Hellinger colour distance, [0, 1].
+        fused: ``(m,)`` float32 cosine distance of the fused vectors, [0, 2].
+        context: ``(m,)`` float32 ``fused / sqrt(r_i r_j)``.
+        rank_ij, rank_ji: ``(m,)`` int64 rank of j in i's fused kNN list (and
+            back), 0 = nearest, ``k`` when absent.
+        relative: ``(m,)`` float32 fused distance over the smaller of the two
+            images' nearest-neighbour distances.
+        phash_bits: ``(m,)`` int64 pHash Hamming distance, 0..64.
+        inliers: ``(m,)`` int64 RootSIFT RANSAC inliers, ``-1`` until verified.
     """
 
     ij: np.ndarray
     distance: np.ndarray
     per_backbone: np.ndarray
     colour: np.ndarray
+    fused: np.ndarray
+    context: np.ndarray
+    rank_ij: np.ndarray
+    rank_ji: np.ndarray
+    relative: np.ndarray
+    phash_bits: np.ndarray
+    inliers: np.ndarray
 
     def subset(self, mask: np.ndarray) -> "Pairs":
         """The pairs selected by a boolean ``(m,)`` mask."""
-        return Pairs(self.ij[mask], self.distance[mask], self.per_backbone[mask], self.colour[mask])
+        return Pairs(**{f.name: getattr(self, f.name)[mask] for f in fields(self)})
 
 
-def candidate_pairs(neighbour_ids: list[np.ndarray]) -> np.ndarray:
-    """Union of kNN pairs over backbones.
+def fused_vectors(embeddings: list[np.ndarray], colours: np.ndarray, colour_weight: float) -> np.ndarray:
+    """Embeddings and colour histograms in one unit vector per image.
+
+    ``[sqrt((1 - w) / B) e_1, ..., sqrt((1 - w) / B) e_B, sqrt(w) c]``: the
+    dot product of two rows is ``(1 - w) mean_b cos_b + w BC``, ``BC`` the
+    Bhattacharyya coefficient of the colour histograms, so an angular ANN
+    index searches the fused similarity directly.
 
     Args:
-        neighbour_ids: per backbone, ``(n, k)`` int64 neighbour ids (-1 padded).
+        embeddings: per backbone ``(n, d_b)`` float32, L2-normalised.
+        colours: ``(n, DIM)`` float32 colour descriptors (unit norm).
+        colour_weight: ``w`` in [0, 1].
+
+    Returns:
+        ``(n, sum d_b + DIM)`` float32 with unit rows.
+    """
+    B = max(len(embeddings), 1)
+    parts = [np.asarray(X, np.float32) * np.float32(np.sqrt((1 - colour_weight) / B)) for X in embeddings]
+    parts.append(np.asarray(colours, np.float32) * np.float32(np.sqrt(colour_weight)))
+    F = np.hstack(parts)
+    return (F / np.maximum(np.linalg.norm(F, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def candidate_pairs(neighbour_ids: list[np.ndarray], extra: np.ndarray | None = None) -> np.ndarray:
+    """Union of kNN pairs over indexes, plus extra pairs.
+
+    Args:
+        neighbour_ids: per index, ``(n, k)`` int64 neighbour ids (-1 padded).
+        extra: optional ``(e, 2)`` int64 pairs (the pHash near-duplicates).
 
     Returns:
         ``(m, 2)`` int64 unique pairs with ``i < j``.
     """
-    chunks = []
+    chunks = [] if extra is None or len(extra) == 0 else [np.sort(np.asarray(extra, np.int64), axis=1)]
     for ids in neighbour_ids:
         n, k = ids.shape
         rows = np.repeat(np.arange(n, dtype=np.int64), k)
@@ -137,28 +171,89 @@ def candidate_pairs(neighbour_ids: list[np.ndarray]) -> np.ndarray:
         keep = (cols >= 0) & (cols != rows)
         a, b = rows[keep], cols[keep]
         chunks.append(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1))
+    chunks = [c for c in chunks if len(c)]
     if not chunks:
         return np.zeros((0, 2), np.int64)
     return np.unique(np.concatenate(chunks), axis=0)
 
 
-def score_pairs(ij: np.ndarray, embeddings: list[np.ndarray], colours: np.ndarray) -> Pairs:
-    """Exact per-backbone and ensemble distances for candidate pairs.
+def _ranks(ij: np.ndarray, fused_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of j in i's list and of i in j's list (``k`` when absent)."""
+    n, k = fused_ids.shape
+    rows = np.repeat(np.arange(n, dtype=np.int64), k)
+    cols = fused_ids.reshape(-1)
+    pos = np.tile(np.arange(k, dtype=np.int64), n)
+    keep = (cols >= 0) & (cols != rows)
+    key = rows[keep] * n + cols[keep]
+    order = np.argsort(key)
+    key, pos = key[order], pos[keep][order]
+    # the self match (rank 0 of the query's own list) is dropped, so ranks restart at 0
+    pos = pos - (fused_ids[rows[keep][order], 0] == rows[keep][order])
+
+    def lookup(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        q = a * n + b
+        at = np.minimum(np.searchsorted(key, q), max(len(key) - 1, 0))
+        found = (key[at] == q) if len(key) else np.zeros(len(q), bool)
+        return np.where(found, pos[at] if len(key) else 0, k).astype(np.int64)
+
+    return lookup(ij[:, 0], ij[:, 1]), lookup(ij[:, 1], ij[:, 0])
+
+
+def score_pairs(ij: np.ndarray, embeddings: list[np.ndarray], colours: np.ndarray, fused: np.ndarray,
+                fused_ids: np.ndarray, phashes: np.ndarray, k_context: int = 10) -> Pairs:
+    """The evidence of every candidate pair (all but the inliers).
 
     Args:
-        ij: ``(m, 2)`` int64 pairs.
+        ij: ``(m, 2)`` int64 pairs, ``i < j``.
         embeddings: per backbone ``(n, d_b)`` float32, L2-normalised.
-        colours: ``(n, 116)`` float32 colour descriptors.
+        colours: ``(n, DIM)`` float32 colour descriptors.
+        fused: ``(n, D)`` float32 from :func:`fused_vectors`.
+        fused_ids: ``(n, k)`` int64 kNN ids in the fused space (nearest
+            first; a row may start with the image itself).
+        phashes: ``(n,)`` uint64 perceptual hashes.
+        k_context: neighbours averaged for the context radius.
+
+    Returns:
+        :class:`Pairs` with ``inliers`` set to -1.
     """
-    m = len(ij)
+    m, n = len(ij), len(fused)
+    a, c = ij[:, 0], ij[:, 1]
     per = np.zeros((m, len(embeddings)), np.float32)
-    for b, X in enumerate(embeddings):
-        for s in range(0, m, 65536):
-            a, c = ij[s:s + 65536, 0], ij[s:s + 65536, 1]
-            per[s:s + 65536, b] = 1.0 - np.einsum("ij,ij->i", X[a], X[c])
+    fd = np.zeros(m, np.float32)
+    for s in range(0, m, 65536):
+        sl = slice(s, s + 65536)
+        for b, X in enumerate(embeddings):
+            per[sl, b] = 1.0 - np.einsum("ij,ij->i", X[a[sl]], X[c[sl]])
+        fd[sl] = 1.0 - np.einsum("ij,ij->i", fused[a[sl]], fused[c[sl]])
     dist = per.mean(axis=1) if len(embeddings) else np.zeros(m, np.float32)
-    col = colour_distance(colours[ij[:, 0]], colours[ij[:, 1]]).astype(np.float32) if m else np.zeros(0, np.float32)
-    return Pairs(ij, dist.astype(np.float32), per, col)
+    col = colour_distance(colours[a], colours[c]) if m else np.zeros(0, np.float32)
+    # neighbourhood radii in the fused space: mean distance to the k_context nearest, and to the nearest
+    k = fused_ids.shape[1] if fused_ids.ndim == 2 else 0
+    r = np.ones(n, np.float32)
+    r1 = np.ones(n, np.float32)
+    if n and k:
+        others = np.where(fused_ids == np.arange(n)[:, None], -1, fused_ids)
+        dd = np.full(others.shape, np.nan, np.float32)
+        ok = others >= 0
+        rows = np.nonzero(ok)[0]
+        dd[ok] = 1.0 - np.einsum("ij,ij->i", fused[rows], fused[others[ok]])
+        dd = np.sort(np.where(ok, dd, np.inf), axis=1)
+        near = dd[:, :k_context]
+        finite = np.isfinite(near)
+        cnt = finite.sum(axis=1)
+        r = np.where(cnt > 0, np.where(finite, near, 0).sum(axis=1) / np.maximum(cnt, 1), 1.0)
+        r1 = np.where(np.isfinite(dd[:, 0]), dd[:, 0], 1.0)
+    r = np.maximum(r, 1e-6).astype(np.float32)
+    r1 = np.maximum(r1, 1e-6).astype(np.float32)
+    context = fd / np.sqrt(r[a] * r[c]) if m else np.zeros(0, np.float32)
+    relative = fd / np.minimum(r1[a], r1[c]) if m else np.zeros(0, np.float32)
+    rij, rji = _ranks(ij, fused_ids) if m and k else (np.full(m, k, np.int64), np.full(m, k, np.int64))
+    codes = np.asarray(phashes, np.uint64)
+    bits = np.unpackbits((codes[a] ^ codes[c]).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1) if m \
+        else np.zeros(0, np.int64)
+    return Pairs(ij.astype(np.int64), dist.astype(np.float32), per, col.astype(np.float32), fd,
+                 context.astype(np.float32), rij, rji, relative.astype(np.float32), bits.astype(np.int64),
+                 np.full(m, -1, np.int64))
 
 
 @dataclass
@@ -169,174 +264,145 @@ class Grouping:
         labels: ``(n,)`` int64 group id per image, 0..G-1, numbered by first member.
         stage: ``(n,)`` object, how the image joined its group (one of
             :data:`STAGES`, or ``"single"``).
-        distance: ``(n,)`` float32, the ensemble distance of the pair that
-            joined it (0 for exact-pass pairs, NaN for singletons).
-        partner: ``(n,)`` int64, the image of that pair (-1 for singletons).
+        confidence: ``(n,)`` float64, the calibrated probability that the pair
+            which joined the image shows the same product (1 for byte-identical
+            files and a person's confirmation; NaN for singletons).
+        distance: ``(n,)`` float32, the ensemble cosine distance of that pair
+            (NaN for singletons and pairs that were not candidates).
+        partner: ``(n,)`` int64, the other image of that pair (-1 for singletons).
+        review: ``(r,)`` int64 indexes into the pairs: doubtful pairs left
+            apart (``review_confidence <= p < min_confidence``, or refused by
+            the linkage check), strongest first.
     """
 
     labels: np.ndarray
     stage: np.ndarray
+    confidence: np.ndarray
     distance: np.ndarray
     partner: np.ndarray
+    review: np.ndarray
 
 
-def contextual_distance(n: int, ij: np.ndarray, D: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Jegou et al.'s contextual dissimilarity over candidate pairs.
+class _Clusters:
+    """Union-find with member lists and a cross-pair check (small-to-large)."""
 
-    Args:
-        n: number of images.
-        ij: ``(m, 2)`` pairs; ``D``: ``(m,)`` their distances.
-        k: neighbours averaged per image.
+    def __init__(self, n: int, ij: np.ndarray, p: np.ndarray, rejected: set):
+        self.parent = np.arange(n)
+        self.members: dict[int, list[int]] = {i: [i] for i in range(n)}
+        self.adj: dict[int, list[tuple[int, float]]] = {}
+        for (i, j), pp in zip(ij.tolist(), p.tolist()):
+            self.adj.setdefault(i, []).append((j, pp))
+            self.adj.setdefault(j, []).append((i, pp))
+        self.rejected = rejected
 
-    Returns:
-        ``(Dc, r)``: ``(m,)`` float32 ``D / sqrt(r_i r_j)`` and ``(n,)``
-        float32 neighbourhood radii ``r`` (mean ``D`` to the k nearest; 1.0 for
-        an image with no candidate).
-    """
-    if len(ij) == 0:
-        return np.zeros(0, np.float32), np.ones(n, np.float32)
-    rows = np.concatenate([ij[:, 0], ij[:, 1]])
-    vals = np.concatenate([D, D]).astype(np.float64)
-    order = np.lexsort((vals, rows))
-    rows, vals = rows[order], vals[order]
-    starts = np.searchsorted(rows, np.arange(n + 1))
-    rank = np.arange(len(rows)) - starts[rows]
-    keep = rank < k
-    sums = np.bincount(rows[keep], weights=vals[keep], minlength=n)
-    counts = np.bincount(rows[keep], minlength=n)
-    r = np.where(counts > 0, sums / np.maximum(counts, 1), 1.0)
-    r = np.maximum(r, 1e-6)
-    Dc = D / np.sqrt(r[ij[:, 0]] * r[ij[:, 1]])
-    return Dc.astype(np.float32), r.astype(np.float32)
+    def find(self, i: int) -> int:
+        root = i
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[i] != root:
+            self.parent[i], i = root, self.parent[i]
+        return int(root)
+
+    def cross(self, ra: int, rb: int) -> tuple[float, int, bool]:
+        """(sum of p, count, any rejected) over scored pairs between two clusters."""
+        small, other = (ra, rb) if len(self.members[ra]) <= len(self.members[rb]) else (rb, ra)
+        total, count, veto = 0.0, 0, False
+        for i in self.members[small]:
+            for j, pp in self.adj.get(i, ()):
+                if self.find(j) == other:
+                    total += pp
+                    count += 1
+                    veto = veto or (min(i, j), max(i, j)) in self.rejected
+        return total, count, veto
+
+    def union(self, ra: int, rb: int) -> None:
+        if len(self.members[ra]) < len(self.members[rb]):
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.members[ra] += self.members.pop(rb)
 
 
-def _components(n: int, edges: list[np.ndarray]) -> np.ndarray:
-    e = np.concatenate(edges) if edges else np.zeros((0, 2), np.int64)
-    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
-
-
-def group(n: int, pairs: Pairs, exact_pairs: dict[str, np.ndarray], colours: np.ndarray,
-          embeddings: list[np.ndarray], params: GroupingParams | None = None,
-          verify: Callable[[np.ndarray], np.ndarray] | None = None) -> Grouping:
+def group(n: int, pairs: Pairs, confidence: np.ndarray, exact_pairs: dict[str, np.ndarray],
+          params: GroupingParams | None = None, decisions: pd.DataFrame | None = None) -> Grouping:
     """Decide the groups (see the module docstring for the rules).
 
     Args:
         n: number of images.
-        pairs: scored candidate pairs from :func:`score_pairs`.
-        exact_pairs: ``{"sha256": (m, 2), "phash": (m, 2)}`` int64 pairs.
-        colours: ``(n, 116)`` float32 colour descriptors.
-        embeddings: per backbone ``(n, d_b)`` float32 L2-normalised (for
-            exact distances inside components).
-        params: settings; defaults documented in :class:`GroupingParams`.
-        verify: optional ``(m, 2) int64 pairs -> (m,) int inlier counts``;
-            without it the verification band joins nothing.
+        pairs: scored candidate pairs (:func:`score_pairs`).
+        confidence: ``(m,)`` float64 calibrated P(same product) per pair.
+        exact_pairs: ``{"sha256": (e, 2), "phash": (e, 2)}`` int64 pairs.
+        params: settings (:class:`GroupingParams`).
+        decisions: optional DataFrame ``i, j, same`` (int, int, bool) of a
+            person's decisions on pairs (indexes into the images).
 
     Returns:
         A :class:`Grouping`.
     """
     p = params or GroupingParams()
+    conf = np.asarray(confidence, np.float64)
+    pos = {(int(a), int(b)): r for r, (a, b) in enumerate(pairs.ij.tolist())}
+    confirmed, rejected = [], set()
+    if decisions is not None and len(decisions):
+        for a, b, same in zip(decisions.i, decisions.j, decisions.same):
+            key = (min(int(a), int(b)), max(int(a), int(b)))
+            (confirmed.append(key) if same else rejected.add(key))
+    sha = np.asarray(exact_pairs.get("sha256", np.zeros((0, 2))), np.int64).reshape(-1, 2)
+    ph = np.sort(np.asarray(exact_pairs.get("phash", np.zeros((0, 2))), np.int64).reshape(-1, 2), axis=1)
+    ph_rows = np.array([pos.get((int(a), int(b)), -1) for a, b in ph], np.int64)
+    ph_ok = np.array([r >= 0 and pairs.colour[r] <= p.phash_colour_cutoff for r in ph_rows], bool)
+
+    # (stage, i, j, probability, pair row), strongest evidence first; sha256 and confirmed pairs bypass checks
+    edges: list[tuple[str, int, int, float, int]] = [("sha256", int(a), int(b), 1.0, pos.get((min(a, b), max(a, b)), -1))
+                                                     for a, b in sha.tolist()]
+    edges += [("reviewed", a, b, 1.0, pos.get((a, b), -1)) for a, b in confirmed]
+    edges += [("phash", int(a), int(b), float(conf[r]), int(r)) for (a, b), r in zip(ph[ph_ok], ph_rows[ph_ok])]
+    join = np.nonzero(conf >= p.min_confidence)[0]
+    join = join[np.argsort(-conf[join], kind="stable")]
+    edges += [("classifier", int(pairs.ij[r, 0]), int(pairs.ij[r, 1]), float(conf[r]), int(r)) for r in join]
+
+    cl = _Clusters(n, pairs.ij, conf, rejected)
     stage = np.full(n, "single", dtype=object)
+    best = np.full(n, -np.inf)
     dist = np.full(n, np.nan, np.float32)
     partner = np.full(n, -1, np.int64)
-
-    def mark(ij: np.ndarray, d: np.ndarray, name: str) -> None:
-        rank = STAGES.index(name)
-        for (i, j), dd in zip(ij, d):
-            for a, b in ((i, j), (j, i)):
-                cur = stage[a]
-                if cur == "single" or rank < STAGES.index(cur) or (rank == STAGES.index(cur) and dd < dist[a]):
-                    stage[a], dist[a], partner[a] = name, dd, b
-
-    # Exact pass.
-    sha = np.asarray(exact_pairs.get("sha256", np.zeros((0, 2))), np.int64).reshape(-1, 2)
-    ph = np.asarray(exact_pairs.get("phash", np.zeros((0, 2))), np.int64).reshape(-1, 2)
-    if len(ph):
-        ph = ph[colour_distance(colours[ph[:, 0]], colours[ph[:, 1]]) <= p.colour_cutoff]
-    exact = np.concatenate([sha, ph]) if len(sha) + len(ph) else np.zeros((0, 2), np.int64)
-
-    # Embedding pairs: fused, contextual, accepted or verified.
-    D = pairs.distance + p.colour_weight * pairs.colour
-    Dc, _ = contextual_distance(n, pairs.ij, D, p.k_context)
-    base_ok = (pairs.distance <= p.max_distance) & (pairs.colour <= p.colour_cutoff)
-    strong = base_ok & (Dc <= p.cutoff)
-    band = base_ok & (Dc > p.cutoff) & (Dc <= p.verify_cutoff)
-    verified = np.zeros(len(D), bool)
-    if verify is not None and band.any():
-        inl = np.asarray(verify(pairs.ij[band]))
-        verified[np.nonzero(band)[0][inl >= p.min_inliers]] = True
-    joined = strong | verified
-
-    # Components, then average linkage inside each to undo chaining.
-    comp = _components(n, [exact, pairs.ij[joined]])
-    labels = comp.copy()
-    next_label = comp.max() + 1 if n else 0
-    sizes = np.bincount(comp, minlength=comp.max() + 1 if n else 0)
-    order = np.argsort(comp, kind="stable")
-    bounds = np.searchsorted(comp[order], np.arange(len(sizes) + 1))
-    exact_by_comp: dict[int, list] = {}
-    for a, b in exact:
-        exact_by_comp.setdefault(int(comp[a]), []).append((a, b))
-    for c in np.nonzero(sizes > 2)[0]:
-        members = order[bounds[c]:bounds[c + 1]]
-        if len(members) > 2000:  # O(m^2) distances: leave giant components to the cutoff
+    refused: list[int] = []
+    for name, a, b, pp, r in edges:
+        if (min(a, b), max(a, b)) in rejected and name != "sha256":
             continue
-        sub = np.mean([1.0 - X[members] @ X[members].T for X in embeddings], axis=0)
-        cm = colours[members]
-        for s0 in range(0, len(members), 64):  # row blocks: memory O(64 m), not O(m^2 x 116)
-            sub[s0:s0 + 64] += p.colour_weight * colour_distance(cm[s0:s0 + 64, None, :], cm[None, :, :])
-        # exact-pass pairs inside the component stay together
-        pos = {m: t for t, m in enumerate(members)}
-        for a, b in exact_by_comp.get(int(c), []):
-            sub[pos[a], pos[b]] = sub[pos[b], pos[a]] = 0.0
-        np.fill_diagonal(sub, 0.0)
-        sub = np.clip((sub + sub.T) / 2, 0, None)
-        cut = fcluster(linkage(squareform(sub, checks=False), method="average"), t=p.linkage_cutoff,
-                       criterion="distance")
-        if cut.max() > 1:
-            labels[members] = next_label + cut - 1
-            next_label += cut.max()
-    # Keep only joined pairs that survived the split, for the stage column.
-    same = labels[pairs.ij[:, 0]] == labels[pairs.ij[:, 1]]
-    if len(exact):
-        mark(sha, np.zeros(len(sha)), "sha256")
-        mark(ph, np.zeros(len(ph)), "phash")
-    mark(pairs.ij[strong & same], pairs.distance[strong & same], "embedding")
-    mark(pairs.ij[verified & same], pairs.distance[verified & same], "verified")
-    # An image whose joined pairs were all split off is alone again.
-    sizes = np.bincount(labels)
-    stage[sizes[labels] == 1] = "single"
-    dist[sizes[labels] == 1] = np.nan
-    partner[sizes[labels] == 1] = -1
+        ra, rb = cl.find(a), cl.find(b)
+        if ra != rb:
+            if name != "sha256":
+                total, count, veto = cl.cross(ra, rb)
+                weak = name == "classifier" and count and total / count < p.linkage_confidence
+                if veto or weak:
+                    if r >= 0:
+                        refused.append(r)
+                    continue
+            cl.union(ra, rb)
+        elif name == "classifier":
+            continue  # already together: it adds no evidence of how the image joined
+        for x, y in ((a, b), (b, a)):
+            if stage[x] == "single" or STAGES.index(name) < STAGES.index(stage[x]) or \
+                    (name == stage[x] and pp > best[x]):
+                stage[x], best[x], partner[x] = name, pp, y
+                dist[x] = pairs.distance[r] if r >= 0 else np.nan
+    labels = np.array([cl.find(i) for i in range(n)], np.int64)
+    confidence_out = np.where(stage == "single", np.nan, best).astype(np.float64)
 
-    # Bounded fallback: a lone image joins a clearly nearest group of >= 2.
-    if len(pairs.ij):
-        by_image: dict[int, list[tuple[float, int, int]]] = {}
-        for r, (i, j) in enumerate(pairs.ij):
-            by_image.setdefault(int(i), []).append((float(D[r]), int(j), r))
-            by_image.setdefault(int(j), []).append((float(D[r]), int(i), r))
-        fallback = []
-        for i in np.nonzero(sizes[labels] == 1)[0]:
-            best: dict[int, tuple[float, int, int]] = {}
-            for d_, j, r in by_image.get(int(i), []):
-                g = labels[j]
-                if g not in best or d_ < best[g][0]:
-                    best[g] = (d_, j, r)
-            if not best:
-                continue
-            ranked = sorted(best.items(), key=lambda kv: kv[1][0])
-            g1, (d1, j1, r1) = ranked[0]
-            d2 = ranked[1][1][0] if len(ranked) > 1 else np.inf
-            if (sizes[g1] >= 2 and d1 <= p.fallback_max and d1 <= p.fallback_ratio * d2
-                    and pairs.colour[r1] <= p.colour_cutoff):
-                fallback.append((i, j1, r1, g1))
-        for i, j, r, g in fallback:  # decided on the state before any fallback
-            labels[i] = g
-            stage[i], dist[i], partner[i] = "fallback", pairs.distance[r], j
+    # Doubtful pairs left apart: for a person to decide.
+    apart = labels[pairs.ij[:, 0]] != labels[pairs.ij[:, 1]] if len(pairs.ij) else np.zeros(0, bool)
+    doubt = apart & (conf >= p.review_confidence)
+    if refused:
+        doubt[np.asarray(refused)] &= apart[np.asarray(refused)]
+    decided = {*rejected, *confirmed}
+    review = np.array([r for r in np.nonzero(doubt)[0] if tuple(pairs.ij[r]) not in decided], np.int64)
+    review = review[np.argsort(-conf[review], kind="stable")] if len(review) else review
 
     # Renumber by first member so labels are stable and readable.
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    remap = np.empty(len(order), np.int64)
-    remap[order] = np.arange(len(order))
-    return Grouping(remap[inverse].astype(np.int64), stage, dist, partner)
+    if n:
+        _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+        order = np.argsort(first)
+        remap = np.empty(len(order), np.int64)
+        remap[order] = np.arange(len(order))
+        labels = remap[inverse].astype(np.int64)
+    return Grouping(labels, stage, confidence_out, dist, partner, review)

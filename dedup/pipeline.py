@@ -6,6 +6,7 @@ parses arguments, calls this and :func:`dedup.report.write_report`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -25,13 +26,14 @@ from .colour import DIM as COLOUR_DIM
 from .colour import colour_descriptor
 from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_image
 from .discover import Skipped, discover
-from .grouping import STAGES, Grouping, GroupingParams, candidate_pairs, group, score_pairs
+from .calibration import PairModel, pair_features
+from .grouping import (STAGES, Grouping, GroupingParams, Pairs, candidate_pairs, fused_vectors, group,
+                       score_pairs)
 from .hashing import DEFAULT_PHASH_MAX_DISTANCE, exact_groups, near_duplicate_pairs, phash, sha256_file
 from .index import DEFAULT_N_TREES, SEARCH_K_FACTOR, AnnIndex
 
 log = logging.getLogger(__name__)
 
-_G = GroupingParams()
 #: Neighbours per image taken from each ANN index as candidates.
 DEFAULT_K: int = 10
 
@@ -44,8 +46,10 @@ class Result:
         root: the folder that was run on.
         groups: DataFrame with one row per decoded image: ``path`` (relative
             to ``root``, POSIX separators), ``group`` (str id; a singleton has
-            its own), ``group_size``, ``stage`` (how it joined: sha256, phash,
-            embedding, fallback, single), ``distance`` (ensemble cosine
+            its own), ``group_size``, ``confidence`` (calibrated probability that the
+            pair which joined it shows the same product, [0, 1]; empty for a
+            singleton), ``stage`` (how it joined: sha256, reviewed, phash,
+            classifier, single), ``distance`` (ensemble cosine
             distance of the pair that joined it, [0, 2]), ``matched`` (that
             pair's other path), ``width``, ``height`` (pixels), ``note``.
         skipped: DataFrame ``path, reason`` for every file not used.
@@ -54,6 +58,11 @@ class Result:
         indexes: backbone name -> :class:`AnnIndex` over those rows.
         colours: ``(n, 116)`` float32 colour descriptors.
         pairs: the scored candidate pairs (:class:`dedup.grouping.Pairs`).
+        confidence: ``(m,)`` float64 calibrated P(same product) of each pair.
+        review: the doubtful pairs left apart (``review.csv``, see
+            :func:`review_table`).
+        codes: ``(n,)`` uint64 pHashes; fused_ids: ``(n, k+1)`` int64 kNN ids
+            in the colour-fused space.
         meta: settings, backbones with weights provenance, counts, seconds
             per stage (written to run.json).
         verifier: the geometric verifier used (or ``None``).
@@ -73,6 +82,10 @@ class Result:
     meta: dict = field(default_factory=dict)
     verifier: object = None
     files: list = field(default_factory=list)
+    confidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    review: pd.DataFrame = field(default_factory=pd.DataFrame)
+    codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
+    fused_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
 
     def ensemble_embeddings(self) -> np.ndarray:
         """``(n, sum d_b)`` float32: the backbones' embeddings side by side, each
@@ -163,11 +176,14 @@ class Deduplicator:
         backbones: ``"auto"`` (the card's VGG16+ResNet50+InceptionV3 when their
             ImageNet weights are on disk, else ``efficientnet-lite0``), a
             comma-separated string or list of names, or Backbone objects.
-        cutoff, max_distance, colour_weight, colour_cutoff, k_context,
-        verify_cutoff, min_inliers, linkage_cutoff, fallback_max,
-        fallback_ratio: grouping settings, documented with the reason for
-            each default in :class:`dedup.grouping.GroupingParams`.
-        verify: run geometric verification (ORB + RANSAC) on borderline pairs.
+        grouping: the grouping settings (:class:`dedup.grouping.GroupingParams`,
+            validated there; ``None`` for the defaults).
+        verify: count RootSIFT + RANSAC inliers for every candidate pair (the
+            pair model's strongest evidence of an edited copy; without it
+            copies are found less often).
+        model_path: a pair-model JSON (``None``: the one shipped in the package).
+        decisions: a reviewer's decisions CSV (``path_a, path_b, decision``);
+            stored in the cache, so later runs keep them.
         k: neighbours per image from each ANN index.
         phash_max_distance: Hamming distance (bits of 64) of the pHash pass.
         batch_size: images per inference batch.
@@ -186,29 +202,19 @@ class Deduplicator:
         progress: show tqdm progress bars.
     """
 
-    def __init__(self, backbones="auto", cutoff: float = _G.cutoff, max_distance: float = _G.max_distance,
-                 colour_weight: float = _G.colour_weight, colour_cutoff: float = _G.colour_cutoff,
-                 k_context: int = _G.k_context, verify: bool = True, verify_cutoff: float = _G.verify_cutoff,
-                 min_inliers: int = _G.min_inliers, linkage_cutoff: float = _G.linkage_cutoff,
-                 fallback_max: float = _G.fallback_max, fallback_ratio: float = _G.fallback_ratio,
-                 k: int = DEFAULT_K,
+    def __init__(self, backbones="auto", grouping: GroupingParams | None = None, verify: bool = True,
+                 k: int = DEFAULT_K, model_path: str | os.PathLike | None = None,
+                 decisions: str | os.PathLike | None = None,
                  phash_max_distance: int = DEFAULT_PHASH_MAX_DISTANCE, batch_size: int = 32,
                  workers: int = 2, processes: int = 0, cache=None, weights_dir: str | None = None,
                  allow_download: bool = False, n_trees: int = DEFAULT_N_TREES,
                  search_k_factor: int = SEARCH_K_FACTOR, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  progress: bool = True):
         self.backbones = backbones
-        self.cutoff = cutoff
-        self.max_distance = max_distance
-        self.colour_weight = colour_weight
-        self.colour_cutoff = colour_cutoff
-        self.k_context = k_context
+        self.grouping = grouping
         self.verify = verify
-        self.verify_cutoff = verify_cutoff
-        self.min_inliers = min_inliers
-        self.linkage_cutoff = linkage_cutoff
-        self.fallback_max = fallback_max
-        self.fallback_ratio = fallback_ratio
+        self.model_path = model_path
+        self.decisions = decisions
         self.k = k
         self.phash_max_distance = phash_max_distance
         self.batch_size = batch_size
@@ -228,7 +234,11 @@ class Deduplicator:
         for key, value in vars(self).items():
             if key == "backbones" and not isinstance(value, str):
                 value = [b.name if isinstance(b, Backbone) else str(b) for b in value]
+            if isinstance(value, GroupingParams):
+                value = dataclasses.asdict(value)
             out[key] = str(value) if isinstance(value, Path) else value
+        if out.get("grouping") is None:
+            out["grouping"] = dataclasses.asdict(GroupingParams())
         return out
 
     def check(self) -> tuple[list[Backbone], str]:
@@ -238,12 +248,14 @@ class Deduplicator:
             WeightsError: a named backbone's weights are missing or wrong.
             ValueError: bad settings.
         """
-        if self.cutoff < 0 or self.verify_cutoff < 0 or not 0 <= self.max_distance <= 2:
-            raise ValueError("need cutoff >= 0, verify_cutoff >= 0 and 0 <= max_distance <= 2")
-        if not 0 <= self.colour_cutoff <= 1 or self.colour_weight < 0:
-            raise ValueError("colour_cutoff must lie in [0, 1] and colour_weight be >= 0")
+        self.grouping_params()
         if self.k < 1 or self.batch_size < 1:
             raise ValueError("k and batch_size must be >= 1")
+        if not 0 <= self.phash_max_distance <= 16:
+            raise ValueError(f"phash_max_distance must lie in [0, 16] bits of 64, got {self.phash_max_distance}")
+        self.pair_model()
+        if self.decisions is not None:
+            read_decisions(self.decisions)
         return select_backbones(self.backbones, self.weights_dir, self.allow_download)
 
     # ------------------------------------------------------------------
@@ -480,22 +492,23 @@ class Deduplicator:
         exact = {"sha256": np.asarray(sha_pairs, np.int64).reshape(-1, 2), "phash": ph_pairs}
         timings["exact_pass"] = time.perf_counter() - t
 
-        # Index + candidates.
+        # Index + candidates: each backbone's index, and the colour-fused one.
         t = time.perf_counter()
+        params = self.grouping_params()
         indexes, neighbour_ids = {}, []
-        for net in nets:
-            X = emb[net.name]
-            if n == 0:
-                continue
-            idx = AnnIndex(self.n_trees, self.search_k_factor).build(X)
-            indexes[net.name] = idx
-            ids, _ = idx.query(X, self.k + 1)
-            neighbour_ids.append(ids)
+        fused = fused_vectors(list(emb.values()), colours, params.colour_weight)
+        fused_ids = np.zeros((n, 0), np.int64)
+        if n:
+            for net in nets:
+                idx = AnnIndex(self.n_trees, self.search_k_factor).build(emb[net.name])
+                indexes[net.name] = idx
+                neighbour_ids.append(idx.query(emb[net.name], self.k + 1)[0])
+            fused_ids = AnnIndex(self.n_trees, self.search_k_factor).build(fused).query(fused, self.k + 1)[0]
         timings["index"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        ij = candidate_pairs(neighbour_ids)
-        pairs = score_pairs(ij, [emb[net.name] for net in nets], colours)
+        ij = candidate_pairs(neighbour_ids + [fused_ids], extra=exact["phash"])
+        pairs = score_pairs(ij, [emb[net.name] for net in nets], colours, fused, fused_ids, codes, params.k_context)
         verifier = None
         if self.verify:
             from .verify import MAX_SIDE, GeometricVerifier
@@ -503,8 +516,14 @@ class Deduplicator:
             paths_ok = [keep[i][0] for i in rows_ok]
             verifier = GeometricVerifier(lambda i: load_image(paths_ok[i], target_size=MAX_SIDE,
                                                               max_pixels=self.max_pixels).image)
+            verifier.progress = self.progress
         verify = verifier if cache is None or verifier is None else _CachedVerify(verifier, cache, dig)
-        grouping = self.regroup(n, pairs, exact, colours, list(emb.values()), verify)
+        if verify is not None and len(ij):
+            pairs.inliers = np.asarray(verify(ij), np.int64)
+        model = self.pair_model()
+        confidence = model.predict(pair_features(pairs))
+        decisions = self._decisions(rel, dig, cache)
+        grouping = group(n, pairs, confidence, exact, params, decisions)
         timings["group"] = time.perf_counter() - t
 
         width = max(4, len(str(max(int(grouping.labels.max()) + 1, 1)))) if n else 4
@@ -513,6 +532,7 @@ class Deduplicator:
             "path": rel,
             "group": [f"g{int(g):0{width}d}" for g in grouping.labels],
             "group_size": sizes[grouping.labels] if n else [],
+            "confidence": np.round(grouping.confidence, 4),
             "stage": grouping.stage,
             "distance": np.round(grouping.distance.astype(np.float64), 4),
             "matched": [rel[j] if j >= 0 else "" for j in grouping.partner],
@@ -521,43 +541,122 @@ class Deduplicator:
             "note": [info[i]["note"] for i in rows_ok],
             "sha256": dig,
         })
+        review = review_table(grouping.review, pairs, confidence, rel)
         skipped_df = pd.DataFrame(skipped_rows, columns=["path", "reason"]).sort_values("path", ignore_index=True)
+        fitted = model.info.get("fitted_with", [])
         meta = {
             "counts": {
                 "found": len(paths), "images": n, "skipped": len(skipped_df),
                 "from_cache": cached_count, "embedded": n_embedded,
                 **group_counts(df),
                 "candidate_pairs": int(len(pairs.ij)),
+                "pairs_to_review": int(len(review)),
+                "decisions_applied": int(len(decisions)) if decisions is not None else 0,
                 "pairs_verified_geometrically": verifier.pairs_checked if verifier is not None else 0,
             },
+            "pair_model": {"source": str(self.model_path or "shipped"), "fitted_on": model.info.get("fitted_on"),
+                           "fitted_with": fitted,
+                           "calibrated_for_these_backbones": sorted(fitted) == sorted(net.name for net in nets)},
             "images_per_second_inference": round(n_embedded / t_infer, 2) if t_infer > 0 else None,
         }
+        if not meta["pair_model"]["calibrated_for_these_backbones"]:
+            log.warning("the pair model was fitted with %s; confidences for %s are not calibrated "
+                        "(refit with benchmarks/calibrate.py)", fitted, [net.name for net in nets])
         files = [keep[i][0] for i in rows_ok]
-        return Result(root, df, skipped_df, emb, indexes, colours, pairs, exact, meta, verifier, files)
+        return Result(root, df, skipped_df, emb, indexes, colours, pairs, exact, meta, verifier, files,
+                      confidence=confidence, review=review, codes=codes, fused_ids=fused_ids)
 
     def grouping_params(self, **overrides) -> GroupingParams:
-        """This object's grouping settings as :class:`GroupingParams`, some overridden."""
-        names = GroupingParams.__dataclass_fields__
-        return GroupingParams(**{**{k: getattr(self, k) for k in names}, **overrides})
+        """This object's grouping settings, some overridden (validated).
 
-    def regroup(self, n: int, pairs, exact_pairs: dict, colours: np.ndarray, embeddings: list[np.ndarray],
-                verifier=None, **overrides) -> Grouping:
-        """Group scored pairs with this object's settings, some overridden.
+        Raises:
+            ValueError: a setting out of its range.
+        """
+        base = self.grouping if self.grouping is not None else GroupingParams()
+        return dataclasses.replace(base, **overrides)
 
-        Used by the run itself and by ``bench``'s cutoff sweep, which regroups
-        one run's pairs at many cutoffs without re-embedding anything.
+    def pair_model(self) -> PairModel:
+        """The pair model: ``model_path`` when given, else the one shipped in the package."""
+        return PairModel.load(self.model_path)
+
+    def _decisions(self, rel: list[str], digests: list[str], cache: EmbeddingCache | None) -> pd.DataFrame:
+        """A person's decisions as ``i, j, same`` rows: the ``decisions`` file
+        (stored in the cache, keyed by content, so later runs keep them) and
+        those the cache remembers from earlier runs."""
+        by_digest = {}
+        if self.decisions is not None:
+            new = read_decisions(self.decisions)
+            where = {p: d for p, d in zip(rel, digests)}
+            unknown = [p for p in pd.concat([new.path_a, new.path_b]) if p not in where]
+            if unknown:
+                log.warning("%d decision paths are not among the images of this run (first: %s); ignored",
+                            len(unknown), unknown[0])
+            for a, b, same in zip(new.path_a, new.path_b, new.same):
+                if a in where and b in where and where[a] != where[b]:
+                    by_digest[tuple(sorted((where[a], where[b])))] = bool(same)
+            if cache is not None:
+                cache.put_decisions(by_digest)
+        if cache is not None:
+            by_digest = {**cache.get_decisions(), **by_digest}
+        rows_of: dict[str, list[int]] = {}
+        for i, d in enumerate(digests):
+            rows_of.setdefault(d, []).append(i)
+        out = [(i, j, same) for (da, db), same in by_digest.items()
+               for i in rows_of.get(da, []) for j in rows_of.get(db, [])]
+        return pd.DataFrame(out, columns=["i", "j", "same"])
+
+    def regroup(self, result: "Result", **overrides) -> Grouping:
+        """Group a finished run's scored pairs again, some settings overridden
+        (cheap: nothing is re-embedded or re-verified). Used by ``bench``'s
+        confidence sweep.
 
         Args:
-            n: number of images.
-            pairs: :class:`dedup.grouping.Pairs` of the run.
-            exact_pairs: the run's ``{"sha256": ..., "phash": ...}`` pairs.
-            colours: ``(n, 116)`` colour descriptors; embeddings: per backbone ``(n, d)``.
-            verifier: pair -> inliers callable, or ``None``.
-            overrides: any :class:`GroupingParams` field.
+            result: a :class:`Result` of :meth:`run`.
+            overrides: any :class:`GroupingParams` field except ``colour_weight``
+                and ``k_context`` (they change the candidates).
         """
-        return group(n, pairs, exact_pairs, colours, embeddings, self.grouping_params(**overrides), verifier)
+        return group(len(result.groups), result.pairs, result.confidence, result.exact_pairs,
+                     self.grouping_params(**overrides))
 
-    def regroup_result(self, result: "Result", **overrides) -> Grouping:
-        """:meth:`regroup` on a finished run's pairs (cheap: nothing re-embedded)."""
-        return self.regroup(len(result.groups), result.pairs, result.exact_pairs, result.colours,
-                            list(result.embeddings.values()), result.verifier, **overrides)
+
+def read_decisions(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a reviewer's decisions CSV (as the gallery downloads it).
+
+    Columns ``path_a, path_b, decision``; ``decision`` is ``same`` or
+    ``different`` (also accepted: yes/no, true/false, 1/0).
+
+    Returns:
+        DataFrame ``path_a, path_b, same`` (bool).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: missing columns or an unknown decision word.
+    """
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if not {"path_a", "path_b", "decision"} <= set(df.columns):
+        raise ValueError(f"{path}: a decisions file needs columns path_a,path_b,decision (has {list(df.columns)})")
+    words = {"same": True, "yes": True, "true": True, "1": True,
+             "different": False, "no": False, "false": False, "0": False}
+    dec = df.decision.str.strip().str.lower()
+    bad = df[~dec.isin(list(words))]
+    if len(bad):
+        raise ValueError(f"{path}: decision must be 'same' or 'different' (row {bad.index[0] + 2}: "
+                         f"{bad.decision.iloc[0]!r})")
+    return pd.DataFrame({"path_a": df.path_a, "path_b": df.path_b, "same": dec.map(words).astype(bool)})
+
+
+def review_table(rows: np.ndarray, pairs: Pairs, confidence: np.ndarray, rel: list[str]) -> pd.DataFrame:
+    """``review.csv``: doubtful pairs left apart, with the evidence that decided.
+
+    Returns:
+        DataFrame ``path_a, path_b, confidence, distance, colour_distance,
+        context, rank, inliers, phash_bits``, strongest first.
+    """
+    rows = np.asarray(rows, np.int64)
+    ij = pairs.ij[rows]
+    return pd.DataFrame({
+        "path_a": [rel[i] for i in ij[:, 0]], "path_b": [rel[j] for j in ij[:, 1]],
+        "confidence": np.round(confidence[rows], 4), "distance": np.round(pairs.distance[rows], 4),
+        "colour_distance": np.round(pairs.colour[rows], 4), "context": np.round(pairs.context[rows], 4),
+        "rank": np.minimum(pairs.rank_ij[rows], pairs.rank_ji[rows]), "inliers": pairs.inliers[rows],
+        "phash_bits": pairs.phash_bits[rows]})

@@ -6,6 +6,9 @@ Fixed names, so that a later ``query``, ``bench`` or ``evaluate`` finds them:
   every decoded image exactly once), then ``group_size, stage, distance,
   matched, width, height, note, sha256``.
 * ``skipped.csv``: ``path,reason`` for every file not used.
+* ``review.csv``: doubtful pairs left apart, for a person: ``path_a, path_b,
+  confidence`` and the evidence that decided (``distance, colour_distance,
+  context, rank, inliers, phash_bits``), strongest first.
 * ``run.json``: settings, backbones with weights provenance, counts, seconds
   per stage.
 * ``index-<backbone>.ann`` and ``embeddings-<backbone>.npy``: one Annoy index
@@ -18,10 +21,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 GROUPS_CSV = "groups.csv"
 SKIPPED_CSV = "skipped.csv"
 RUN_JSON = "run.json"
+REVIEW_CSV = "review.csv"
 
 
 def write_report(result, out: str | os.PathLike) -> Path:
@@ -46,6 +51,8 @@ def write_report(result, out: str | os.PathLike) -> Path:
 
     atomic(GROUPS_CSV, lambda p: result.groups.to_csv(p, index=False))
     atomic(SKIPPED_CSV, lambda p: result.skipped.to_csv(p, index=False))
+    review = result.review if len(result.review.columns) else pd.DataFrame(columns=["path_a", "path_b", "confidence"])
+    atomic(REVIEW_CSV, lambda p: review.to_csv(p, index=False))
     def save_npy(path: Path, X: np.ndarray) -> None:
         with open(path, "wb") as fh:
             np.save(fh, X)
@@ -69,10 +76,11 @@ def summary(result, out: str | os.PathLike | None = None) -> str:
         f"images: {c['images']} read, {c['skipped']} skipped, {c['from_cache']} from cache, "
         f"{c['embedded']} embedded",
         f"groups: {c['groups_of_2_or_more']} groups of 2+ holding {c['images_in_groups']} images; "
-        f"{c['singletons']} singletons",
+        f"{c['singletons']} singletons; {c.get('pairs_to_review', 0)} doubtful pairs to review",
         "joined by: " + ", ".join(f"{k} {v}" for k, v in c["joined_by_stage"].items()),
         f"time: {result.meta['seconds']['total']:.1f} s",
     ]
     if out is not None:
-        lines.append(f"report: {Path(out) / GROUPS_CSV}, {Path(out) / SKIPPED_CSV}, {Path(out) / RUN_JSON}")
+        lines.append(f"report: {Path(out) / GROUPS_CSV}, {Path(out) / REVIEW_CSV}, {Path(out) / SKIPPED_CSV}, "
+                     f"{Path(out) / RUN_JSON}")
     return "\n".join(lines)

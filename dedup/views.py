@@ -232,8 +232,54 @@ def _thumb_data_uri(path: Path, digest: str | None = None, cache=None) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
+_REVIEW_SCRIPT = """<script>
+function decide(btn, value) {
+  const row = btn.closest('.pair');
+  row.dataset.decision = value;
+  row.querySelectorAll('button').forEach(b => b.classList.toggle('chosen', b === btn));
+  document.getElementById('decided').textContent =
+    document.querySelectorAll('.pair[data-decision]').length;
+}
+function csvField(s) { return '"' + String(s).replace(/"/g, '""') + '"'; }
+function downloadDecisions() {
+  const lines = ['path_a,path_b,decision'];
+  document.querySelectorAll('.pair[data-decision]').forEach(r =>
+    lines.push([r.dataset.a, r.dataset.b, r.dataset.decision].map(csvField).join(',')));
+  const blob = new Blob([lines.join('\\n') + '\\n'], {type: 'text/csv'});
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = 'decisions.csv';
+  document.body.appendChild(a); a.click(); a.remove();
+}
+</script>"""
+
+
+def _review_section(review: pd.DataFrame, groups: pd.DataFrame, real: list[Path], cache) -> list[str]:
+    """The "to review" section: each doubtful pair side by side with same/different buttons."""
+    where = {p: k for k, p in enumerate(groups.path)}
+    digest = groups["sha256"].tolist() if "sha256" in groups.columns else [None] * len(groups)
+    parts = [f"<section id='review'><h2>To review ({len(review)} doubtful pairs)</h2>"
+             "<p>Mark each pair, then <button id='download' onclick='downloadDecisions()'>download decisions.csv"
+             "</button> (<span id='decided'>0</span> decided) and run again with <code>--decisions "
+             "decisions.csv</code>: confirmed pairs join, rejected pairs never join.</p>"]
+    for r in review.itertuples():
+        a, b = where.get(r.path_a), where.get(r.path_b)
+        if a is None or b is None:
+            continue
+        figs = "".join(f"<figure><img src='{_thumb_data_uri(real[k], digest[k], cache)}' alt='{html.escape(p)}'>"
+                       f"<figcaption>{html.escape(p)}<br>group {html.escape(str(groups.group.iloc[k]))}"
+                       f"</figcaption></figure>" for k, p in ((a, r.path_a), (b, r.path_b)))
+        parts.append(f"<div class='pair' data-a='{html.escape(r.path_a)}' data-b='{html.escape(r.path_b)}'>{figs}"
+                     f"<div class='why'>confidence {r.confidence:.2f}<br>inliers {r.inliers}, colour "
+                     f"{r.colour_distance:.2f}<br><button onclick=\"decide(this,'same')\">same</button> "
+                     f"<button onclick=\"decide(this,'different')\">different</button></div></div>")
+    parts.append("</section>")
+    return parts
+
+
 def write_gallery(groups: pd.DataFrame, root: str | os.PathLike, path: str | os.PathLike,
-                  title: str = "dedup groups", files: list | None = None, cache=None) -> Path:
+                  title: str = "dedup groups", files: list | None = None, cache=None,
+                  review: pd.DataFrame | None = None) -> Path:
     """A self-contained HTML gallery (thumbnails inlined as data URIs).
 
     One ``<section class="group">`` per group of >= 2 images, with
@@ -242,7 +288,11 @@ def write_gallery(groups: pd.DataFrame, root: str | os.PathLike, path: str | os.
     ``<details>`` without thumbnails. Opens in a browser with no server.
     ``files``: the real path of each row (``Result.files``); default ``root / path``.
     ``cache``: an open :class:`dedup.cache.EmbeddingCache` to keep thumbnails in
-    (keyed by the ``sha256`` column).
+    (keyed by the ``sha256`` column). ``review``: the run's doubtful pairs
+    (``review.csv``); when given, a "to review" section shows each pair side
+    by side with same/different buttons and a button that downloads the
+    decisions as ``decisions.csv`` (``path_a, path_b, decision``) for
+    ``run --decisions``.
 
     Returns:
         The written path.
@@ -257,17 +307,23 @@ def write_gallery(groups: pd.DataFrame, root: str | os.PathLike, path: str | os.
              "section.group{background:#fff;border:1px solid #ddd;margin:0 0 1em;padding:.5em}"
              "figure{display:inline-block;width:170px;margin:4px;vertical-align:top;font-size:11px}"
              "figure img{max-width:160px;max-height:160px;display:block}"
-             "</style></head><body>",
+             ".pair{background:#fff;border:1px solid #ddd;margin:0 0 .5em;padding:.3em}"
+             ".pair .why{display:inline-block;vertical-align:top;font-size:12px;margin:4px}"
+             "button.chosen{background:#36c;color:#fff}"
+             "</style>" + _REVIEW_SCRIPT + "</head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p id='summary'>{multi.group.nunique()} groups of 2 or more holding {len(multi)} images; "
              f"{len(singles)} singletons.</p>"]
+    if review is not None and len(review):
+        parts += _review_section(review, groups, real, cache)
     for gid, members in multi.groupby("group", sort=False):
         parts.append(f"<section class='group' id='{html.escape(str(gid))}'><h2>{html.escape(str(gid))} "
                      f"({len(members)} images)</h2>")
         for r in members.itertuples():
             p = r.real_file
             size = p.stat().st_size if p.exists() else 0
-            dist = "" if pd.isna(r.distance) else f"{r.distance:.3f}"
+            conf = getattr(r, "confidence", np.nan)
+            dist = "" if pd.isna(conf) else f"confidence {conf:.2f}"
             uri = _thumb_data_uri(p, getattr(r, "sha256", None), cache)
             parts.append(f"<figure><img src='{uri}' alt='{html.escape(r.path)}'>"
                          f"<figcaption>{html.escape(r.path)}<br>{r.width}x{r.height} px, {size / 1024:.0f} KB"
@@ -277,7 +333,9 @@ def write_gallery(groups: pd.DataFrame, root: str | os.PathLike, path: str | os.
     parts += [f"<li>{html.escape(p)}</li>" for p in singles.path]
     parts.append("</ul></details></body></html>")
     path = Path(path)
-    path.write_text("\n".join(parts), encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, path)
     return path
 
 
@@ -338,8 +396,8 @@ def relabel(groups: pd.DataFrame, labels: np.ndarray, method: str) -> pd.DataFra
     """A copy of a run's groups with cluster labels in place of its groups.
 
     Images below ``min_size`` (label -1) get their own group each, with stage
-    ``"below-min-size"``; clustered images get stage ``method``. ``distance``
-    and ``matched`` are cleared (a cluster is not made of pairs).
+    ``"below-min-size"``; clustered images get stage ``method``. ``distance``,
+    ``confidence`` and ``matched`` are cleared (a cluster is not made of pairs).
     """
     g = groups.copy()
     n_clusters = int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else 0
@@ -351,5 +409,7 @@ def relabel(groups: pd.DataFrame, labels: np.ndarray, method: str) -> pd.DataFra
     g["group_size"] = g.group.map(g.group.value_counts()).astype(int)
     g["stage"] = np.where(labels < 0, "below-min-size", method)
     g["distance"] = np.nan
+    if "confidence" in g.columns:
+        g["confidence"] = np.nan
     g["matched"] = ""
     return g

@@ -91,16 +91,17 @@ def test_bench_command_writes_json_markdown_and_sweep(tmp_path):
     proc = run_cli("bench", str(labels), "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     data = json.loads((out / "bench.json").read_text())
-    for key in ("pairwise", "bcubed", "ari", "ns_score", "predicted_groups", "true_groups", "per_stage", "sweep"):
+    for key in ("pairwise", "bcubed", "ari", "ns_score", "predicted_groups", "true_groups", "joined_by_stage", "sweep",
+                "recall_at_1", "calibration_ece"):
         assert key in data
     assert data["true_groups"] == 6 and data["images"] == 20
     assert 0 < data["ns_score"] <= 4
     assert sum(r["default"] for r in data["sweep"]) == 1
-    # the loosest cutoff of the sweep joins at least as much as the tightest
-    assert data["sweep"][-1]["predicted_groups"] <= data["sweep"][0]["predicted_groups"]
-    assert data["sweep"][-1]["recall"] >= data["sweep"][0]["recall"]
+    # the loosest confidence level of the sweep joins at least as much as the strictest
+    assert data["sweep"][0]["predicted_groups"] <= data["sweep"][-1]["predicted_groups"]
+    assert data["sweep"][0]["recall"] >= data["sweep"][-1]["recall"]
     md = (out / "bench.md").read_text()
-    assert "pairwise F1" in md and "Cutoff sweep" in md
+    assert "pairwise F1" in md and "--min-confidence" in md
     png = (out / "sweep.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     # bench also leaves the run's own report

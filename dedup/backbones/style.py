@@ -11,9 +11,9 @@ cannot be assumed on disk.
 Descriptor: per stage, the upper triangle of ``G = F F^T / (H W)``, signed
 square root (power normalisation, Perronnin et al., ECCV 2010) and L2
 normalisation; the three stages concatenated with equal weight; then the
-colour histogram of :mod:`dedup.colour`. The parts are weighted so that the
+foreground colour histogram of :mod:`dedup.colour`. The parts are weighted so that the
 cosine similarity of two descriptors is ``(1 - w) cos_texture + w cos_colour``
-with ``w = COLOUR_SHARE``. Dimension 136 + 300 + 820 + 116 = 1372.
+with ``w = COLOUR_SHARE``. Dimension 136 + 300 + 820 + 864 = 2120.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ _CHANNELS = (16, 24, 40)
 
 
 class StyleLite0(EfficientNetLite0):
-    """Texture + colour descriptor, ``(n, 1372)`` float32, L2-normalised.
+    """Texture + colour descriptor, ``(n, 2120)`` float32, L2-normalised.
 
     Named ``style-lite0``; used by ``--similarity style``.
     """
@@ -48,7 +48,11 @@ class StyleLite0(EfficientNetLite0):
             self.weights_id = f"style(gram 3 stages + colour {COLOUR_SHARE}) {self.weights_id}"
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """``(s*s*3 + 116,)`` uint8-packed input: the network input plus the colour descriptor."""
+        """``(s*s*3 + 4 * COLOUR_DIM,)`` uint8: the network input, flattened, then the
+        float32 colour descriptor's bytes (``s*s*3 + 3456`` bytes in all).
+
+        This backbone's input is therefore not ``(s, s, 3)``; its own
+        :meth:`_forward` unpacks it."""
         pixels = super().prepare(image)
         colour = colour_descriptor(image).view(np.uint8)
         return np.concatenate([pixels.reshape(-1), colour])

@@ -1,0 +1,159 @@
+"""The pair decision: a calibrated probability that two images show the same product.
+
+Every candidate pair carries evidence (:func:`pair_features`): the ensemble
+cosine distance, the colour distance, the contextual distance (Jegou et al.,
+CVPR 2007), the mutual rank in the colour-fused kNN lists, the RANSAC inliers
+of RootSIFT matches (mirror included) and the pHash Hamming distance. A
+logistic regression over that evidence (scikit-learn; Platt-style
+probabilities, Platt 1999) turns it into the probability that the pair shows
+the same product. It replaces hand-set acceptance rules.
+
+The shipped model (``dedup/data/pair_model.json``) is fitted on labelled
+candidate pairs of the shared benchmark sets by ``benchmarks/calibrate.py``,
+which also checks its calibration by a leave-one-set-out split (fit on all
+sets but one, measure the expected calibration error on the one left out).
+It holds a dozen numbers (feature means and scales, coefficients,
+intercept): calibration constants, no network weights. It is valid for the
+distances of the backbones it was fitted with (``fitted_with``); a run with
+other backbones says so in ``run.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+
+import numpy as np
+
+#: Version of the feature set; a model file of another version is refused.
+FEATURES_VERSION = 2
+#: The evidence columns, in order (see :func:`pair_features`).
+FEATURES = ("distance", "colour", "context", "log_rank_min", "log_rank_max", "log_inliers",
+            "inliers_capped", "phash_bits", "distance_x_colour", "relative_to_nearest")
+#: The model file shipped in the package.
+MODEL_FILE = "pair_model.json"
+
+
+def pair_features(pairs) -> np.ndarray:
+    """The evidence matrix of scored candidate pairs.
+
+    Args:
+        pairs: a :class:`dedup.grouping.Pairs` with ``inliers`` filled in
+            (``-1``, not verified, counts as 0).
+
+    Returns:
+        ``(m, len(FEATURES))`` float64: ensemble cosine distance [0, 2];
+        Hellinger colour distance [0, 1]; contextual fused distance (~1 for
+        an ordinary neighbour); ``log1p`` of the smaller and larger rank of
+        each image in the other's fused kNN list (0 = nearest; ``k`` when
+        absent); ``log1p(inliers)``; ``min(inliers, 50) / 50``; pHash Hamming
+        distance / 64; distance x colour; fused distance over the nearer of
+        the two images' nearest-neighbour distances (1 for a mutual nearest
+        pair).
+    """
+    inl = np.maximum(np.asarray(pairs.inliers, np.float64), 0)
+    d = pairs.distance.astype(np.float64)
+    h = pairs.colour.astype(np.float64)
+    return np.column_stack([
+        d, h, pairs.context, np.log1p(np.minimum(pairs.rank_ij, pairs.rank_ji)),
+        np.log1p(np.maximum(pairs.rank_ij, pairs.rank_ji)), np.log1p(inl), np.minimum(inl, 50) / 50,
+        pairs.phash_bits / 64.0, d * h, pairs.relative,
+    ]).astype(np.float64)
+
+
+@dataclass
+class PairModel:
+    """Logistic regression from pair evidence to P(same product).
+
+    Attributes:
+        mean, scale: ``(f,)`` standardisation of :data:`FEATURES`.
+        coef: ``(f,)`` coefficients on standardised features; intercept: float.
+        info: provenance (what it was fitted on, with which backbones,
+            leave-one-set-out calibration errors).
+    """
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    info: dict = field(default_factory=dict)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """``(m, f)`` evidence -> ``(m,)`` float64 probabilities in (0, 1)."""
+        z = ((np.asarray(X, np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+
+    @classmethod
+    def fit(cls, X: np.ndarray, y: np.ndarray, C: float = 1.0, info: dict | None = None,
+            sample_weight: np.ndarray | None = None) -> "PairModel":
+        """Fit on ``(m, f)`` evidence and ``(m,)`` 0/1 labels (scikit-learn's
+        ``LogisticRegression``, L2 penalty ``C``, on standardised features;
+        ``sample_weight`` optional ``(m,)`` weights).
+
+        Raises:
+            ValueError: only one class in ``y``.
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        X, y = np.asarray(X, np.float64), np.asarray(y).astype(int)
+        if len(np.unique(y)) < 2:
+            raise ValueError("fitting the pair model needs both same-product and different-product pairs")
+        mean, scale = X.mean(axis=0), X.std(axis=0)
+        scale[scale == 0] = 1.0
+        lr = LogisticRegression(C=C, max_iter=5000).fit((X - mean) / scale, y, sample_weight=sample_weight)
+        return cls(mean, scale, lr.coef_[0].astype(np.float64), float(lr.intercept_[0]), dict(info or {}))
+
+    def to_json(self) -> str:
+        """The model as JSON (the format of ``dedup/data/pair_model.json``)."""
+        return json.dumps({"features_version": FEATURES_VERSION, "features": list(FEATURES),
+                           "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+                           "coef": self.coef.tolist(), "intercept": self.intercept, "info": self.info}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "") -> "PairModel":
+        """Read :meth:`to_json`'s format.
+
+        Raises:
+            ValueError: another feature version or feature list.
+        """
+        d = json.loads(text)
+        if d.get("features_version") != FEATURES_VERSION or tuple(d.get("features", ())) != FEATURES:
+            raise ValueError(f"pair model {source or ''} was fitted on other evidence "
+                             f"(features version {d.get('features_version')}, this dedup uses {FEATURES_VERSION}); "
+                             "refit it with benchmarks/calibrate.py")
+        return cls(np.asarray(d["mean"], np.float64), np.asarray(d["scale"], np.float64),
+                   np.asarray(d["coef"], np.float64), float(d["intercept"]), d.get("info", {}))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None) -> "PairModel":
+        """The model in ``path``, or the one shipped in the package.
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist.
+            ValueError: the file is not a pair model of this version.
+        """
+        if path is None:
+            text = resources.files("dedup.data").joinpath(MODEL_FILE).read_text(encoding="utf-8")
+            return cls.from_json(text, "(shipped)")
+        with open(path, encoding="utf-8") as fh:
+            return cls.from_json(fh.read(), str(path))
+
+
+def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error (Naeini et al., AAAI 2015): the mean over
+    ``bins`` equal-width probability bins of |mean predicted - observed rate|,
+    weighted by the share of pairs in the bin. In [0, 1]; 0 is perfect.
+
+    Args:
+        p: ``(m,)`` predicted probabilities; y: ``(m,)`` 0/1 outcomes.
+    """
+    p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
+    if len(p) == 0:
+        return 0.0
+    b = np.clip((p * bins).astype(int), 0, bins - 1)
+    err = 0.0
+    for k in np.unique(b):
+        sel = b == k
+        err += sel.mean() * abs(p[sel].mean() - y[sel].mean())
+    return float(err)
