@@ -17,7 +17,8 @@ It is a logistic regression over a dozen evidence columns: calibration
 constants measured on the sets, no network weights and no projection of
 image features.
 
-    python benchmarks/calibrate.py            # refit and write the model + results/calibration.md
+    python benchmarks/calibrate.py [--readme]   # refit; write the model, results/calibration.md
+                                                # (and the README's calibration table)
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH, ROOT, machine, write  # noqa: E402
+from _common import BENCH, ROOT, machine, replace_readme_block, write  # noqa: E402
 from edits import build_edited_set  # noqa: E402
 
 from dedup.calibration import FEATURES, PairModel, expected_calibration_error, pair_features  # noqa: E402
@@ -108,6 +109,9 @@ def main() -> None:
     tmp = MODEL_OUT.with_suffix(".json.tmp")
     tmp.write_text(final.to_json() + "\n")
     tmp.replace(MODEL_OUT)
+    header = ("| set left out | candidate pairs | same-product pairs | ECE left out | ECE in the shipped fit | "
+              "pair precision at p >= 0.9 (left out) | pair recall at p >= 0.9 (left out) |\n"
+              "|---|---|---|---|---|---|---|\n")
     rows = "\n".join(f"| {r['left_out']} | {r['pairs']} | {r['positives']} | {r['ece']:.3f} | "
                      f"{in_sample[r['left_out']]:.3f} | {r['pair_precision_at_0.9']:.3f} | "
                      f"{r['pair_recall_at_0.9']:.3f} |" for r in loso)
@@ -115,13 +119,13 @@ def main() -> None:
           "Logistic regression over the pair evidence (`dedup/calibration.py`), fitted on the candidate pairs of "
           "every set, each set weighted equally. Leave-one-set-out: fitted on the other sets, measured on the "
           "one left out. ECE: expected calibration error, 10 equal-width bins (0 = perfectly calibrated).\n\n"
-          "| set left out | candidate pairs | same-product pairs | ECE left out | ECE in the shipped fit | "
-          "pair precision at p >= 0.9 (left out) | pair recall at p >= 0.9 (left out) |\n"
-          "|---|---|---|---|---|---|---|\n" + rows + "\n\n"
+          + header + rows + "\n\n"
           "Coefficients of the shipped model (standardised features):\n\n"
           + "\n".join(f"- `{c}`: {w:+.3f}" for c, w in zip(cols, final.coef)) + "\n")
     write("calibration", {"machine": machine(), "leave_one_set_out": loso, "in_sample_ece": in_sample,
                           "model": json.loads(final.to_json())}, md)
+    if "--readme" in sys.argv[1:]:
+        replace_readme_block("CALIBRATION-TABLE", header + rows)
 
 
 if __name__ == "__main__":

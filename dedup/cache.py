@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS files (digest TEXT PRIMARY KEY, phash INTEGER NOT NUL
     width INTEGER NOT NULL, height INTEGER NOT NULL, colour BLOB NOT NULL, note TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS inliers (a TEXT NOT NULL, b TEXT NOT NULL, method TEXT NOT NULL,
     inliers INTEGER NOT NULL, PRIMARY KEY (a, b, method));
+CREATE TABLE IF NOT EXISTS verified (a TEXT NOT NULL, b TEXT NOT NULL, method TEXT NOT NULL,
+    inliers INTEGER NOT NULL, mismatch REAL NOT NULL, PRIMARY KEY (a, b, method));
 CREATE TABLE IF NOT EXISTS thumbs (digest TEXT NOT NULL, side INTEGER NOT NULL, jpeg BLOB NOT NULL,
     PRIMARY KEY (digest, side));
 CREATE TABLE IF NOT EXISTS decisions (a TEXT NOT NULL, b TEXT NOT NULL, same INTEGER NOT NULL,
@@ -184,23 +186,25 @@ class EmbeddingCache:
         self._db.commit()
 
     # -- geometric verification and thumbnails ------------------------------
-    def get_inliers(self, pairs: list[tuple[str, str]], method: str) -> dict[tuple[str, str], int]:
-        """Stored inlier counts for ``(digest_a, digest_b)`` pairs (a < b); misses absent."""
+    def get_verified(self, pairs: list[tuple[str, str]], method: str) -> dict[tuple[str, str], tuple[int, float]]:
+        """Stored verification results ``(inliers, colour mismatch)`` for
+        ``(digest_a, digest_b)`` pairs (a < b); misses are absent."""
         out = {}
         wanted = set(pairs)
         for start in range(0, len(pairs), 400):
             chunk = pairs[start:start + 400]
             firsts = sorted({a for a, _ in chunk})
-            q = "SELECT a, b, inliers FROM inliers WHERE method=? AND a IN (%s)" % ",".join("?" * len(firsts))
-            for a, b, v in self._db.execute(q, (method, *firsts)):
+            q = ("SELECT a, b, inliers, mismatch FROM verified WHERE method=? AND a IN (%s)"
+                 % ",".join("?" * len(firsts)))
+            for a, b, v, mm in self._db.execute(q, (method, *firsts)):
                 if (a, b) in wanted:
-                    out[(a, b)] = int(v)
+                    out[(a, b)] = (int(v), float(mm))
         return out
 
-    def put_inliers(self, values: dict[tuple[str, str], int], method: str) -> None:
-        """Store inlier counts of digest pairs (a < b) and commit."""
-        self._db.executemany("INSERT OR REPLACE INTO inliers VALUES (?,?,?,?)",
-                             [(a, b, method, int(v)) for (a, b), v in values.items()])
+    def put_verified(self, values: dict[tuple[str, str], tuple[int, float]], method: str) -> None:
+        """Store verification results of digest pairs (a < b) and commit."""
+        self._db.executemany("INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?)",
+                             [(a, b, method, int(v), float(mm)) for (a, b), (v, mm) in values.items()])
         self._db.commit()
 
     def get_decisions(self) -> dict[tuple[str, str], bool]:

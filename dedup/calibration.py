@@ -3,7 +3,8 @@
 Every candidate pair carries evidence (:func:`pair_features`): the ensemble
 cosine distance, the colour distance, the contextual distance (Jegou et al.,
 CVPR 2007), the mutual rank in the colour-fused kNN lists, the RANSAC inliers
-of RootSIFT matches (mirror included) and the pHash Hamming distance. A
+of RootSIFT matches (mirror included), the colour mismatch of the two images
+once aligned by that homography, and the pHash Hamming distance. A
 logistic regression over that evidence (scikit-learn; Platt-style
 probabilities, Platt 1999) turns it into the probability that the pair shows
 the same product. It replaces hand-set acceptance rules.
@@ -27,10 +28,11 @@ from importlib import resources
 import numpy as np
 
 #: Version of the feature set; a model file of another version is refused.
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3
 #: The evidence columns, in order (see :func:`pair_features`).
 FEATURES = ("distance", "colour", "context", "log_rank_min", "log_rank_max", "log_inliers",
-            "inliers_capped", "phash_bits", "distance_x_colour", "relative_to_nearest")
+            "inliers_capped", "phash_bits", "distance_x_colour", "relative_to_nearest",
+            "copy_evidence", "variant_evidence")
 #: The model file shipped in the package.
 MODEL_FILE = "pair_model.json"
 
@@ -50,15 +52,24 @@ def pair_features(pairs) -> np.ndarray:
         absent); ``log1p(inliers)``; ``min(inliers, 50) / 50``; pHash Hamming
         distance / 64; distance x colour; fused distance over the nearer of
         the two images' nearest-neighbour distances (1 for a mutual nearest
-        pair).
+        pair); for pairs aligned by RANSAC, copy evidence ``exp(-mismatch /
+        0.03)`` and variant evidence ``min(mismatch, 0.4)``, each times
+        ``min(inliers, 50) / 50`` (0 when not aligned): an edited copy keeps
+        its colours where it aligns, a colour variant in the same pose does
+        not. The 0.03 and 0.4 scales were chosen by the leave-one-set-out
+        precision of ``benchmarks/calibrate.py``.
     """
     inl = np.maximum(np.asarray(pairs.inliers, np.float64), 0)
+    mm = np.asarray(pairs.mismatch, np.float64)
+    aligned = mm >= 0
     d = pairs.distance.astype(np.float64)
     h = pairs.colour.astype(np.float64)
     return np.column_stack([
         d, h, pairs.context, np.log1p(np.minimum(pairs.rank_ij, pairs.rank_ji)),
         np.log1p(np.maximum(pairs.rank_ij, pairs.rank_ji)), np.log1p(inl), np.minimum(inl, 50) / 50,
         pairs.phash_bits / 64.0, d * h, pairs.relative,
+        np.where(aligned, np.exp(-np.maximum(mm, 0) / 0.03), 0.0) * np.minimum(inl, 50) / 50,
+        np.where(aligned, np.minimum(mm, 0.4), 0.0) * np.minimum(inl, 50) / 50,
     ]).astype(np.float64)
 
 

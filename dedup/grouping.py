@@ -12,7 +12,8 @@ person. How a run decides (every number is a documented default of
    Memory O(n x k): never an n x n matrix.
 2. Evidence per pair (:func:`score_pairs`): ensemble cosine distance, colour
    distance, contextual distance (Jegou et al., CVPR 2007), mutual ranks,
-   pHash bits, and RootSIFT + RANSAC inliers (:mod:`dedup.verify`).
+   pHash bits, RootSIFT + RANSAC inliers and the colour mismatch after
+   alignment (:mod:`dedup.verify`).
 3. Decision (:mod:`dedup.calibration`): a calibrated probability that the pair
    shows the same product. ``p >= min_confidence`` joins; ``review_confidence
    <= p < min_confidence`` is written to ``review.csv`` for a person.
@@ -111,6 +112,9 @@ class Pairs:
             images' nearest-neighbour distances.
         phash_bits: ``(m,)`` int64 pHash Hamming distance, 0..64.
         inliers: ``(m,)`` int64 RootSIFT RANSAC inliers, ``-1`` until verified.
+        mismatch: ``(m,)`` float32 share of the first image's foreground whose
+            colour differs (Delta E*ab > 25) from the second image's aligned by
+            the RANSAC homography, [0, 1]; ``-1`` when not aligned.
     """
 
     ij: np.ndarray
@@ -124,6 +128,11 @@ class Pairs:
     relative: np.ndarray
     phash_bits: np.ndarray
     inliers: np.ndarray
+    mismatch: np.ndarray = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.mismatch is None:
+            self.mismatch = np.full(len(self.ij), -1.0, np.float32)
 
     def subset(self, mask: np.ndarray) -> "Pairs":
         """The pairs selected by a boolean ``(m,)`` mask."""
@@ -201,7 +210,7 @@ def _ranks(ij: np.ndarray, fused_ids: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def score_pairs(ij: np.ndarray, embeddings: list[np.ndarray], colours: np.ndarray, fused: np.ndarray,
                 fused_ids: np.ndarray, phashes: np.ndarray, k_context: int = 10) -> Pairs:
-    """The evidence of every candidate pair (all but the inliers).
+    """The evidence of every candidate pair (all but the geometric verification).
 
     Args:
         ij: ``(m, 2)`` int64 pairs, ``i < j``.
@@ -214,7 +223,7 @@ def score_pairs(ij: np.ndarray, embeddings: list[np.ndarray], colours: np.ndarra
         k_context: neighbours averaged for the context radius.
 
     Returns:
-        :class:`Pairs` with ``inliers`` set to -1.
+        :class:`Pairs` with ``inliers`` and ``mismatch`` set to -1.
     """
     m, n = len(ij), len(fused)
     a, c = ij[:, 0], ij[:, 1]

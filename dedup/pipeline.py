@@ -149,7 +149,7 @@ def group_counts(groups: pd.DataFrame) -> dict:
 
 
 class _CachedVerify:
-    """Geometric verification that reuses inlier counts stored in the cache."""
+    """Geometric verification that reuses results stored in the cache (keyed by content)."""
 
     def __init__(self, verifier, cache: EmbeddingCache, digests: list[str]):
         self.verifier, self.cache, self.digests = verifier, cache, digests
@@ -157,12 +157,13 @@ class _CachedVerify:
     def __call__(self, ij: np.ndarray) -> np.ndarray:
         keys = [tuple(sorted((self.digests[i], self.digests[j]))) for i, j in ij]
         method = self.verifier.method_id
-        got = self.cache.get_inliers(keys, method)
-        out = np.array([got.get(k, -1) for k in keys], dtype=np.int64)
-        miss = out < 0
-        if miss.any():
-            out[miss] = self.verifier(ij[miss])
-            self.cache.put_inliers({k: int(v) for k, v, m in zip(keys, out, miss) if m}, method)
+        got = self.cache.get_verified(keys, method)
+        out = np.array([got.get(k, (-1, -1.0)) for k in keys], dtype=np.float64).reshape(-1, 2)
+        miss = out[:, 0] < 0
+        for s in range(0, int(miss.sum()), 2000):  # stored as it goes: an interrupted run resumes
+            rows = np.nonzero(miss)[0][s:s + 2000]
+            out[rows] = self.verifier(ij[rows])
+            self.cache.put_verified({keys[r]: (int(out[r, 0]), float(out[r, 1])) for r in rows}, method)
         return out
 
 
@@ -178,9 +179,10 @@ class Deduplicator:
             comma-separated string or list of names, or Backbone objects.
         grouping: the grouping settings (:class:`dedup.grouping.GroupingParams`,
             validated there; ``None`` for the defaults).
-        verify: count RootSIFT + RANSAC inliers for every candidate pair (the
-            pair model's strongest evidence of an edited copy; without it
-            copies are found less often).
+        verify: count RootSIFT + RANSAC inliers and the colour mismatch after
+            alignment for every candidate pair (the pair model's strongest
+            evidence of an edited copy and against a recoloured look-alike;
+            without it copies are found less often).
         model_path: a pair-model JSON (``None``: the one shipped in the package).
         decisions: a reviewer's decisions CSV (``path_a, path_b, decision``);
             stored in the cache, so later runs keep them.
@@ -519,7 +521,8 @@ class Deduplicator:
             verifier.progress = self.progress
         verify = verifier if cache is None or verifier is None else _CachedVerify(verifier, cache, dig)
         if verify is not None and len(ij):
-            pairs.inliers = np.asarray(verify(ij), np.int64)
+            found = verify(ij)
+            pairs.inliers, pairs.mismatch = found[:, 0].astype(np.int64), found[:, 1].astype(np.float32)
         model = self.pair_model()
         confidence = model.predict(pair_features(pairs))
         decisions = self._decisions(rel, dig, cache)
@@ -650,7 +653,8 @@ def review_table(rows: np.ndarray, pairs: Pairs, confidence: np.ndarray, rel: li
 
     Returns:
         DataFrame ``path_a, path_b, confidence, distance, colour_distance,
-        context, rank, inliers, phash_bits``, strongest first.
+        context, rank, inliers, aligned_colour_mismatch, phash_bits``,
+        strongest first.
     """
     rows = np.asarray(rows, np.int64)
     ij = pairs.ij[rows]
@@ -659,4 +663,5 @@ def review_table(rows: np.ndarray, pairs: Pairs, confidence: np.ndarray, rel: li
         "confidence": np.round(confidence[rows], 4), "distance": np.round(pairs.distance[rows], 4),
         "colour_distance": np.round(pairs.colour[rows], 4), "context": np.round(pairs.context[rows], 4),
         "rank": np.minimum(pairs.rank_ij[rows], pairs.rank_ji[rows]), "inliers": pairs.inliers[rows],
+        "aligned_colour_mismatch": np.round(pairs.mismatch[rows], 4),
         "phash_bits": pairs.phash_bits[rows]})

@@ -11,7 +11,13 @@ also matched mirrored (its features are computed on the flipped image), and
 the larger count is kept, so a mirrored re-upload verifies like any copy.
 
 An edited copy (crop, pad, watermark, rotation, re-encoding) keeps dozens to
-hundreds of inliers; a look-alike of the same kind keeps few. Absence of
+hundreds of inliers; a look-alike of the same kind keeps few. A colour
+variant shot in the same pose (same model, same studio) can keep many, since
+SIFT sees only greyscale: so once a homography aligns the pair, the two
+images' CIELAB colours are compared pixel by pixel over the first image's
+foreground (at 96 px), and the share of pixels differing by more than Delta
+E*ab 25 (a clearly visible colour change; mild brightness, contrast or
+saturation edits stay under it) is the pair's colour mismatch. Absence of
 inliers is weak evidence (a garment's front and back share no features): the
 pair model (:mod:`dedup.calibration`) weighs it with everything else.
 """
@@ -24,6 +30,12 @@ from PIL import Image
 
 #: Longest side of the greyscale image keypoints are taken from, in pixels.
 MAX_SIDE = 480
+#: Longest side of the colour image compared after alignment, in pixels.
+COLOUR_SIDE = 96
+#: Delta E*ab above which an aligned pixel counts as a different colour.
+MISMATCH_DELTA_E = 25.0
+#: Fewest RANSAC inliers for a homography trusted for the colour comparison.
+MIN_ALIGN_INLIERS = 12
 
 
 class GeometricVerifier:
@@ -47,7 +59,8 @@ class GeometricVerifier:
         self.ratio = ratio
         self.reprojection_px = reprojection_px
         self._feats: dict[int, list[tuple[np.ndarray, np.ndarray | None]]] = {}
-        self._done: dict[tuple[int, int], int] = {}
+        self._lab: dict[int, tuple[np.ndarray, np.ndarray, int] | None] = {}
+        self._done: dict[tuple[int, int], tuple[int, float]] = {}
         self.pairs_checked = 0
         #: show a tqdm bar in :meth:`__call__`
         self.progress = False
@@ -55,18 +68,25 @@ class GeometricVerifier:
     @property
     def method_id(self) -> str:
         """Identifies the settings, so that cached inlier counts are reused only for the same method."""
-        return f"rootsift{self.n_features}-mirror-ratio{self.ratio}-ransac{self.reprojection_px}-side{MAX_SIDE}"
+        return (f"rootsift{self.n_features}-mirror-ratio{self.ratio}-ransac{self.reprojection_px}-side{MAX_SIDE}"
+                f"-lab{COLOUR_SIDE}de{MISMATCH_DELTA_E}")
 
     def _features(self, i: int):
         if i not in self._feats:
             import cv2
 
+            from .colour import foreground_mask, srgb_to_lab
+
             try:
-                im = self.load(i).convert("L")
-                s = MAX_SIDE / max(im.size)
+                rgb = self.load(i).convert("RGB")
+                s = MAX_SIDE / max(rgb.size)
                 if s < 1:
-                    im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.BILINEAR)
-                a = np.asarray(im)
+                    rgb = rgb.resize((max(1, round(rgb.width * s)), max(1, round(rgb.height * s))), Image.BILINEAR)
+                a = np.asarray(rgb.convert("L"))
+                c = COLOUR_SIDE / max(rgb.size)
+                small = rgb.resize((max(2, round(rgb.width * c)), max(2, round(rgb.height * c))), Image.BILINEAR)
+                lab = srgb_to_lab(np.asarray(small))
+                self._lab[i] = (lab, foreground_mask(lab).reshape(lab.shape[:2]), a.shape[1])
                 sift = cv2.SIFT_create(nfeatures=self.n_features)
                 out = []
                 for arr in (a, np.ascontiguousarray(a[:, ::-1])):
@@ -79,11 +99,14 @@ class GeometricVerifier:
                 self._feats[i] = out
             except Exception:  # noqa: BLE001 - an unreadable image verifies nothing
                 self._feats[i] = [(np.zeros((0, 2), np.float32), None)] * 2
+                self._lab[i] = None
         return self._feats[i]
 
-    def inliers(self, i: int, j: int) -> int:
-        """RANSAC homography inliers between images ``i`` and ``j`` (0 if too few
-        matches), the better of ``j`` as it is and mirrored.
+    def inliers(self, i: int, j: int) -> tuple[int, float]:
+        """``(inliers, mismatch)`` between images ``i`` and ``j``: RANSAC
+        homography inliers (0 if too few matches), the better of ``j`` as it
+        is and mirrored, and the colour mismatch after alignment in [0, 1]
+        (``-1`` when fewer than ``MIN_ALIGN_INLIERS`` support the homography).
 
         Each pair is computed once per verifier (a sweep asks again)."""
         key = (int(i), int(j))
@@ -91,29 +114,55 @@ class GeometricVerifier:
             self._done[key] = self._compute(*key)
         return self._done[key]
 
-    def _match(self, a, b) -> int:
+    def _match(self, a, b) -> tuple[int, np.ndarray | None]:
         import cv2
 
         (pa, da), (pb, db) = a, b
         if da is None or db is None or len(da) < 5 or len(db) < 5:
-            return 0
+            return 0, None
         matches = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
         good = [m[0] for m in matches if len(m) == 2 and m[0].distance < self.ratio * m[1].distance]
         if len(good) < 5:
-            return 0
+            return 0, None
         src = pa[[g.queryIdx for g in good]]
         dst = pb[[g.trainIdx for g in good]]
-        _, mask = cv2.findHomography(src, dst, cv2.RANSAC, self.reprojection_px)
-        return int(mask.sum()) if mask is not None else 0
+        H, mask = cv2.findHomography(src, dst, cv2.RANSAC, self.reprojection_px)
+        return (int(mask.sum()), H) if mask is not None else (0, None)
 
-    def _compute(self, i: int, j: int) -> int:
+    def _mismatch(self, i: int, j: int, H: np.ndarray, mirrored: bool) -> float:
+        """Share of i's foreground whose colour differs from j's aligned pixel (-1 if not comparable)."""
+        li, lj = self._lab.get(i), self._lab.get(j)
+        if li is None or lj is None:
+            return -1.0
+        (lab_a, fg_a, wa), (lab_b, _, wb) = li, lj
+        ha, wa_s = fg_a.shape
+        sa, sb = wa_s / wa, lab_b.shape[1] / wb  # keypoint pixels -> colour-grid pixels
+        ys, xs = np.nonzero(fg_a)
+        pts = np.stack([(xs + 0.5) / sa, (ys + 0.5) / sa, np.ones(len(xs))])
+        q = H @ pts
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xb, yb = q[0] / q[2], q[1] / q[2]
+        if mirrored:
+            xb = wb - xb
+        xb, yb = np.floor(xb * sb).astype(np.int64, copy=False), np.floor(yb * sb).astype(np.int64, copy=False)
+        ok = (xb >= 0) & (yb >= 0) & (xb < lab_b.shape[1]) & (yb < lab_b.shape[0])
+        if ok.sum() < 0.2 * max(len(xs), 1):
+            return -1.0
+        diff = np.linalg.norm(lab_a[ys[ok], xs[ok]] - lab_b[yb[ok], xb[ok]], axis=1)
+        return float((diff > MISMATCH_DELTA_E).mean())
+
+    def _compute(self, i: int, j: int) -> tuple[int, float]:
         fa, fb = self._features(i), self._features(j)
         self.pairs_checked += 1
-        return max(self._match(fa[0], fb[0]), self._match(fa[0], fb[1]))
+        (n0, H0), (n1, H1) = self._match(fa[0], fb[0]), self._match(fa[0], fb[1])
+        n, H, mirrored = (n0, H0, False) if n0 >= n1 else (n1, H1, True)
+        if n < MIN_ALIGN_INLIERS or H is None:
+            return n, -1.0
+        return n, self._mismatch(i, j, H, mirrored)
 
     def __call__(self, ij: np.ndarray) -> np.ndarray:
-        """``(m, 2)`` int64 pairs -> ``(m,)`` int64 inlier counts."""
+        """``(m, 2)`` int64 pairs -> ``(m, 2)`` float64 ``(inliers, mismatch)`` rows."""
         from tqdm.auto import tqdm
 
         bar = tqdm(ij, desc="verify (RootSIFT+RANSAC)", unit="pair", disable=not self.progress or len(ij) < 50)
-        return np.array([self.inliers(i, j) for i, j in bar], dtype=np.int64)
+        return np.array([self.inliers(i, j) for i, j in bar], dtype=np.float64).reshape(-1, 2)
