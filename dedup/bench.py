@@ -24,7 +24,7 @@ import pandas as pd
 from .calibration import expected_calibration_error
 from .evaluate import evaluate
 from .grouping import STAGES
-from .report import write_report
+from .report import atomic_write, write_report
 
 BENCH_JSON = "bench.json"
 BENCH_MD = "bench.md"
@@ -109,16 +109,11 @@ def run_bench(labels_csv: str | os.PathLike, dedup, out: str | os.PathLike,
         "settings": result.meta["settings"],
         "counts": result.meta["counts"],
     }
-    _atomic_text(out / BENCH_JSON, json.dumps(data, indent=2, default=str))
-    _atomic_text(out / BENCH_MD, bench_markdown(data))
+    text = json.dumps(data, indent=2, default=str)
+    atomic_write(out / BENCH_JSON, lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write(out / BENCH_MD, lambda p: p.write_text(bench_markdown(data), encoding="utf-8"))
     plot_sweep(sweep_df, default, out / SWEEP_PNG, title=data["dataset"])
     return data
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def recall_at_1(fused_ids: np.ndarray, truth: np.ndarray, known: np.ndarray | None = None) -> float | None:
@@ -189,7 +184,7 @@ def plot_sweep(sweep: pd.DataFrame, default: float, path: str | os.PathLike, tit
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
 
 

@@ -374,7 +374,6 @@ def group(n: int, pairs: Pairs, confidence: np.ndarray, exact_pairs: dict[str, n
     best = np.full(n, -np.inf)
     dist = np.full(n, np.nan, np.float32)
     partner = np.full(n, -1, np.int64)
-    refused: list[int] = []
     for name, a, b, pp, r in edges:
         if (min(a, b), max(a, b)) in rejected and name != "sha256":
             continue
@@ -384,9 +383,7 @@ def group(n: int, pairs: Pairs, confidence: np.ndarray, exact_pairs: dict[str, n
                 total, count, veto = cl.cross(ra, rb)
                 weak = name == "classifier" and count and total / count < p.linkage_confidence
                 if veto or weak:
-                    if r >= 0:
-                        refused.append(r)
-                    continue
+                    continue  # left apart; a doubtful pair (p >= review_confidence) goes to review
             cl.union(ra, rb)
         elif name == "classifier":
             continue  # already together: it adds no evidence of how the image joined
@@ -401,8 +398,6 @@ def group(n: int, pairs: Pairs, confidence: np.ndarray, exact_pairs: dict[str, n
     # Doubtful pairs left apart: for a person to decide.
     apart = labels[pairs.ij[:, 0]] != labels[pairs.ij[:, 1]] if len(pairs.ij) else np.zeros(0, bool)
     doubt = apart & (conf >= p.review_confidence)
-    if refused:
-        doubt[np.asarray(refused)] &= apart[np.asarray(refused)]
     decided = {*rejected, *confirmed}
     review = np.array([r for r in np.nonzero(doubt)[0] if tuple(pairs.ij[r]) not in decided], np.int64)
     review = review[np.argsort(-conf[review], kind="stable")] if len(review) else review

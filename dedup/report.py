@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,30 @@ GROUPS_CSV = "groups.csv"
 SKIPPED_CSV = "skipped.csv"
 RUN_JSON = "run.json"
 REVIEW_CSV = "review.csv"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Write a file whole or not at all: ``write(tmp)`` fills a temporary file
+    beside ``path`` (named ``.NAME.<pid>.tmp``, so concurrent writers never
+    share one), which is then renamed over ``path`` (``os.replace``, atomic on
+    one file system). On error the temporary file is removed and ``path`` is
+    left as it was.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OSError: or whatever ``write`` raises.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def write_report(result, out: str | os.PathLike) -> Path:
@@ -45,14 +70,13 @@ def write_report(result, out: str | os.PathLike) -> Path:
     out.mkdir(parents=True, exist_ok=True)
 
     def atomic(name: str, write) -> None:
-        tmp = out / (name + ".tmp")
-        write(tmp)
-        os.replace(tmp, out / name)
+        atomic_write(out / name, write)
 
     atomic(GROUPS_CSV, lambda p: result.groups.to_csv(p, index=False))
     atomic(SKIPPED_CSV, lambda p: result.skipped.to_csv(p, index=False))
     review = result.review if len(result.review.columns) else pd.DataFrame(columns=["path_a", "path_b", "confidence"])
     atomic(REVIEW_CSV, lambda p: review.to_csv(p, index=False))
+
     def save_npy(path: Path, X: np.ndarray) -> None:
         with open(path, "wb") as fh:
             np.save(fh, X)

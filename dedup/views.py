@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image
 
 from .decode import DecodeError, load_image
+from .report import atomic_write
 
 #: Time scale of ``--time-weight``, in seconds: photos one day apart get the
 #: full time penalty.
@@ -333,9 +334,7 @@ def write_gallery(groups: pd.DataFrame, root: str | os.PathLike, path: str | os.
     parts += [f"<li>{html.escape(p)}</li>" for p in singles.path]
     parts.append("</ul></details></body></html>")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: p.write_text("\n".join(parts), encoding="utf-8"))
     return path
 
 
@@ -367,7 +366,7 @@ def plot_map(X: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: 
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
     return Path(path)
 
@@ -387,7 +386,7 @@ def plot_dendrogram(Z: np.ndarray, path: str | os.PathLike, cut: float | None = 
         ax.axhline(cut, color="k", linestyle="--", linewidth=1)
     ax.set_ylabel("merge distance")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
     return Path(path)
 
