@@ -11,9 +11,11 @@ the largest file (bytes), then the first path in sort order.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -48,97 +50,216 @@ def choose_keepers(groups: pd.DataFrame, root: str | os.PathLike, files: list | 
     return keep.reindex(groups.index)
 
 
-def move_duplicates(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike,
-                    manifest: str | os.PathLike | None = None, files: list | None = None) -> pd.DataFrame:
-    """Move every non-kept image of each group from ``root`` to ``dest``.
+def _display(path: Path | str) -> str:
+    """A path string that can always be written as UTF-8 (undecodable bytes escaped)."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _plan_one(src: Path, root: Path, dest: Path, dest_dev: int) -> tuple[Path | None, str, int]:
+    """Where ``src`` goes and whether it may: ``(target, problem, bytes to copy)``."""
+    try:
+        rel = src.relative_to(root)
+    except ValueError:
+        return None, "refused: not under the input folder", 0
+    target = dest / rel
+    if not os.path.lexists(src):
+        return target, "source missing", 0
+    if os.path.lexists(target):
+        return target, "refused: target exists", 0
+    st = os.lstat(src)
+    if stat.S_ISLNK(st.st_mode):
+        return target, "", 0  # the link itself moves; what it points to is never touched
+    if not stat.S_ISREG(st.st_mode):
+        return target, "refused: not a regular file", 0
+    return target, "", 0 if st.st_dev == dest_dev else st.st_size
+
+
+def plan_moves(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike,
+               files: list | None = None) -> pd.DataFrame:
+    """Every move :func:`move_duplicates` would make, checked, nothing moved.
+
+    Each non-kept image of a group of 2+ is planned: a symbolic link is moved
+    as a link (its target, often the kept image, stays where it is); a target
+    that exists, a missing source or a non-regular file is refused.
 
     Args:
-        groups: a run's groups DataFrame (``path, group, width, height, sha256``).
-        root: the input folder.
-        dest: the quarantine folder (created; must not lie inside ``root``).
-        manifest: the manifest file (JSON lines); default ``dest/moved-manifest.jsonl``.
-            Each line is written *before* its move, with ``"done": false``,
-            then confirmed, so an interrupted move can still be undone.
+        groups: a run's duplicate groups (``path, group, width, height, sha256``).
+        root: the input folder; dest: the quarantine folder.
         files: the real path of each row (``Result.files``); default ``root / path``.
 
     Returns:
-        DataFrame ``path, moved_to, kept, status`` for every moved or refused file.
+        DataFrame ``path, source, target, kept, group, sha256, link, bytes,
+        status`` (``status`` empty when the move may go ahead; ``source`` and
+        ``target`` are :class:`~pathlib.Path`, ``link`` the symlink's target
+        or ``""``, ``bytes`` what must be copied across file systems).
+    """
+    root = Path(root).absolute()
+    dest = Path(dest).absolute()
+    sources = [Path(f).absolute() for f in _sources(groups, root, files)]
+    keep = choose_keepers(groups, root, sources)
+    kept_of = {g: p for g, p, k in zip(groups.group, groups.path, keep) if k}
+    dest_dev = os.stat(dest).st_dev
+    rows = []
+    for (_, r), k, src in zip(groups.iterrows(), keep, sources):
+        if k:
+            continue
+        target, problem, size = _plan_one(src, root, dest, dest_dev)
+        link = os.readlink(src) if os.path.islink(src) else ""
+        rows.append({"path": r.path, "source": src, "target": target, "kept": kept_of[r.group], "group": r.group,
+                     "sha256": r.sha256, "link": link, "bytes": size, "status": problem})
+    return pd.DataFrame(rows, columns=["path", "source", "target", "kept", "group", "sha256", "link", "bytes",
+                                       "status"])
+
+
+def _log(fh, entry: dict) -> None:
+    """Append one manifest line and make it durable before going on."""
+    fh.write(json.dumps(entry) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def move_duplicates(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike,
+                    manifest: str | os.PathLike | None = None, files: list | None = None) -> pd.DataFrame:
+    """Move every non-kept image of each group from ``root`` to ``dest``, as a transaction.
+
+    First every move is planned and checked (:func:`plan_moves`) and the room
+    on ``dest`` is checked for what must be copied across file systems; then
+    the whole plan is written to the manifest (each line flushed and synced)
+    before the first file moves, and each move is confirmed by a line of its
+    own. An interruption at any point therefore leaves a manifest from which
+    :func:`undo` restores everything that moved.
+
+    Args:
+        groups: a run's duplicate groups (``path, group, width, height, sha256``);
+            never a view's clusters.
+        root: the input folder.
+        dest: the quarantine folder (created; must not lie inside ``root``).
+        manifest: the manifest file (JSON lines); default ``dest/moved-manifest.jsonl``.
+        files: the real path of each row (``Result.files``); default ``root / path``.
+
+    Returns:
+        DataFrame ``path, moved_to, kept, status`` for every planned file
+        (``moved``, ``source missing``, ``refused: ...``, ``failed: ...``).
 
     Raises:
         ValueError: ``dest`` lies inside ``root``.
+        OSError: ``dest`` lacks the room for the files to copy (nothing moved),
+            or the manifest cannot be written (nothing moved).
     """
-    root, dest = Path(root).resolve(), Path(dest).resolve()
-    try:
-        dest.relative_to(root)
+    root_r, dest_r = Path(root).resolve(), Path(dest).resolve()
+    if dest_r == root_r or root_r in dest_r.parents:
         raise ValueError(f"{dest} lies inside the input folder {root}; choose a folder outside it")
-    except ValueError as exc:
-        if "lies inside" in str(exc):
-            raise
-    dest.mkdir(parents=True, exist_ok=True)
-    manifest = Path(manifest) if manifest else dest / MANIFEST
-    sources = [f.resolve() for f in _sources(groups, root, files)]
-    keep = choose_keepers(groups, root, sources)
-    kept_of = {g: p for g, p, k in zip(groups.group, groups.path, keep) if k}
-    rows = []
-    with open(manifest, "a", encoding="utf-8", errors="surrogateescape") as fh:
-        for (_, r), k, src in zip(groups.iterrows(), keep, sources):
-            if k:
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    manifest = Path(manifest) if manifest else Path(dest) / MANIFEST
+    plan = plan_moves(groups, root, dest, files)
+    go = plan[plan.status == ""]
+    need, free = int(go.bytes.sum()), shutil.disk_usage(dest).free
+    if need > free:
+        raise OSError(errno.ENOSPC, f"{need} bytes to copy but {free} free; nothing was moved", str(dest))
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    entries = {i: {"time": stamp, "original": str(r.source), "moved_to": str(r.target), "sha256": r.sha256,
+                   "link": r.link, "kept": str(Path(root).absolute() / r.kept), "group": r.group}
+               for i, r in go.iterrows()}
+    status = dict(zip(plan.index, plan.status))
+    with open(manifest, "a", encoding="utf-8") as fh:
+        for e in entries.values():
+            _log(fh, {**e, "done": False})
+        for i, e in entries.items():
+            src, target = Path(e["original"]), Path(e["moved_to"])
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(src, target)
+            except OSError as exc:
+                status[i] = f"failed: {exc.strerror or exc}"
                 continue
-            target = dest / src.relative_to(root)
-            entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "original": str(src), "moved_to": str(target),
-                     "sha256": r.sha256, "kept": str(root / kept_of[r.group]), "group": r.group}
-            if target.exists():
-                rows.append({"path": r.path, "moved_to": str(target), "kept": kept_of[r.group],
-                             "status": "refused: target exists"})
+            _log(fh, {**e, "done": True})
+            status[i] = "moved"
+    return pd.DataFrame({"path": plan.path, "moved_to": [_display(t) if t is not None else "" for t in plan.target],
+                         "kept": plan.kept, "status": [status[i] for i in plan.index]},
+                        columns=["path", "moved_to", "kept", "status"])
+
+
+def read_manifest(manifest: str | os.PathLike) -> tuple[dict[str, dict], int]:
+    """The entries of a manifest, the last word on each file winning.
+
+    Returns:
+        ``({original: entry}, torn)``: ``torn`` counts lines that are not
+        whole JSON objects (an interrupted write leaves at most the last one);
+        they are ignored.
+
+    Raises:
+        FileNotFoundError: no such file.
+        IsADirectoryError: ``manifest`` is a folder.
+        ValueError: no line of the file is a dedup manifest entry.
+    """
+    path = Path(manifest)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"is a folder; give the {MANIFEST} file in it", str(path))
+    entries: dict[str, dict] = {}
+    torn = 0
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if not raw.strip():
                 continue
-            if not src.exists():
-                rows.append({"path": r.path, "moved_to": "", "kept": kept_of[r.group], "status": "source missing"})
+            try:
+                e = json.loads(raw)
+            except ValueError:
+                torn += 1
                 continue
-            fh.write(json.dumps({**entry, "done": False}) + "\n")
-            fh.flush()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(src), str(target))
-            fh.write(json.dumps({**entry, "done": True}) + "\n")
-            fh.flush()
-            rows.append({"path": r.path, "moved_to": str(target), "kept": kept_of[r.group], "status": "moved"})
-    return pd.DataFrame(rows, columns=["path", "moved_to", "kept", "status"])
+            if isinstance(e, dict) and {"original", "moved_to", "sha256"} <= set(e):
+                entries[e["original"]] = e
+            else:
+                torn += 1
+    if not entries and torn:
+        raise ValueError(f"{path} is not a dedup move manifest (no line names a moved file)")
+    return entries, torn
+
+
+def _restore_problem(e: dict) -> str:
+    """Why one manifest entry cannot be moved back ("" when it can)."""
+    src, target = Path(e["moved_to"]), Path(e["original"])
+    if os.path.lexists(target) and not os.path.lexists(src):
+        return "already in place"
+    if not os.path.lexists(src):
+        return "refused: moved file not found"
+    if os.path.lexists(target):
+        return "refused: original path is occupied"
+    if e.get("link"):
+        if not os.path.islink(src) or os.readlink(src) != e["link"]:
+            return "refused: link changed since it was moved"
+    elif sha256_file(src) != e["sha256"]:
+        return "refused: file changed since it was moved"
+    return ""
 
 
 def undo(manifest: str | os.PathLike) -> pd.DataFrame:
     """Put every file listed in a manifest back where it was.
 
     A file is moved back only when it is still at ``moved_to``, its SHA-256
-    matches the manifest, and nothing occupies the original path.
+    (for a moved symlink: its target) matches the manifest, and nothing
+    occupies the original path. A torn last line (an interrupted move) is
+    ignored and reported.
 
     Returns:
         DataFrame ``original, status`` (``restored``, ``already in place``,
-        ``refused: ...``).
+        ``refused: ...``, ``failed: ...``), plus one ``status`` row
+        ``ignored: N torn manifest lines`` when there were any.
 
     Raises:
-        FileNotFoundError: no such manifest.
+        FileNotFoundError, IsADirectoryError, ValueError: see :func:`read_manifest`.
     """
-    entries: dict[str, dict] = {}
-    with open(manifest, encoding="utf-8", errors="surrogateescape") as fh:
-        for line in fh:
-            if line.strip():
-                e = json.loads(line)
-                entries[e["original"]] = e  # the last word on each file wins
+    entries, torn = read_manifest(manifest)
     rows = []
     for original, e in entries.items():
-        src, target = Path(e["moved_to"]), Path(original)
-        if target.exists() and not src.exists():
-            rows.append({"original": original, "status": "already in place"})
-            continue
-        if not src.exists():
-            rows.append({"original": original, "status": "refused: moved file not found"})
-            continue
-        if target.exists():
-            rows.append({"original": original, "status": "refused: original path is occupied"})
-            continue
-        if sha256_file(src) != e["sha256"]:
-            rows.append({"original": original, "status": "refused: file changed since it was moved"})
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(src), str(target))
-        rows.append({"original": original, "status": "restored"})
+        status = _restore_problem(e)
+        if not status:
+            try:
+                Path(original).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(e["moved_to"], original)
+                status = "restored"
+            except OSError as exc:
+                status = f"failed: {exc.strerror or exc}"
+        rows.append({"original": _display(original), "status": status})
+    if torn:
+        rows.append({"original": str(manifest), "status": f"ignored: {torn} torn manifest lines"})
     return pd.DataFrame(rows, columns=["original", "status"])

@@ -6,10 +6,27 @@ file is still a hit and a changed file is a miss. Embeddings are keyed by
 
 Results are committed after every batch, so a run killed mid-way (even by
 SIGKILL) keeps what it had finished, and the next run starts from there
-(SQLite's write-ahead log makes each commit atomic). A cache that fails
-SQLite's ``quick_check`` or has an unknown schema is moved aside to
-``NAME.corrupt-<time>`` and rebuilt, never trusted; a stored vector of the
-wrong length is treated as a miss.
+(SQLite's write-ahead log makes each commit atomic).
+
+What the cache trusts, and what it refuses:
+
+* A file's digest is reused only while its path, size, mtime, inode change
+  time (``st_ctime_ns``) and inode number are all unchanged. Overwriting a
+  file while keeping its size and mtime (``touch -r``, ``rsync --times``, a
+  restored backup) still changes its ctime, which no user tool can set back,
+  so the file is hashed again.
+* An SQLite database whose pages fail ``quick_check`` is moved aside to
+  ``NAME.corrupt-<time>`` and rebuilt, never trusted. Anything else is left
+  alone and refused with a :class:`CacheError`: a folder, a file that is not
+  an SQLite database, another program's SQLite database, or a cache that
+  cannot be opened or written (disk full, read-only, permissions).
+* A cache of the previous schema (3) is upgraded in place: its path->digest
+  table is dropped (it lacked the ctime and inode), everything keyed by
+  content is kept.
+* A stored vector of the wrong length is treated as a miss.
+* While a :class:`EmbeddingCache` is open, its process holds an exclusive
+  lock (``NAME.lock``); a second run on the same cache fails at once with
+  :class:`dedup.lock.BusyError` instead of interleaving with the first.
 """
 from __future__ import annotations
 
@@ -23,12 +40,18 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
+#: Older schemas upgraded in place (tables keyed by path are rebuilt).
+_UPGRADABLE = {"3": ("stats",)}
+#: The first 16 bytes of every SQLite 3 database file (sqlite.org/fileformat.html).
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS stats (path BLOB PRIMARY KEY, size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL, digest TEXT NOT NULL);
+    mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, digest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS failed (digest TEXT NOT NULL, decoder TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (digest, decoder));
 CREATE TABLE IF NOT EXISTS files (digest TEXT PRIMARY KEY, phash INTEGER NOT NULL,
     width INTEGER NOT NULL, height INTEGER NOT NULL, colour BLOB NOT NULL, note TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS verified (a TEXT NOT NULL, b TEXT NOT NULL, method TEXT NOT NULL,
@@ -50,6 +73,15 @@ def _to_unsigned(s: int) -> int:
     return s + (1 << 64) if s < 0 else s
 
 
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What identifies an unchanged file: size, mtime and ctime (ns), inode."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class CacheError(RuntimeError):
+    """The cache path cannot be used; ``str(err)`` names the path and the cause."""
+
+
 class EmbeddingCache:
     """SQLite store of digests, perceptual hashes, colour descriptors and embeddings.
 
@@ -57,17 +89,31 @@ class EmbeddingCache:
         path: the database file (created with its folder if missing).
 
     Raises:
-        sqlite3.OperationalError: the database stays locked by another
-            process for more than 30 s.
+        CacheError: ``path`` is a folder, is not an SQLite database, is
+            another program's database, or cannot be opened or written
+            (the message says which; nothing is moved or changed then).
+        dedup.lock.BusyError: another run holds this cache.
 
     The object is a context manager; :meth:`close` commits and closes.
     """
 
     def __init__(self, path: str | os.PathLike):
+        from .lock import Lock
+
         self.path = Path(path)
         self.rebuilt_from: Path | None = None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._open()
+        if self.path.exists() and not self.path.is_file():
+            raise CacheError(f"cache {self.path} is not a file; choose another --cache path")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = Lock(str(self.path) + ".lock", f"cache {self.path}").acquire()
+        except OSError as exc:
+            raise CacheError(f"cannot use cache {self.path}: {exc.strerror or exc}") from None
+        try:
+            self._db = self._open()
+        except BaseException:
+            self._lock.release()
+            raise
 
     # -- opening and integrity ------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -76,34 +122,58 @@ class EmbeddingCache:
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
-    def _healthy(self, db: sqlite3.Connection) -> bool:
+    def _refuse_foreign_file(self) -> None:
+        """A non-empty file that is not SQLite is someone's data: never touch it."""
+        if self.path.is_file() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as fh:
+                head = fh.read(len(SQLITE_HEADER))
+            if head != SQLITE_HEADER:
+                raise CacheError(f"{self.path} is not a dedup cache (not an SQLite database); it was left "
+                                 "untouched: choose another --cache path")
+
+    def _prepare(self, db: sqlite3.Connection) -> bool:
+        """Check and, where needed, create or upgrade the schema.
+
+        Returns:
+            False when the pages fail ``quick_check`` (corrupt).
+
+        Raises:
+            CacheError: another program's database or an unknown schema.
+        """
         if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
             return False
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        version = None
+        if "meta" in tables:
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            version = row[0] if row else None
+        if version is None and tables:
+            raise CacheError(f"{self.path} is an SQLite database but not a dedup cache; it was left untouched: "
+                             "choose another --cache path")
+        if version not in (None, SCHEMA_VERSION, *_UPGRADABLE):
+            raise CacheError(f"{self.path} is a dedup cache of schema {version} (this version reads "
+                             f"{SCHEMA_VERSION}); choose another --cache path or remove it")
+        for table in _UPGRADABLE.get(version or "", ()):
+            db.execute(f"DROP TABLE IF EXISTS {table}")
         db.executescript(_SCHEMA)
-        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            empty = all(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] == 0
-                        for t in ("stats", "files", "embeddings"))
-            if not empty:
-                return False
-            db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            db.commit()
-            return True
-        return row[0] == SCHEMA_VERSION
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        db.commit()
+        return True
 
     def _open(self) -> sqlite3.Connection:
+        self._refuse_foreign_file()
         try:
             db = self._connect()
-            if self._healthy(db):
+            if self._prepare(db):
                 return db
             db.close()
-            reason = "failed integrity check or has an unknown schema"
-        except sqlite3.OperationalError as exc:
-            if "locked" in str(exc) or "busy" in str(exc):
-                raise  # another process holds it: busy is not corrupt, never move it aside
-            reason = f"is not a readable SQLite database ({exc})"
-        except sqlite3.DatabaseError as exc:
-            reason = f"is not a readable SQLite database ({exc})"
+            reason = "failed SQLite's integrity check"
+        except CacheError:
+            raise
+        except sqlite3.OperationalError as exc:  # full disk, read-only, permissions, busy: not corruption
+            raise CacheError(f"cannot open cache {self.path}: {exc}; it was left untouched") from None
+        except sqlite3.DatabaseError as exc:  # malformed pages behind a valid SQLite header
+            reason = f"is corrupt ({exc})"
         aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning("cache %s %s; moved aside to %s and rebuilt", self.path, reason, aside)
         for suffix in ("", "-wal", "-shm"):
@@ -111,17 +181,22 @@ class EmbeddingCache:
             if p.exists():
                 os.replace(p, Path(str(aside) + suffix))
         self.rebuilt_from = aside
-        db = self._connect()
-        if not self._healthy(db):  # pragma: no cover - a fresh file is always healthy
-            raise sqlite3.DatabaseError(f"cannot create cache at {self.path}")
+        try:
+            db = self._connect()
+            self._prepare(db)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot create cache {self.path}: {exc}") from None
         return db
 
     def close(self) -> None:
         """Commit and close the database."""
         if self._db is not None:
-            self._db.commit()
-            self._db.close()
-            self._db = None
+            try:
+                self._db.commit()
+                self._db.close()
+            finally:
+                self._db = None
+                self._lock.release()
 
     def __enter__(self) -> "EmbeddingCache":
         return self
@@ -134,17 +209,36 @@ class EmbeddingCache:
         self._db.commit()
 
     # -- path -> digest --------------------------------------------------
-    def get_digest(self, path: bytes, size: int, mtime_ns: int) -> str | None:
+    def get_digest(self, path: bytes, stat: os.stat_result) -> str | None:
         """The SHA-256 stored for ``path`` (``os.fsencode`` bytes, so any file
-        name works) if its size and mtime (ns) are unchanged."""
-        row = self._db.execute("SELECT size, mtime_ns, digest FROM stats WHERE path=?", (path,)).fetchone()
-        if row and row[0] == size and row[1] == mtime_ns:
-            return row[2]
+        name works) if its size, mtime, ctime (ns) and inode are all unchanged."""
+        row = self._db.execute("SELECT size, mtime_ns, ctime_ns, inode, digest FROM stats WHERE path=?",
+                               (path,)).fetchone()
+        if row and tuple(row[:4]) == _stat_key(stat):
+            return row[4]
         return None
 
-    def put_digest(self, path: bytes, size: int, mtime_ns: int, digest: str) -> None:
-        """Remember the SHA-256 of ``path`` (bytes) at this size and mtime (ns)."""
-        self._db.execute("INSERT OR REPLACE INTO stats VALUES (?,?,?,?)", (path, size, mtime_ns, digest))
+    def put_digest(self, path: bytes, stat: os.stat_result, digest: str) -> None:
+        """Remember the SHA-256 of ``path`` (bytes) for this ``os.stat`` result."""
+        self._db.execute("INSERT OR REPLACE INTO stats VALUES (?,?,?,?,?,?)", (path, *_stat_key(stat), digest))
+
+    def forget_digest(self, path: bytes) -> None:
+        """Drop what is stored for ``path`` (its content changed while it was read)."""
+        self._db.execute("DELETE FROM stats WHERE path=?", (path,))
+
+    # -- files that cannot be decoded -------------------------------------
+    def get_failed(self, digests: list[str], decoder: str) -> dict[str, str]:
+        """Skip reasons stored for contents this ``decoder`` version failed on."""
+        out: dict[str, str] = {}
+        for start in range(0, len(digests), 500):
+            chunk = digests[start:start + 500]
+            q = ("SELECT digest, reason FROM failed WHERE decoder=? AND digest IN (%s)" % ",".join("?" * len(chunk)))
+            out.update(dict(self._db.execute(q, (decoder, *chunk)).fetchall()))
+        return out
+
+    def put_failed(self, digest: str, decoder: str, reason: str) -> None:
+        """Remember that ``decoder`` cannot decode this content (so a warm run skips it at once)."""
+        self._db.execute("INSERT OR REPLACE INTO failed VALUES (?,?,?)", (digest, decoder, reason))
 
     # -- per-file facts ----------------------------------------------------
     def get_file(self, digest: str) -> dict | None:

@@ -24,6 +24,26 @@ from . import pipeline as P
 log = logging.getLogger("dedup")
 
 
+def _ranged(kind: type, lo: float | None = None, hi: float | None = None):
+    """An argparse type: ``kind`` (int or float), finite, within [lo, hi]."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if (isinstance(value, float) and not math.isfinite(value)) or (lo is not None and value < lo) \
+                or (hi is not None and value > hi):
+            bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+            raise argparse.ArgumentTypeError(f"must lie in {bounds}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="dedup-out", help="output folder (default: ./dedup-out)")
     p.add_argument("--similarity", choices=["content", "style"], default="content",
@@ -32,13 +52,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbones", default="auto",
                    help="auto (default), or a comma-separated list of: vgg16, resnet50, inceptionv3, "
                         "efficientnet-lite0")
+    from dataclasses import fields
+
     from .grouping import GroupingParams
 
-    defaults = GroupingParams()
-    for name, text in GroupingParams.help().items():
-        default = getattr(defaults, name)
-        p.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
-                       help=f"{text} (default {default}; see dedup.grouping.GroupingParams)")
+    for f in fields(GroupingParams):
+        lo, hi = f.metadata["range"]
+        p.add_argument("--" + f.name.replace("_", "-"), type=_ranged(f.metadata["type"], lo, hi), default=f.default,
+                       help=f"{f.metadata['help']} (in [{lo}, {hi}]; default {f.default}; "
+                            "see dedup.grouping.GroupingParams)")
     p.add_argument("--decisions", default=None, metavar="FILE",
                    help="a reviewer's decisions CSV (path_a,path_b,decision = same|different), as the gallery "
                         "downloads it: confirmed pairs join, rejected pairs never join; kept in the cache for "
@@ -47,13 +69,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="a pair model fitted by benchmarks/calibrate.py (default: the one shipped in dedup)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip geometric verification (RootSIFT + RANSAC; faster, finds fewer edited copies)")
-    p.add_argument("--neighbours", type=int, default=P.DEFAULT_K,
+    p.add_argument("--neighbours", type=_ranged(int, 1, 1000), default=P.DEFAULT_K,
                    help=f"ANN neighbours per image taken as candidates (default {P.DEFAULT_K})")
-    p.add_argument("--phash-distance", type=int, default=None,
-                   help="Hamming distance (bits of 64) of the pHash pass (default 4)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="decoding threads (default 2)")
-    p.add_argument("--processes", type=int, default=0,
+    p.add_argument("--phash-distance", type=_ranged(int, 0, 16), default=None,
+                   help="Hamming distance (bits of 64) of the pHash pass, 0..16 (default 4)")
+    p.add_argument("--batch-size", type=_ranged(int, 1, 4096), default=32)
+    p.add_argument("--workers", type=_ranged(int, 1, 256), default=2, help="decoding threads (default 2)")
+    p.add_argument("--processes", type=_ranged(int, 0, 256), default=0,
                    help="decode in N spawn-started worker processes instead of threads (default 0: threads)")
     p.add_argument("--cache", default=None, help="SQLite cache file (default OUT/cache.sqlite)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
@@ -77,13 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--method", choices=["group", "hierarchical", "kmeans"], default="group",
                    help="group (default): the dedup grouping; hierarchical: average linkage cut at --sim; "
                         "kmeans: --k clusters")
-    v.add_argument("--sim", type=float, default=0.5,
+    v.add_argument("--sim", type=_ranged(float, 0.0, 1.0), default=0.5,
                    help="similarity level of the hierarchical cut, 0..1: clusters whose average cosine similarity "
                         "is >= SIM (0 = one cluster, 1 = every image alone; default 0.5)")
-    v.add_argument("--k", dest="k_clusters", type=int, default=8, help="number of k-means clusters")
-    v.add_argument("--min-size", type=int, default=1, help="smallest cluster reported (default 1)")
-    v.add_argument("--pca", type=int, default=None, help="reduce embeddings to N principal components first")
-    v.add_argument("--time-weight", type=float, default=0.0,
+    v.add_argument("--k", dest="k_clusters", type=_ranged(int, 1), default=8, help="number of k-means clusters")
+    v.add_argument("--min-size", type=_ranged(int, 1), default=1, help="smallest cluster reported (default 1)")
+    v.add_argument("--pca", type=_ranged(int, 1), default=None,
+                   help="reduce embeddings to N principal components first")
+    v.add_argument("--time-weight", type=_ranged(float, 0.0), default=0.0,
                    help="ALPHA: add ALPHA * min(1, |capture time difference| / 1 day) to the content distance")
     v.add_argument("--link-dir", default=None,
                    help="write PATH/cluster_with_N/cluster_i/ folders of symlinks to the originals")
@@ -96,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("query", help="the N catalogue images most similar to each query image")
     q.add_argument("images", nargs="+", help="query image files (need not be in the catalogue)")
     q.add_argument("--index", required=True, help="the --out folder of a `dedup run` on the catalogue")
-    q.add_argument("-n", type=int, default=10, help="results per query (default 10)")
+    q.add_argument("-n", type=_ranged(int, 1), default=10, help="results per query (default 10)")
     q.add_argument("--csv", default=None, help="write the results here (default INDEX/query.csv)")
     q.add_argument("--weights-dir", default=None)
 
@@ -136,81 +159,32 @@ def _make(args) -> P.Deduplicator:
         allow_download=args.download_weights, progress=not args.quiet)
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    try:
-        child.resolve().relative_to(parent.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def cmd_run(args) -> int:
-    """`run DIR`: the main job, then the views; returns the exit status."""
-    from .report import summary, write_report
+    """`run DIR`: the whole job (:func:`dedup.job.run_job`); returns the exit status."""
+    from .actions import MANIFEST
+    from .job import ViewOptions, check_outside, run_job
+    from .report import summary
 
     root = Path(args.dir)
     if not root.is_dir():
-        print(f"dedup: error: not a folder: {root}", file=sys.stderr)
-        return 1
-    for flag, value in (("--out", args.out), ("--cache", args.cache), ("--link-dir", args.link_dir),
-                        ("--move-duplicates", args.move_duplicates)):
-        if value and _inside(Path(value), root):
-            print(f"dedup: error: {flag} {value} lies inside {root}; dedup never writes inside the input folder",
-                  file=sys.stderr)
-            return 1
+        raise NotADirectoryError(f"not a folder: {root}")
+    check_outside(root, out=args.out, cache=args.cache, link_dir=args.link_dir,
+                  move_duplicates=args.move_duplicates)
     dd = _make(args)
     nets, note = dd.check()  # weights problems stop here, before any image work
     print(("NOTE: " if "FELL BACK" in note else "") + note, flush=True)
-    result = dd.run(root, backbones=(nets, note))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _views(args, result, root, out)
-    out = write_report(result, args.out)
-    print(summary(result, out))
-    if args.move_duplicates:
-        from .actions import MANIFEST, move_duplicates
-
-        moved = move_duplicates(result.groups, root, args.move_duplicates, files=result.files)
-        moved.to_csv(Path(args.out) / "moved.csv", index=False)
-        n_ok = int((moved.status == "moved").sum())
-        print(f"moved {n_ok} duplicates to {args.move_duplicates} ({len(moved) - n_ok} refused); "
+    view = ViewOptions(method=args.method, sim=args.sim, k=args.k_clusters, min_size=args.min_size, pca=args.pca,
+                       time_weight=args.time_weight, link_dir=args.link_dir, map=args.map,
+                       gallery=not args.no_gallery)
+    job = run_job(dd, root, args.out, view=view, move_duplicates=args.move_duplicates, backbones=(nets, note))
+    print(summary(job.result, job.out))
+    if args.link_dir:
+        print(f"linked {job.links} images into {args.link_dir}/cluster_with_N/cluster_i/")
+    if job.moved is not None:
+        n_ok = int((job.moved.status == "moved").sum())
+        print(f"moved {n_ok} duplicates to {args.move_duplicates} ({len(job.moved) - n_ok} refused); "
               f"undo with: python -m dedup undo {Path(args.move_duplicates) / MANIFEST}")
     return 0
-
-
-def _views(args, result, root: Path, out: Path) -> None:
-    """Apply --method and write the gallery, map, dendrogram and link folders."""
-    from . import views
-
-    if args.method != "group":
-        times = None
-        if args.time_weight > 0:
-            times = views.capture_times(result.files)
-        labels, Z = views.cluster(result.ensemble_embeddings(), method=args.method, sim=args.sim,
-                                  k=args.k_clusters, min_size=args.min_size, pca=args.pca, times=times,
-                                  time_weight=args.time_weight)
-        result.groups = views.relabel(result.groups, labels, args.method)
-        result.meta["views"] = {"method": args.method, "sim": args.sim, "k": args.k_clusters,
-                                "min_size": args.min_size, "pca": args.pca, "time_weight": args.time_weight,
-                                "time_scale_s": views.TIME_SCALE_S, "linkage": "average (UPGMA), cosine"}
-        result.meta["counts"].update(P.group_counts(result.groups))
-        if Z is not None:
-            views.plot_dendrogram(Z, out / "dendrogram.png", cut=1 - args.sim)
-    if not args.no_gallery:
-        from .cache import EmbeddingCache
-
-        cache = EmbeddingCache(dd_cache) if (dd_cache := result.meta["settings"].get("cache")) else None
-        try:
-            views.write_gallery(result.groups, root, out / "gallery.html", title=f"dedup: {root}",
-                                files=result.files, cache=cache, review=result.review)
-        finally:
-            if cache is not None:
-                cache.close()
-    if args.map:
-        views.plot_map(result.ensemble_embeddings(), result.groups.group.to_numpy(), out / "map.png")
-    if args.link_dir:
-        n = views.link_clusters(result.groups, root, args.link_dir, files=result.files)
-        print(f"linked {n} images into {args.link_dir}/cluster_with_N/cluster_i/")
 
 
 def cmd_query(args) -> int:
@@ -218,19 +192,22 @@ def cmd_query(args) -> int:
     import time
 
     from .query import Searcher
+    from .report import atomic_write
 
     searcher = Searcher(args.index, args.weights_dir)
     t = time.perf_counter()
     res = searcher.query(args.images, n=args.n)
     secs = time.perf_counter() - t
+    for path, reason in searcher.skipped:
+        print(f"skipped query {path}: {reason}", file=sys.stderr)
     csv = Path(args.csv) if args.csv else Path(args.index) / "query.csv"
-    res.to_csv(csv, index=False)
+    atomic_write(csv, lambda p: res.to_csv(p, index=False))
     for query, rows in res.groupby("query", sort=False):
         print(f"{query}  ({searcher.similarity} similarity)")
         for r in rows.itertuples():
             print(f"  {r.rank:3d}. {r.distance:.4f}  {r.path}  [{r.group}]")
-    print(f"{len(args.images)} queries in {secs:.2f} s; results: {csv}")
-    return 0
+    print(f"{len(args.images) - len(searcher.skipped)} queries in {secs:.2f} s; results: {csv}")
+    return 1 if searcher.skipped else 0
 
 
 def cmd_undo(args) -> int:
@@ -238,9 +215,12 @@ def cmd_undo(args) -> int:
     from .actions import undo
 
     res = undo(args.manifest)
+    for r in res.itertuples():
+        if r.status not in ("restored", "already in place"):
+            print(f"{r.status}: {r.original}")
     for status, n in res.status.value_counts().items():
         print(f"{status}: {n}")
-    return 0 if not res.status.str.startswith("refused").any() else 1
+    return 0 if not res.status.str.startswith(("refused", "failed")).any() else 1
 
 
 def cmd_bench(args) -> int:
@@ -251,11 +231,9 @@ def cmd_bench(args) -> int:
     if not labels.is_file():
         print(f"dedup: error: no such labels file: {labels}", file=sys.stderr)
         return 1
-    for flag, value in (("--out", args.out), ("--cache", args.cache)):
-        if value and _inside(Path(value), labels.parent):
-            print(f"dedup: error: {flag} {value} lies inside {labels.parent}; dedup never writes inside the "
-                  "input folder", file=sys.stderr)
-            return 1
+    from .job import check_outside
+
+    check_outside(labels.parent, out=args.out, cache=args.cache)
     dd = _make(args)
     nets, note = dd.check()
     print(("NOTE: " if "FELL BACK" in note else "") + note, flush=True)
@@ -326,19 +304,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.ERROR if quiet else logging.WARNING),
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import sqlite3
+
     from .backbones import WeightsError
+    from .cache import CacheError
+    from .lock import BusyError
 
     commands = {"run": cmd_run, "weights": cmd_weights, "query": cmd_query, "undo": cmd_undo,
                 "bench": cmd_bench, "evaluate": cmd_evaluate}
     try:
         return commands[args.command](args)
-    except (WeightsError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError,
-            PermissionError) as exc:
+    except (WeightsError, CacheError, BusyError, ValueError) as exc:
         print(f"dedup: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly (Python docs' recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # the run's own files: disk full, read-only, permissions, missing
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
+        print(f"dedup: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:
+        print(f"dedup: error: cache: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("dedup: interrupted; finished batches are in the cache, run again to resume", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly (Python docs' recipe)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0

@@ -17,11 +17,13 @@ Every failure becomes a :class:`DecodeError` whose message is the skip reason.
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import PIL
 from PIL import Image, ImageFile, ImageOps
 
 # Pillow's own default (about 89.5 megapixels, i.e. a 0.25 GB RGB buffer).
@@ -33,6 +35,11 @@ try:  # HEIC/HEIF support when the optional plugin is installed
     register_heif_opener()
 except Exception:  # pragma: no cover - optional
     pass
+
+
+#: Identifies this decoder's behaviour: a file it failed on is remembered in
+#: the cache under this id (with the pixel limit), and retried by another.
+DECODER_ID = f"dedup-decode-1/pillow-{PIL.__version__}"
 
 
 class DecodeError(Exception):
@@ -87,12 +94,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str | os.PathLike, *, target_size: int | None = None,
+def load_image(path: str | os.PathLike | io.BytesIO, *, target_size: int | None = None,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decoded:
     """Decode one file as 8-bit RGB.
 
     Args:
-        path: the file.
+        path: the file, or its bytes already read (``io.BytesIO``; the
+            pipeline decodes the very bytes it hashed).
         target_size: when given, JPEG decoding may be scaled down (draft
             mode) as long as both sides stay >= ``target_size`` pixels; the
             returned image may still be larger than that. ``None`` decodes at
@@ -174,7 +182,9 @@ def _reason(exc: Exception) -> str:
     return f"corrupt image data ({msg})"
 
 
-def _size_or_none(path: str | os.PathLike) -> int | None:
+def _size_or_none(path) -> int | None:
+    if isinstance(path, io.BytesIO):
+        return path.getbuffer().nbytes
     try:
         return os.path.getsize(path)
     except OSError:

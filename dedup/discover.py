@@ -146,6 +146,7 @@ def discover(root: str | os.PathLike, *, include_hidden: bool = False) -> tuple[
         kept_dirs = []
         for d in sorted(dirnames):
             if d.startswith(".") and not include_hidden:
+                skipped.append(Skipped(here / d, "hidden folder (name starts with '.'): not searched"))
                 continue
             kept_dirs.append(d)
         dirnames[:] = kept_dirs

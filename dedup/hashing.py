@@ -98,6 +98,25 @@ def near_duplicate_pairs(codes: np.ndarray, max_distance: int = DEFAULT_PHASH_MA
     return np.concatenate(out_p).astype(np.int64), np.concatenate(out_d)
 
 
+def exact_pass(digests: list[str], codes: np.ndarray,
+               max_distance: int = DEFAULT_PHASH_MAX_DISTANCE) -> dict[str, np.ndarray]:
+    """The exact and near-exact pass: byte-identical files and pHash matches.
+
+    Args:
+        digests: ``n`` SHA-256 hex digests; codes: ``(n,)`` uint64 pHashes.
+        max_distance: the pHash pass's Hamming distance in bits of 64.
+
+    Returns:
+        ``{"sha256": (a, 2) int64 pairs chaining each set of identical files,
+        "phash": (b, 2) int64 pairs within max_distance, i < j}``. The
+        grouping stage always joins the first and joins the second only
+        when the colours agree.
+    """
+    sha = [(a, b) for g in exact_groups(digests) for a, b in zip(g[:-1], g[1:])]
+    return {"sha256": np.asarray(sha, np.int64).reshape(-1, 2),
+            "phash": near_duplicate_pairs(codes, max_distance)[0]}
+
+
 #: Side in pixels the hash pass decodes JPEGs down to (DCT-domain draft
 #: scaling): pHash only looks at a 32 x 32 thumbnail.
 HASH_DECODE_SIDE = 64

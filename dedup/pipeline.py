@@ -10,26 +10,24 @@ import dataclasses
 import logging
 import os
 import time
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
-
 from . import __version__
 from .backbones import Backbone, select_backbones
 from .cache import EmbeddingCache
-from .colour import DIM as COLOUR_DIM
-from .colour import colour_descriptor
-from .decode import DEFAULT_MAX_PIXELS, DecodeError, load_image
-from .discover import Skipped, discover
 from .calibration import PairModel, pair_features
+from .colour import DIM as COLOUR_DIM
+from .decode import DEFAULT_MAX_PIXELS, load_image
+from .digest import digest_files
+from .discover import Skipped, discover
+from .embed import decode_and_embed
 from .grouping import (STAGES, Grouping, GroupingParams, Pairs, candidate_pairs, fused_vectors, group,
                        score_pairs)
-from .hashing import DEFAULT_PHASH_MAX_DISTANCE, exact_groups, near_duplicate_pairs, phash, sha256_file
+from .hashing import DEFAULT_PHASH_MAX_DISTANCE, exact_pass
 from .index import DEFAULT_N_TREES, SEARCH_K_FACTOR, AnnIndex
 
 log = logging.getLogger(__name__)
@@ -114,24 +112,79 @@ def _shown(path: Path, root: Path) -> str:
     return _safe_str(_rel(path, root))
 
 
-def _decode_task(path: Path, nets: list[Backbone], need_embed: list[bool], max_pixels: int | None):
-    """Decode one file and compute what every stage needs from its pixels.
+@contextmanager
+def _timed(timings: dict, name: str):
+    """Add the seconds spent in the ``with`` block to ``timings[name]``."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
 
-    Module-level (picklable), so that it runs in threads or in spawn-started
-    processes alike.
+
+class _ImageAt:
+    """Picklable ``i -> PIL image`` of the run's files, decoded for verification."""
+
+    def __init__(self, files: list[Path], side: int, max_pixels: int | None):
+        self.files, self.side, self.max_pixels = files, side, max_pixels
+
+    def __call__(self, i: int):
+        return load_image(self.files[i], target_size=self.side, max_pixels=self.max_pixels).image
+
+
+def build_indexes(vectors: dict[str, np.ndarray], k: int, n_trees: int = DEFAULT_N_TREES,
+                  search_k_factor: int = SEARCH_K_FACTOR) -> tuple[dict[str, AnnIndex], list[np.ndarray]]:
+    """Stage 5, index: one Annoy index per matrix and each row's ``k`` nearest.
+
+    Args:
+        vectors: name -> ``(n, d)`` float32 L2-normalised rows.
+        k: neighbours per row (the row itself comes first, so ``k + 1`` ids).
 
     Returns:
-        ``(width, height, note, phash, colour, prepared)``; ``prepared`` holds
-        each backbone's network input (``None`` where the cache has the
-        embedding).
-
-    Raises:
-        DecodeError: the file cannot be decoded.
+        ``(indexes, neighbour_ids)``: name -> :class:`AnnIndex` (empty when
+        ``n == 0``) and, per matrix, ``(n, k + 1)`` int64 ids (-1 padded).
     """
-    target = max(n.input_size for n in nets) if nets else 64
-    dec = load_image(path, target_size=target, max_pixels=max_pixels)
-    prepared = [n.prepare(dec.image) if need else None for n, need in zip(nets, need_embed)]
-    return dec.width, dec.height, dec.note, phash(dec.image), colour_descriptor(dec.image), prepared
+    indexes, ids = {}, []
+    for name, X in vectors.items():
+        if len(X) == 0:
+            ids.append(np.zeros((0, k + 1), np.int64))
+            continue
+        indexes[name] = AnnIndex(n_trees, search_k_factor).build(X)
+        ids.append(indexes[name].query(X, k + 1)[0])
+    return indexes, ids
+
+
+def groups_table(rel: list[str], grouping: Grouping, facts: list, digests: list[str]) -> pd.DataFrame:
+    """``groups.csv``: one row per image (see :class:`Result`)."""
+    n = len(rel)
+    labels = grouping.labels
+    width = max(4, len(str(int(labels.max()) + 1))) if n else 4
+    sizes = np.bincount(labels, minlength=int(labels.max()) + 1) if n else np.zeros(0, np.int64)
+    return pd.DataFrame({
+        "path": rel,
+        "group": [f"g{int(g):0{width}d}" for g in labels],
+        "group_size": sizes[labels] if n else np.zeros(0, np.int64),
+        "confidence": np.round(grouping.confidence, 4),
+        "stage": grouping.stage,
+        "distance": np.round(grouping.distance.astype(np.float64), 4),
+        "matched": [rel[j] if j >= 0 else "" for j in grouping.partner],
+        "width": [f.width for f in facts],
+        "height": [f.height for f in facts],
+        "note": [f.note for f in facts],
+        "sha256": digests,
+    })
+
+
+def _model_info(model: PairModel, path, nets: list[Backbone]) -> dict:
+    """run.json's description of the pair model, with a warning when it was
+    fitted with other backbones than this run's."""
+    fitted = model.info.get("fitted_with", [])
+    ok = sorted(fitted) == sorted(net.name for net in nets)
+    if not ok:
+        log.warning("the pair model was fitted with %s; confidences for %s are not calibrated "
+                    "(refit with benchmarks/calibrate.py)", fitted, [net.name for net in nets])
+    return {"source": str(path or "shipped"), "fitted_on": model.info.get("fitted_on"), "fitted_with": fitted,
+            "calibrated_for_these_backbones": ok}
 
 
 def group_counts(groups: pd.DataFrame) -> dict:
@@ -243,6 +296,26 @@ class Deduplicator:
             out["grouping"] = dataclasses.asdict(GroupingParams())
         return out
 
+    def validate(self) -> "Deduplicator":
+        """Check every setting (as scikit-learn checks parameters at fit time).
+
+        Raises:
+            ValueError: one line naming the setting and its accepted range.
+        """
+        self.grouping_params()
+        ints = {"k": (self.k, 1), "batch_size": (self.batch_size, 1), "workers": (self.workers, 1),
+                "processes": (self.processes, 0), "n_trees": (self.n_trees, 1),
+                "search_k_factor": (self.search_k_factor, 1)}
+        for name, (value, lo) in ints.items():
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+        d = self.phash_max_distance
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 <= d <= 16:
+            raise ValueError(f"phash_max_distance must be an integer in [0, 16] bits of 64, got {d!r}")
+        if self.max_pixels is not None and (not isinstance(self.max_pixels, (int, np.integer)) or self.max_pixels < 1):
+            raise ValueError(f"max_pixels must be None or an integer >= 1, got {self.max_pixels!r}")
+        return self
+
     def check(self) -> tuple[list[Backbone], str]:
         """Resolve the backbones and their weights (no image work).
 
@@ -250,11 +323,7 @@ class Deduplicator:
             WeightsError: a named backbone's weights are missing or wrong.
             ValueError: bad settings.
         """
-        self.grouping_params()
-        if self.k < 1 or self.batch_size < 1:
-            raise ValueError("k and batch_size must be >= 1")
-        if not 0 <= self.phash_max_distance <= 16:
-            raise ValueError(f"phash_max_distance must lie in [0, 16] bits of 64, got {self.phash_max_distance}")
+        self.validate()
         self.pair_model()
         if self.decisions is not None:
             read_decisions(self.decisions)
@@ -318,256 +387,75 @@ class Deduplicator:
         return result
 
     # ------------------------------------------------------------------
-    def _digests(self, paths: list[Path], cache: EmbeddingCache | None) -> list[str | OSError]:
-        """SHA-256 per path (an ``OSError`` where unreadable); cached by (path, size, mtime)."""
-        out: list[str | OSError | None] = [None] * len(paths)
-        stats: list[tuple[str, int, int] | None] = [None] * len(paths)
-        for i, p in enumerate(paths):
-            try:
-                st = p.stat()
-            except OSError as exc:
-                out[i] = exc
-                continue
-            stats[i] = (os.fsencode(p.resolve()), st.st_size, st.st_mtime_ns)
-            if cache is not None:
-                out[i] = cache.get_digest(*stats[i])
-        todo = [i for i in range(len(paths)) if out[i] is None]
-
-        def one(i: int):
-            try:
-                return sha256_file(paths[i])
-            except OSError as exc:
-                return exc
-
-        with ThreadPoolExecutor(max(1, self.workers)) as ex:
-            for i, digest in zip(todo, tqdm(ex.map(one, todo), total=len(todo), desc="sha256",
-                                            disable=not self.progress, unit="img")):
-                out[i] = digest
-                if cache is not None and isinstance(digest, str):
-                    cache.put_digest(*stats[i], digest)
-        if cache is not None:
-            cache.commit()
-        return out
-
-
     def _run(self, root: Path, paths: list[Path], skipped: list[Skipped], nets: list[Backbone],
              cache: EmbeddingCache | None, timings: dict) -> Result:
+        """The stages in order; each is a function of its own module."""
         skipped_rows = [(_shown(s.path, root), s.reason) for s in skipped]
+        with _timed(timings, "sha256"):
+            digests = digest_files(paths, cache, self.workers, self.progress)
+        items = [(p, d) for p, d in zip(paths, digests) if isinstance(d, str)]
+        skipped_rows += [(_shown(p, root), f"unreadable: {getattr(d, 'strerror', None) or d}")
+                         for p, d in zip(paths, digests) if not isinstance(d, str)]
+        with _timed(timings, "decode_embed"):
+            got = decode_and_embed([p for p, _ in items], [d for _, d in items], nets, cache,
+                                   batch_size=self.batch_size, workers=self.workers, processes=self.processes,
+                                   max_pixels=self.max_pixels, progress=self.progress)
+        timings["inference_only"] = got.inference_seconds
+        skipped_rows += [(_shown(items[i][0], root), reason) for i, reason in got.failed.items()]
+        ok = [i for i in range(len(items)) if i not in got.failed]
+        files, dig = [items[i][0] for i in ok], [items[i][1] for i in ok]
+        rel = [_shown(f, root) for f in files]
+        facts = [got.facts[i] for i in ok]
+        emb = {net.name: np.asarray([got.vectors[b][i] for i in ok], np.float32).reshape(len(ok), net.dim)
+               for b, net in enumerate(nets)}
+        colours = np.asarray([f.colour for f in facts], np.float32).reshape(len(ok), COLOUR_DIM)
+        codes = np.array([f.phash for f in facts], dtype=np.uint64)
 
-        t = time.perf_counter()
-        digests = self._digests(paths, cache)
-        keep = []
-        for p, d in zip(paths, digests):
-            if isinstance(d, str):
-                keep.append((p, d))
-            else:
-                skipped_rows.append((_shown(p, root), f"unreadable: {getattr(d, 'strerror', d)}"))
-        timings["sha256"] = time.perf_counter() - t
-
-        # Decode + hash + embed, reusing everything the cache already has.
-        t = time.perf_counter()
-        n0 = len(keep)
-        info: list[dict | None] = [None] * n0
-        vecs: list[list[np.ndarray | None]] = [[None] * n0 for _ in nets]
-        if cache is not None:
-            for i, (_, d) in enumerate(keep):
-                info[i] = cache.get_file(d)
-                if info[i] is not None and len(info[i]["colour"]) != COLOUR_DIM:
-                    info[i] = None  # stored by another descriptor version
-            uniq = sorted({d for _, d in keep})
-            for b, net in enumerate(nets):
-                got = cache.get_embeddings(uniq, net.name, net.weights_id, net.dim)
-                for i, (_, d) in enumerate(keep):
-                    vecs[b][i] = got.get(d)
-        # Identical files are decoded and embedded once.
-        first_of: dict[str, int] = {}
-        todo = []
-        for i, (_, d) in enumerate(keep):
-            if d in first_of:
-                continue
-            first_of[d] = i
-            if info[i] is None or any(v[i] is None for v in vecs):
-                todo.append(i)
-        failed: dict[int, str] = {}
-        cached_count = n0 - len(todo)
-        n_embedded = 0
-        t_infer = 0.0
-        if todo:
-            for net in nets:
-                net.load()
-            batch_idx, batch_arr = [], [[] for _ in nets]
-
-            def flush():
-                nonlocal n_embedded, t_infer
-                if not batch_idx:
-                    return
-                for b, net in enumerate(nets):
-                    rows = [r for r, i in enumerate(batch_idx) if batch_arr[b][r] is not None]
-                    if not rows:
-                        continue
-                    t0 = time.perf_counter()
-                    emb = net.embed(np.stack([batch_arr[b][r] for r in rows]))
-                    t_infer += time.perf_counter() - t0
-                    for r, e in zip(rows, emb):
-                        vecs[b][batch_idx[r]] = e
-                    if cache is not None:
-                        cache.put_embeddings([keep[batch_idx[r]][1] for r in rows], net.name, net.weights_id, emb)
-                n_embedded += len(batch_idx)
-                batch_idx.clear()
-                for a in batch_arr:
-                    a.clear()
-
-            bar = tqdm(total=len(todo), desc="decode+embed " + "+".join(n.name for n in nets),
-                       disable=not self.progress, unit="img")
-            if self.processes:
-                import multiprocessing
-
-                executor = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
-            else:
-                executor = ThreadPoolExecutor(max(1, self.workers))
-            with executor as ex:
-                pending: deque = deque()
-                it = iter(todo)
-                window = max(2 * self.batch_size, 4)
-
-                def submit_next() -> bool:
-                    i = next(it, None)
-                    if i is None:
-                        return False
-                    need = [v[i] is None for v in vecs]
-                    pending.append((i, ex.submit(_decode_task, keep[i][0], nets, need, self.max_pixels)))
-                    return True
-
-                while len(pending) < window and submit_next():
-                    pass
-                while pending:
-                    i, fut = pending.popleft()
-                    submit_next()
-                    try:
-                        width, height, note, code, colour, prepared = fut.result()
-                    except DecodeError as exc:
-                        failed[i] = str(exc)
-                        bar.update(1)
-                        continue
-                    except Exception as exc:  # noqa: BLE001 - one bad file never ends the run
-                        failed[i] = f"decode failed: {type(exc).__name__}: {exc}"
-                        bar.update(1)
-                        continue
-                    info[i] = {"phash": code, "width": width, "height": height, "colour": colour, "note": note}
-                    if cache is not None:
-                        cache.put_file(keep[i][1], code, width, height, colour, note)
-                    batch_idx.append(i)
-                    for b in range(len(nets)):
-                        batch_arr[b].append(prepared[b])
-                    if len(batch_idx) >= self.batch_size:
-                        flush()
-                    bar.update(1)
-                flush()
-            bar.close()
-        timings["decode_embed"] = time.perf_counter() - t
-        timings["inference_only"] = t_infer
-
-        # Copy results to byte-identical duplicates; drop failures.
-        rows_ok = []
-        for i, (p, d) in enumerate(keep):
-            src = first_of[d]
-            if src in failed:
-                skipped_rows.append((_shown(p, root), failed[src]))
-                continue
-            if src != i:
-                info[i] = info[src]
-                for v in vecs:
-                    v[i] = v[src]
-            rows_ok.append(i)
-        n = len(rows_ok)
-        rel = [_shown(keep[i][0], root) for i in rows_ok]
-        dig = [keep[i][1] for i in rows_ok]
-        emb = {net.name: (np.stack([vecs[b][i] for i in rows_ok]).astype(np.float32) if n
-                          else np.zeros((0, net.dim), np.float32)) for b, net in enumerate(nets)}
-        colours = (np.stack([info[i]["colour"] for i in rows_ok]) if n else np.zeros((0, COLOUR_DIM), np.float32))
-        codes = np.array([info[i]["phash"] for i in rows_ok], dtype=np.uint64)
-
-        # Exact pass.
-        t = time.perf_counter()
-        sha_pairs = [(a, b) for g in exact_groups(dig) for a, b in zip(g[:-1], g[1:])]
-        ph_pairs, _ = near_duplicate_pairs(codes, self.phash_max_distance)
-        exact = {"sha256": np.asarray(sha_pairs, np.int64).reshape(-1, 2), "phash": ph_pairs}
-        timings["exact_pass"] = time.perf_counter() - t
-
-        # Index + candidates: each backbone's index, and the colour-fused one.
-        t = time.perf_counter()
+        with _timed(timings, "exact_pass"):
+            exact = exact_pass(dig, codes, self.phash_max_distance)
         params = self.grouping_params()
-        indexes, neighbour_ids = {}, []
-        fused = fused_vectors(list(emb.values()), colours, params.colour_weight)
-        fused_ids = np.zeros((n, 0), np.int64)
-        if n:
-            for net in nets:
-                idx = AnnIndex(self.n_trees, self.search_k_factor).build(emb[net.name])
-                indexes[net.name] = idx
-                neighbour_ids.append(idx.query(emb[net.name], self.k + 1)[0])
-            fused_ids = AnnIndex(self.n_trees, self.search_k_factor).build(fused).query(fused, self.k + 1)[0]
-        timings["index"] = time.perf_counter() - t
+        with _timed(timings, "index"):
+            fused = fused_vectors(list(emb.values()), colours, params.colour_weight)
+            indexes, neighbour_ids = build_indexes(emb, self.k, self.n_trees, self.search_k_factor)
+            fused_ids = build_indexes({"fused": fused}, self.k, self.n_trees, self.search_k_factor)[1][0]
+        with _timed(timings, "group"):
+            ij = candidate_pairs(neighbour_ids + [fused_ids], extra=exact["phash"])
+            pairs = score_pairs(ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context)
+            verifier = self._verify(pairs, files, dig, cache)
+            model = self.pair_model()
+            confidence = model.predict(pair_features(pairs))
+            decisions = self._decisions(rel, dig, cache)
+            grouping = group(len(ok), pairs, confidence, exact, params, decisions)
 
-        t = time.perf_counter()
-        ij = candidate_pairs(neighbour_ids + [fused_ids], extra=exact["phash"])
-        pairs = score_pairs(ij, [emb[net.name] for net in nets], colours, fused, fused_ids, codes, params.k_context)
-        verifier = None
-        if self.verify:
-            from .verify import MAX_SIDE, GeometricVerifier
-
-            paths_ok = [keep[i][0] for i in rows_ok]
-            verifier = GeometricVerifier(lambda i: load_image(paths_ok[i], target_size=MAX_SIDE,
-                                                              max_pixels=self.max_pixels).image)
-            verifier.progress = self.progress
-        verify = verifier if cache is None or verifier is None else _CachedVerify(verifier, cache, dig)
-        if verify is not None and len(ij):
-            found = verify(ij)
-            pairs.inliers, pairs.mismatch = found[:, 0].astype(np.int64), found[:, 1].astype(np.float32)
-        model = self.pair_model()
-        confidence = model.predict(pair_features(pairs))
-        decisions = self._decisions(rel, dig, cache)
-        grouping = group(n, pairs, confidence, exact, params, decisions)
-        timings["group"] = time.perf_counter() - t
-
-        width = max(4, len(str(max(int(grouping.labels.max()) + 1, 1)))) if n else 4
-        sizes = np.bincount(grouping.labels, minlength=int(grouping.labels.max()) + 1 if n else 0)
-        df = pd.DataFrame({
-            "path": rel,
-            "group": [f"g{int(g):0{width}d}" for g in grouping.labels],
-            "group_size": sizes[grouping.labels] if n else [],
-            "confidence": np.round(grouping.confidence, 4),
-            "stage": grouping.stage,
-            "distance": np.round(grouping.distance.astype(np.float64), 4),
-            "matched": [rel[j] if j >= 0 else "" for j in grouping.partner],
-            "width": [info[i]["width"] for i in rows_ok],
-            "height": [info[i]["height"] for i in rows_ok],
-            "note": [info[i]["note"] for i in rows_ok],
-            "sha256": dig,
-        })
+        df = groups_table(rel, grouping, facts, dig)
         review = review_table(grouping.review, pairs, confidence, rel)
         skipped_df = pd.DataFrame(skipped_rows, columns=["path", "reason"]).sort_values("path", ignore_index=True)
-        fitted = model.info.get("fitted_with", [])
-        meta = {
-            "counts": {
-                "found": len(paths), "images": n, "skipped": len(skipped_df),
-                "from_cache": cached_count, "embedded": n_embedded,
-                **group_counts(df),
-                "candidate_pairs": int(len(pairs.ij)),
-                "pairs_to_review": int(len(review)),
-                "decisions_applied": int(len(decisions)) if decisions is not None else 0,
-                "pairs_verified_geometrically": verifier.pairs_checked if verifier is not None else 0,
-            },
-            "pair_model": {"source": str(self.model_path or "shipped"), "fitted_on": model.info.get("fitted_on"),
-                           "fitted_with": fitted,
-                           "calibrated_for_these_backbones": sorted(fitted) == sorted(net.name for net in nets)},
-            "images_per_second_inference": round(n_embedded / t_infer, 2) if t_infer > 0 else None,
-        }
-        if not meta["pair_model"]["calibrated_for_these_backbones"]:
-            log.warning("the pair model was fitted with %s; confidences for %s are not calibrated "
-                        "(refit with benchmarks/calibrate.py)", fitted, [net.name for net in nets])
-        files = [keep[i][0] for i in rows_ok]
+        counts = {"found": len(paths), "images": len(ok), "skipped": len(skipped_df),
+                  "from_cache": got.from_cache, "embedded": got.embedded, **group_counts(df),
+                  "candidate_pairs": int(len(pairs.ij)), "pairs_to_review": int(len(review)),
+                  "decisions_applied": int(len(decisions)),
+                  "pairs_verified_geometrically": verifier.pairs_checked if verifier is not None else 0}
+        meta = {"counts": counts, "pair_model": _model_info(model, self.model_path, nets),
+                "images_per_second_inference": (round(got.embedded / got.inference_seconds, 2)
+                                                if got.inference_seconds > 0 else None)}
         return Result(root, df, skipped_df, emb, indexes, colours, pairs, exact, meta, verifier, files,
                       confidence=confidence, review=review, codes=codes, fused_ids=fused_ids)
+
+    def _verify(self, pairs: Pairs, files: list[Path], digests: list[str], cache: EmbeddingCache | None):
+        """Fill ``pairs.inliers`` and ``pairs.mismatch`` by geometric verification
+        (cached by content); returns the verifier, or ``None`` when disabled."""
+        if not self.verify:
+            return None
+        from .verify import MAX_SIDE, GeometricVerifier
+
+        max_pixels = self.max_pixels
+        verifier = GeometricVerifier(_ImageAt(files, MAX_SIDE, max_pixels))
+        verifier.progress = self.progress
+        verify = verifier if cache is None else _CachedVerify(verifier, cache, digests)
+        if len(pairs.ij):
+            found = verify(pairs.ij)
+            pairs.inliers, pairs.mismatch = found[:, 0].astype(np.int64), found[:, 1].astype(np.float32)
+        return verifier
 
     def grouping_params(self, **overrides) -> GroupingParams:
         """This object's grouping settings, some overridden (validated).

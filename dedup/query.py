@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from .backbones import make_backbone
-from .decode import load_image
+from .decode import DecodeError, load_image
 from .index import AnnIndex
-from .report import GROUPS_CSV, RUN_JSON
+from .report import GROUPS_CSV, read_run
 
 
 class Searcher:
@@ -30,17 +30,22 @@ class Searcher:
         weights_dir: extra folder for weights files (as for the run).
 
     Raises:
-        FileNotFoundError: ``out`` lacks run.json, groups.csv or an index.
-        ValueError: the backbones' weights differ from the run's (their
-            embeddings would not be comparable).
+        FileNotFoundError: ``out`` holds no complete run (no run.json).
+        ValueError: the run's files do not match its run.json (a run that
+            failed part-way, or two runs mixed), the run found no images, or
+            the backbones' weights differ from the run's (their embeddings
+            would not be comparable).
     """
 
     def __init__(self, out: str | os.PathLike, weights_dir: str | None = None):
         self.out = Path(out)
-        meta_path = self.out / RUN_JSON
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} not found: give --index the --out folder of a `dedup run`")
-        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        names = [GROUPS_CSV]
+        probe = read_run(self.out)
+        for desc in probe.get("backbones", []):
+            names += [f"embeddings-{desc['name']}.npy", f"index-{desc['name']}.ann"]
+        if probe.get("counts", {}).get("images", 0) == 0:
+            raise ValueError(f"the run in {self.out} found no images to search; run it on a folder of images")
+        self.meta = read_run(self.out, check=tuple(names))
         self.groups = pd.read_csv(self.out / GROUPS_CSV, keep_default_na=False)
         self.root = Path(self.meta["root"])
         self.backbones, self.indexes, self.embeddings = [], [], []
@@ -74,26 +79,43 @@ class Searcher:
         """The ``n`` nearest catalogue images of each query.
 
         Args:
-            images: file paths or PIL images.
-            n: results per query.
+            images: file paths or PIL images; a file that cannot be read is
+                skipped (listed in ``self.skipped``), the others answered.
+            n: results per query, >= 1.
 
         Returns:
             DataFrame ``query, rank (1..n), path, group, distance`` where
             ``distance`` is the ensemble cosine distance in [0, 2] and
             ``path`` is relative to the run's folder.
+
+        Raises:
+            ValueError: ``n < 1``.
         """
-        Q = self.embed(images)
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n (results per query) must be an integer >= 1, got {n!r}")
+        self.skipped: list[tuple[str, str]] = []
+        good = []
+        for image in images:
+            try:
+                good.append(load_image(image, target_size=max(b.input_size for b in self.backbones)).image
+                            if isinstance(image, (str, os.PathLike)) else image)
+            except DecodeError as exc:
+                self.skipped.append((str(image), str(exc)))
+                good.append(None)
+        kept = [i for i, g in enumerate(good) if g is not None]
+        Q = self.embed([good[i] for i in kept]) if kept else []
         k = min(len(self.groups), max(n * 3, n + 10))
         rows = []
-        for qi, image in enumerate(images):
+        for row, qi in enumerate(kept):
+            image = images[qi]
             cand = set()
             for idx, q in zip(self.indexes, Q):
-                ids, _ = idx.query(q[qi:qi + 1], k)
+                ids, _ = idx.query(q[row:row + 1], k)
                 cand.update(int(i) for i in ids[0] if i >= 0)
             cand = np.array(sorted(cand), dtype=np.int64)
             if len(cand) == 0:
                 continue
-            d = np.mean([1.0 - np.asarray(X[cand]) @ q[qi] for X, q in zip(self.embeddings, Q)], axis=0)
+            d = np.mean([1.0 - np.asarray(X[cand]) @ q[row] for X, q in zip(self.embeddings, Q)], axis=0)
             order = np.argsort(d, kind="stable")[:n]
             name = str(image) if isinstance(image, (str, os.PathLike)) else f"image{qi}"
             for rank, o in enumerate(order, 1):

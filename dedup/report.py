@@ -10,14 +10,17 @@ Fixed names, so that a later ``query``, ``bench`` or ``evaluate`` finds them:
   confidence`` and the evidence that decided (``distance, colour_distance,
   context, rank, inliers, phash_bits``), strongest first.
 * ``run.json``: settings, backbones with weights provenance, counts, seconds
-  per stage.
+  per stage, a ``run_id`` and the size and SHA-256 of every other file of
+  the run (``files``).
 * ``index-<backbone>.ann`` and ``embeddings-<backbone>.npy``: one Annoy index
   and one ``(n, d)`` float32 matrix per backbone, rows in ``groups.csv`` order.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -41,24 +44,45 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        OSError: or whatever ``write`` raises.
+        OSError: naming ``path`` when the write itself did not name a file
+            (a full disk); or whatever else ``write`` raises.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
 
 
+def retract(out: str | os.PathLike) -> None:
+    """Withdraw the commit record (``run.json``) of the run in ``out``, if
+    any, before its files are replaced."""
+    (Path(out) / RUN_JSON).unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_report(result, out: str | os.PathLike) -> Path:
     """Write a :class:`dedup.pipeline.Result` into folder ``out`` (created).
 
-    Every file is written to a temporary name and renamed, so an interrupted
-    write never leaves a half file under a final name.
+    Every file is written to a temporary name and renamed; ``run.json`` is
+    withdrawn first and written last with the SHA-256 of every file written
+    for this run (see the module's docstring).
 
     Returns:
         The output folder.
@@ -68,9 +92,12 @@ def write_report(result, out: str | os.PathLike) -> Path:
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    retract(out)
+    written: list[str] = []
 
     def atomic(name: str, write) -> None:
         atomic_write(out / name, write)
+        written.append(name)
 
     atomic(GROUPS_CSV, lambda p: result.groups.to_csv(p, index=False))
     atomic(SKIPPED_CSV, lambda p: result.skipped.to_csv(p, index=False))
@@ -85,10 +112,47 @@ def write_report(result, out: str | os.PathLike) -> Path:
         atomic(f"embeddings-{name}.npy", lambda p, X=X: save_npy(p, X))
     for name, idx in result.indexes.items():
         atomic(f"index-{name}.ann", lambda p, idx=idx: idx.save(p))
-    meta = dict(result.meta)
-    meta["files"] = sorted(f.name for f in out.iterdir() if not f.name.endswith(".tmp"))
+    extra = [n for n in ("gallery.html", "map.png", "dendrogram.png") if (out / n).is_file()]
+    meta = {**result.meta, "run_id": uuid.uuid4().hex,
+            "files": {name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+                      for name in sorted(written + extra)}}
     atomic(RUN_JSON, lambda p: p.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8"))
     return out
+
+
+def read_run(out: str | os.PathLike, check: tuple[str, ...] = ()) -> dict:
+    """The ``run.json`` of a complete run in ``out``, its files checked.
+
+    Args:
+        out: a run's output folder.
+        check: names of files that must be listed in ``run.json`` and match
+            their recorded size and SHA-256 (the files a reader will use).
+
+    Returns:
+        The parsed ``run.json``.
+
+    Raises:
+        FileNotFoundError: no ``run.json`` (no run, or one that did not finish writing).
+        ValueError: ``run.json`` unreadable, or a checked file missing, or
+            changed since the run wrote it (another run half-replaced it).
+    """
+    out = Path(out)
+    path = out / RUN_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{out} holds no complete run ({RUN_JSON} missing): give the --out folder of a "
+                                "`dedup run` that finished")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is unreadable ({exc}); run `dedup run` again") from None
+    files = meta.get("files")
+    for name in check:
+        rec = files.get(name) if isinstance(files, dict) else None
+        f = out / name
+        if rec is None or not f.is_file() or f.stat().st_size != rec["bytes"] or _sha256(f) != rec["sha256"]:
+            raise ValueError(f"{f} does not belong to the run recorded in {path} (missing or changed since); "
+                             "run `dedup run` again")
+    return meta
 
 
 def summary(result, out: str | os.PathLike | None = None) -> str:

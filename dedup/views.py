@@ -171,6 +171,17 @@ def cluster(X: np.ndarray, method: str = "hierarchical", sim: float = 0.5, k: in
     return out, Z
 
 
+#: Longest file name in bytes on common file systems (ext4, XFS, APFS, NTFS).
+NAME_MAX = 255
+
+
+def _numbered(name: str, j: int) -> str:
+    """``j_name``, its stem shortened so that it stays within :data:`NAME_MAX` bytes."""
+    stem, suffix = os.path.splitext(name)
+    room = NAME_MAX - len(os.fsencode(f"{j}_")) - len(os.fsencode(suffix))
+    return f"{j}_" + os.fsdecode(os.fsencode(stem)[:max(room, 1)]) + suffix
+
+
 def link_clusters(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike,
                   files: list | None = None) -> int:
     """Write ``dest/cluster_with_N/cluster_i/`` folders of symlinks.
@@ -207,7 +218,7 @@ def link_clusters(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.
             name = real[row].name
             link = folder / name
             if link.exists() or link.is_symlink():
-                link = folder / f"{j}_{name}"
+                link = folder / _numbered(name, j)
             os.symlink(real[row], link)
             made += 1
     return made

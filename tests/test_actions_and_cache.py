@@ -74,8 +74,11 @@ def test_changed_file_is_recomputed_and_unchanged_ones_reused(tmp_path):
 def test_corrupt_cache_is_moved_aside_and_rebuilt(tmp_path):
     d = bench_set("products-flipkart") / "images"
     cache = tmp_path / "cache.sqlite"
-    cache.write_bytes(b"this is not a database" * 100)
     out = tmp_path / "out"
+    assert run_cli("run", str(d), "--out", str(out), "--quiet", "--cache", str(cache)).returncode == 0
+    data = bytearray(cache.read_bytes())  # a real cache whose pages are damaged behind a valid header
+    data[4096:] = bytes((b * 7 + 13) % 256 for b in range(len(data) - 4096))
+    cache.write_bytes(bytes(data))
     proc = run_cli("run", str(d), "--out", str(out), "--quiet", "--cache", str(cache))
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "run.json").read_text())

@@ -1,0 +1,260 @@
+"""Stage 3, decode + embed: per-file facts and one embedding per backbone.
+
+For every distinct content (digest) the cache lacks, a worker reads the
+file's bytes once, hashes them, decodes them (:func:`dedup.decode.load_image`)
+and computes the pHash, the colour descriptor and each backbone's network
+input; the main thread runs inference in batches while the next files decode
+(a bounded window of pending futures, so memory stays flat). Results are
+stored in the cache after every batch, so an interrupted run resumes.
+
+Trust: a file whose bytes no longer hash to the digest of the digest stage
+was replaced in between; it is skipped for this run ("changed while being
+read") and nothing is stored under either digest. A file that cannot be
+decoded is remembered by content (with the decoder's version and pixel
+limit), so a warm run skips it without decoding it again or loading a model.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import multiprocessing
+import time
+from collections import deque
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .backbones import Backbone
+from .cache import EmbeddingCache
+from .colour import DIM as COLOUR_DIM
+from .colour import colour_descriptor
+from .decode import DECODER_ID, DecodeError, load_image
+from .digest import cache_key
+from .hashing import phash
+
+#: Skip reason of a file replaced between the digest and decode stages.
+CHANGED_WHILE_READ = "changed while being read (run again to include it)"
+
+
+@dataclass
+class Facts:
+    """What the decode stage learns of one file.
+
+    Attributes:
+        phash: 64-bit perceptual hash (unsigned int).
+        width, height: original size in pixels after EXIF rotation.
+        colour: ``(dedup.colour.DIM,)`` float32 colour descriptor.
+        note: what decoding adapted ("" when nothing).
+    """
+
+    phash: int
+    width: int
+    height: int
+    colour: np.ndarray
+    note: str
+
+
+@dataclass
+class Embedded:
+    """The decode + embed stage's output, aligned with its input lists.
+
+    Attributes:
+        facts: per item, its :class:`Facts` (``None`` where it failed).
+        vectors: per backbone, per item, a ``(dim,)`` float32 embedding.
+        failed: item index -> one-line skip reason.
+        from_cache: items needing no decoding at all (files the cache
+            knows to be undecodable not counted).
+        embedded: items run through the networks in this run.
+        inference_seconds: time spent inside the networks.
+    """
+
+    facts: list[Facts | None]
+    vectors: list[list[np.ndarray | None]]
+    failed: dict[int, str] = field(default_factory=dict)
+    from_cache: int = 0
+    embedded: int = 0
+    inference_seconds: float = 0.0
+
+
+def decode_task(path: Path, nets: list[Backbone], need_embed: list[bool], max_pixels: int | None):
+    """Read, hash and decode one file; compute what every stage needs from its pixels.
+
+    Module-level (picklable), so that it runs in threads or in spawn-started
+    processes alike.
+
+    Returns:
+        ``(digest, reason, facts, prepared)``: the SHA-256 of the bytes read
+        (``None`` when unreadable); a skip reason (``None`` on success);
+        :class:`Facts`; each backbone's network input (``None`` where
+        ``need_embed`` is False).
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}", None, None
+    digest = hashlib.sha256(data).hexdigest()
+    target = max(n.input_size for n in nets) if nets else 64
+    try:
+        dec = load_image(io.BytesIO(data), target_size=target, max_pixels=max_pixels)
+        prepared = [n.prepare(dec.image) if need else None for n, need in zip(nets, need_embed)]
+        facts = Facts(phash(dec.image), dec.width, dec.height, colour_descriptor(dec.image), dec.note)
+    except DecodeError as exc:
+        return digest, str(exc), None, None
+    except Exception as exc:  # noqa: BLE001 - one bad file never ends the run
+        return digest, f"decode failed: {type(exc).__name__}: {exc}", None, None
+    return digest, None, facts, prepared
+
+
+class _Batcher:
+    """Collects decoded items and runs each backbone on full batches."""
+
+    def __init__(self, nets: list[Backbone], out: Embedded, digests: list[str],
+                 cache: EmbeddingCache | None, batch_size: int):
+        self.nets, self.out, self.digests, self.cache, self.batch_size = nets, out, digests, cache, batch_size
+        self.items: list[int] = []
+        self.inputs: list[list] = [[] for _ in nets]
+
+    def add(self, i: int, prepared: list) -> None:
+        self.items.append(i)
+        for b, x in enumerate(prepared):
+            self.inputs[b].append(x)
+        if len(self.items) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        for b, net in enumerate(self.nets):
+            rows = [r for r, x in enumerate(self.inputs[b]) if x is not None]
+            if not rows:
+                continue
+            t0 = time.perf_counter()
+            emb = net.embed(np.stack([self.inputs[b][r] for r in rows]))
+            self.out.inference_seconds += time.perf_counter() - t0
+            for r, e in zip(rows, emb):
+                self.out.vectors[b][self.items[r]] = e
+            if self.cache is not None:
+                self.cache.put_embeddings([self.digests[self.items[r]] for r in rows], net.name, net.weights_id, emb)
+        self.out.embedded += len(self.items)
+        self.items.clear()
+        for x in self.inputs:
+            x.clear()
+
+
+def _executor(workers: int, processes: int) -> Executor:
+    if processes:
+        return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    return ThreadPoolExecutor(max(1, workers))
+
+
+def _from_cache(digests: list[str], nets: list[Backbone], cache: EmbeddingCache, decoder: str, out: Embedded) -> None:
+    """Fill ``out`` with what the cache holds for these digests."""
+    for i, d in enumerate(digests):
+        row = cache.get_file(d)
+        if row is not None and len(row["colour"]) == COLOUR_DIM:  # else stored by another descriptor version
+            out.facts[i] = Facts(row["phash"], row["width"], row["height"], row["colour"], row["note"])
+    uniq = sorted(set(digests))
+    for b, net in enumerate(nets):
+        got = cache.get_embeddings(uniq, net.name, net.weights_id, net.dim)
+        for i, d in enumerate(digests):
+            out.vectors[b][i] = got.get(d)
+    known_bad = cache.get_failed(uniq, decoder)
+    for i, d in enumerate(digests):
+        if d in known_bad:
+            out.failed[i] = known_bad[d]
+
+
+def decode_and_embed(paths: list[Path], digests: list[str], nets: list[Backbone],
+                     cache: EmbeddingCache | None = None, *, batch_size: int = 32, workers: int = 2,
+                     processes: int = 0, max_pixels: int | None = None, progress: bool = True) -> Embedded:
+    """Facts and embeddings of every file, decoding only what the cache lacks.
+
+    Args:
+        paths: the files; digests: their SHA-256 from :func:`dedup.digest.digest_files`.
+        nets: the backbones (loaded here only if something must be embedded).
+        cache: read first, written after every batch; ``None`` for none.
+        batch_size: images per inference batch (>= 1).
+        workers: decoding threads; processes: when > 0, spawn-started
+            decoding processes instead (about a second of start-up each).
+        max_pixels: the decompression-bomb guard in pixels.
+        progress: show a tqdm bar.
+
+    Returns:
+        :class:`Embedded`; byte-identical files are decoded once and share
+        their results.
+    """
+    n = len(paths)
+    out = Embedded([None] * n, [[None] * n for _ in nets])
+    decoder = f"{DECODER_ID}/max{max_pixels}"
+    if cache is not None:
+        _from_cache(digests, nets, cache, decoder, out)
+    first_of: dict[str, int] = {}
+    todo = []
+    for i, d in enumerate(digests):
+        if first_of.setdefault(d, i) == i and i not in out.failed:
+            if out.facts[i] is None or any(v[i] is None for v in out.vectors):
+                todo.append(i)
+    out.from_cache = n - len(todo) - len(out.failed)
+    if todo:
+        _decode_window(paths, digests, nets, todo, cache, decoder, out, batch_size, workers, processes,
+                       max_pixels, progress)
+    for i, d in enumerate(digests):  # identical files share the first one's results
+        src = first_of[d]
+        if src != i:
+            if src in out.failed:
+                out.failed[i] = out.failed[src]
+            out.facts[i] = out.facts[src]
+            for v in out.vectors:
+                v[i] = v[src]
+    return out
+
+
+def _decode_window(paths, digests, nets, todo, cache, decoder, out: Embedded, batch_size, workers, processes,
+                   max_pixels, progress) -> None:
+    """Decode ``todo`` in a bounded window of futures, embedding full batches as they fill."""
+    for net in nets:
+        net.load()
+    batcher = _Batcher(nets, out, digests, cache, batch_size)
+    bar = tqdm(total=len(todo), desc="decode+embed " + "+".join(n.name for n in nets), disable=not progress,
+               unit="img")
+    with _executor(workers, processes) as ex:
+        pending: deque = deque()
+        it = iter(todo)
+        window = max(2 * batch_size, 4)
+
+        def submit_next() -> None:
+            i = next(it, None)
+            if i is not None:
+                need = [v[i] is None for v in out.vectors]
+                pending.append((i, ex.submit(decode_task, paths[i], nets, need, max_pixels)))
+
+        for _ in range(window):
+            submit_next()
+        while pending:
+            i, fut = pending.popleft()
+            submit_next()
+            _take(i, fut.result(), digests, paths, cache, decoder, out, batcher)
+            bar.update(1)
+        batcher.flush()
+    bar.close()
+
+
+def _take(i: int, res: tuple, digests: list[str], paths: list[Path], cache: EmbeddingCache | None, decoder: str,
+          out: Embedded, batcher: _Batcher) -> None:
+    """Record one decoded file (or why it failed)."""
+    digest, reason, facts, prepared = res
+    if digest is not None and digest != digests[i]:
+        out.failed[i] = CHANGED_WHILE_READ
+        if cache is not None:
+            cache.forget_digest(cache_key(paths[i]))
+        return
+    if reason is not None:
+        out.failed[i] = reason
+        if cache is not None and digest is not None:
+            cache.put_failed(digest, decoder, reason)
+        return
+    out.facts[i] = facts
+    if cache is not None:
+        cache.put_file(digests[i], facts.phash, facts.width, facts.height, facts.colour, facts.note)
+    batcher.add(i, prepared)

@@ -1,0 +1,202 @@
+"""The whole job of ``python -m dedup run``, as one library call.
+
+:func:`run_job` does, in order: the guards (nothing is ever written inside
+the input folder), an exclusive lock on the output folder, the run
+(:meth:`dedup.pipeline.Deduplicator.run`), the optional view (hierarchical or
+k-means clusters in place of the duplicate groups, for browsing), the report
+(:func:`dedup.report.write_report`), the gallery, map and link folders, and
+the optional move of duplicates (:func:`dedup.actions.move_duplicates`).
+
+Moving duplicates always follows the duplicate groups of the run, never a
+view's clusters: ``--method kmeans --k 1 --move-duplicates`` moves exactly
+what ``--method group`` would.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .lock import Lock
+
+#: Name of the lock file a run holds in its output folder.
+OUT_LOCK = ".dedup.lock"
+
+
+@dataclass
+class ViewOptions:
+    """How to present a run's images, on top of the duplicate groups.
+
+    Attributes:
+        method: ``"group"`` (the duplicate groups), ``"hierarchical"``
+            (average linkage cut at ``sim``) or ``"kmeans"`` (``k`` clusters).
+        sim: similarity level of the hierarchical cut, in [0, 1].
+        k: number of k-means clusters, >= 1.
+        min_size: smallest cluster reported, >= 1.
+        pca: reduce embeddings to this many principal components first (>= 1), or ``None``.
+        time_weight: ALPHA >= 0 of the capture-time term (see :mod:`dedup.views`).
+        link_dir: write symlink cluster folders here (``None``: none).
+        map: write ``map.png`` (t-SNE).
+        gallery: write ``gallery.html``.
+
+    Raises:
+        ValueError: from :meth:`validate`, one line naming the option and its range.
+    """
+
+    method: str = "group"
+    sim: float = 0.5
+    k: int = 8
+    min_size: int = 1
+    pca: int | None = None
+    time_weight: float = 0.0
+    link_dir: str | os.PathLike | None = None
+    map: bool = False
+    gallery: bool = True
+
+    def validate(self) -> "ViewOptions":
+        """Check every value; returns ``self``."""
+        if self.method not in ("group", "hierarchical", "kmeans"):
+            raise ValueError(f"method must be group, hierarchical or kmeans, got {self.method!r}")
+        checks = [("sim", self.sim, 0.0, 1.0), ("time_weight", self.time_weight, 0.0, math.inf)]
+        for name, value, lo, hi in checks:
+            if not (isinstance(value, (int, float)) and lo <= value <= hi):
+                raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value!r}")
+        for name, value in (("k", self.k), ("min_size", self.min_size), ("pca", self.pca)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        return self
+
+
+@dataclass
+class JobResult:
+    """What :func:`run_job` did.
+
+    Attributes:
+        result: the run's :class:`dedup.pipeline.Result` (``groups`` as
+            written to groups.csv: the view's clusters when a view was asked for).
+        out: the output folder.
+        duplicate_groups: the duplicate groups (what moves follow).
+        links: symlinks made under ``link_dir`` (0 when none).
+        moved: :func:`dedup.actions.move_duplicates`'s table, or ``None``.
+    """
+
+    result: object
+    out: Path
+    duplicate_groups: pd.DataFrame
+    links: int = 0
+    moved: pd.DataFrame | None = None
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def check_outside(root: str | os.PathLike, **targets: str | os.PathLike | None) -> None:
+    """Refuse any output location inside the input folder.
+
+    Args:
+        root: the input folder.
+        targets: option name -> path (``None`` skipped), e.g. ``out=...``.
+
+    Raises:
+        ValueError: one line naming the option, e.g. ``--out X lies inside DIR``.
+    """
+    for name, value in targets.items():
+        if value and _inside(Path(value), Path(root)):
+            raise ValueError(f"--{name.replace('_', '-')} {value} lies inside {root}; dedup never writes inside "
+                             "the input folder")
+
+
+def run_job(dedup, root: str | os.PathLike, out: str | os.PathLike, *, view: ViewOptions | None = None,
+            move_duplicates: str | os.PathLike | None = None, backbones=None) -> JobResult:
+    """Run, report and optionally act, as ``python -m dedup run`` does.
+
+    Args:
+        dedup: a configured :class:`dedup.pipeline.Deduplicator`.
+        root: the input folder (only ever read).
+        out: the output folder (created; locked for the job's duration).
+        view: how to present the images (default: the duplicate groups, with a gallery).
+        move_duplicates: a quarantine folder outside ``root``: all but one
+            image of each duplicate group are moved there, reversibly.
+        backbones: the output of ``dedup.check()`` when already called.
+
+    Returns:
+        :class:`JobResult`.
+
+    Raises:
+        NotADirectoryError: ``root`` is not a folder.
+        ValueError: an output location inside ``root``, or a bad option.
+        dedup.lock.BusyError: another run holds ``out`` (or the cache).
+        OSError: the output folder cannot be written.
+    """
+    from . import report
+
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    view = (view or ViewOptions()).validate()
+    cache = dedup.cache if dedup.cache not in (None, False) else None
+    check_outside(root, out=out, cache=cache, link_dir=view.link_dir, move_duplicates=move_duplicates)
+    out.mkdir(parents=True, exist_ok=True)
+    with Lock(out / OUT_LOCK, f"output folder {out}"):
+        result = dedup.run(root, backbones=backbones)
+        duplicates = result.groups
+        report.retract(out)  # from here until run.json is rewritten, OUT holds no complete run
+        _apply_view(result, view, out)
+        job = JobResult(result, out, duplicates)
+        _write_pictures(job, view, root)
+        report.write_report(result, out)
+        if move_duplicates is not None:
+            from .actions import move_duplicates as move
+
+            files = result.files
+            job.moved = move(duplicates, root, move_duplicates, files=files)
+            report.atomic_write(out / "moved.csv", lambda p: job.moved.to_csv(p, index=False))
+    return job
+
+
+def _apply_view(result, view: ViewOptions, out: Path) -> None:
+    """Replace ``result.groups`` by the view's clusters (a copy; moves never see it)."""
+    from . import views
+    from .pipeline import group_counts
+
+    if view.method == "group":
+        return
+    times = views.capture_times(result.files) if view.time_weight > 0 else None
+    labels, Z = views.cluster(result.ensemble_embeddings(), method=view.method, sim=view.sim, k=view.k,
+                              min_size=view.min_size, pca=view.pca, times=times, time_weight=view.time_weight)
+    result.groups = views.relabel(result.groups, labels, view.method)
+    result.meta["views"] = {"method": view.method, "sim": view.sim, "k": view.k, "min_size": view.min_size,
+                            "pca": view.pca, "time_weight": view.time_weight, "time_scale_s": views.TIME_SCALE_S,
+                            "linkage": "average (UPGMA), cosine"}
+    result.meta["counts"].update(group_counts(result.groups))
+    if Z is not None:
+        views.plot_dendrogram(Z, out / "dendrogram.png", cut=1 - view.sim)
+
+
+def _write_pictures(job: JobResult, view: ViewOptions, root: Path) -> None:
+    """The gallery (thumbnails cached), the t-SNE map and the symlink folders."""
+    from . import views
+    from .cache import EmbeddingCache
+
+    result = job.result
+    if view.gallery:
+        path = result.meta["settings"].get("cache")
+        cache = EmbeddingCache(path) if path else None
+        try:
+            views.write_gallery(result.groups, root, job.out / "gallery.html", title=f"dedup: {root}",
+                                files=result.files, cache=cache, review=result.review)
+        finally:
+            if cache is not None:
+                cache.close()
+    if view.map:
+        views.plot_map(result.ensemble_embeddings(), result.groups.group.to_numpy(), job.out / "map.png")
+    if view.link_dir:
+        job.links = views.link_clusters(result.groups, root, view.link_dir, files=result.files)
