@@ -117,10 +117,7 @@ class EmbeddingCache:
 
     # -- opening and integrity ------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
+        return sqlite3.connect(str(self.path), timeout=30)
 
     def _refuse_foreign_file(self) -> None:
         """A non-empty file that is not SQLite is someone's data: never touch it."""
@@ -153,6 +150,8 @@ class EmbeddingCache:
         if version not in (None, SCHEMA_VERSION, *_UPGRADABLE):
             raise CacheError(f"{self.path} is a dedup cache of schema {version} (this version reads "
                              f"{SCHEMA_VERSION}); choose another --cache path or remove it")
+        db.execute("PRAGMA journal_mode=WAL")  # only now: it rewrites the file's header
+        db.execute("PRAGMA synchronous=NORMAL")
         for table in _UPGRADABLE.get(version or "", ()):
             db.execute(f"DROP TABLE IF EXISTS {table}")
         db.executescript(_SCHEMA)

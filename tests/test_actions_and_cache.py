@@ -6,9 +6,11 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 
 import pandas as pd
 from PIL import Image
@@ -101,8 +103,9 @@ def test_a_run_killed_mid_way_resumes_from_the_cache(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
         try:
-            with EmbeddingCache(cache) as c:
-                stored = c._db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+            # read-only, beside the running job (EmbeddingCache would be refused: the run holds the cache's lock)
+            with closing(sqlite3.connect(f"file:{cache}?mode=ro", uri=True, timeout=5)) as c:
+                stored = c.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
         except Exception:
             stored = 0
         if stored >= 64:

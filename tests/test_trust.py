@@ -45,7 +45,7 @@ def _distinct(folder: Path, n: int = 4) -> list[Path]:
 def test_same_size_same_mtime_overwrite_is_hashed_again_and_not_moved(tmp_path):
     d = tmp_path / "pics"
     d.mkdir()
-    a = _bmp(PHOTOS[0], d / "a.bmp")
+    a = _bmp(ONE_PER_PRODUCT[0], d / "a.bmp")
     shutil.copy(a, d / "copy.bmp")
     out, cache = tmp_path / "out", tmp_path / "cache.sqlite"
     assert run_cli("run", str(d), "--out", str(out), "-q", "--cache", str(cache)).returncode == 0
@@ -53,7 +53,7 @@ def test_same_size_same_mtime_overwrite_is_hashed_again_and_not_moved(tmp_path):
     assert g.loc["a.bmp", "group"] == g.loc["copy.bmp", "group"]
     # another photo written over the copy, same byte size, mtime set back (touch -r, rsync --times)
     st = os.stat(d / "copy.bmp")
-    other = _bmp(PHOTOS[-1], tmp_path / "other.bmp")
+    other = _bmp(ONE_PER_PRODUCT[2], tmp_path / "other.bmp")  # another product
     assert other.stat().st_size == st.st_size
     shutil.copyfile(other, d / "copy.bmp")
     os.utime(d / "copy.bmp", ns=(st.st_atime_ns, st.st_mtime_ns))
