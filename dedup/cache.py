@@ -109,6 +109,7 @@ class EmbeddingCache:
             self._lock = Lock(str(self.path) + ".lock", f"cache {self.path}").acquire()
         except OSError as exc:
             raise CacheError(f"cannot use cache {self.path}: {exc.strerror or exc}") from None
+        self._closed = False
         try:
             self._db = self._open()
         except BaseException:
@@ -189,12 +190,12 @@ class EmbeddingCache:
 
     def close(self) -> None:
         """Commit and close the database."""
-        if self._db is not None:
+        if not self._closed:
             try:
                 self._db.commit()
                 self._db.close()
             finally:
-                self._db = None
+                self._closed = True
                 self._lock.release()
 
     def __enter__(self) -> "EmbeddingCache":

@@ -88,7 +88,7 @@ def colour_descriptor(image: Image.Image) -> np.ndarray:
         ``(DIM,)`` = ``(864,)`` float32, the square root of a normalised
         6 x 12 x 12 L*a*b* foreground histogram (unit L2 norm).
     """
-    rgb = np.asarray(image.convert("RGB").resize((_SIDE, _SIDE), Image.BILINEAR))
+    rgb = np.asarray(image.convert("RGB").resize((_SIDE, _SIDE), Image.Resampling.BILINEAR))
     lab = srgb_to_lab(rgb)
     lab = lab.reshape(-1, 3)[foreground_mask(lab)]
     l0, lw = _soft_bin(lab[:, 0], 0, 100, L_BINS)

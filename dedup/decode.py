@@ -30,7 +30,7 @@ from PIL import Image, ImageFile, ImageOps
 DEFAULT_MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 try:  # HEIC/HEIF support when the optional plugin is installed
-    from pillow_heif import register_heif_opener  # type: ignore
+    from pillow_heif import register_heif_opener
 
     register_heif_opener()
 except Exception:  # pragma: no cover - optional
@@ -115,63 +115,73 @@ def load_image(path: str | os.PathLike | io.BytesIO, *, target_size: int | None 
         DecodeError: the file is empty, unreadable, not an image, truncated or
             corrupt, or larger than ``max_pixels``; the message says which.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise DecodeError(f"decompression bomb guard: {exc}") from None
-    except Image.DecompressionBombWarning as exc:
-        raise DecodeError(f"decompression bomb guard: {exc}") from None
-    except FileNotFoundError:
-        raise DecodeError("file not found") from None
-    except PermissionError:
-        raise DecodeError("unreadable: permission denied") from None
-    except IsADirectoryError:
-        raise DecodeError("is a folder") from None
-    except Image.UnidentifiedImageError:
-        size = _size_or_none(path)
-        if size == 0:
-            raise DecodeError("empty file (0 bytes)") from None
-        raise DecodeError("not an image: Pillow cannot identify the content") from None
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason
-        raise DecodeError(_reason(exc)) from None
+    im = _open(path)
     try:
         with im:
-            fmt = im.format or "?"
+            fmt, mode = im.format or "?", im.mode
             width, height = im.size
             if max_pixels is not None and width * height > max_pixels:
                 raise DecodeError(
                     f"decompression bomb guard: declared size {width}x{height} "
                     f"= {width * height} pixels exceeds the limit of {max_pixels}")
             frames = int(getattr(im, "n_frames", 1) or 1)
-            mode = im.mode
-            if target_size and fmt == "JPEG":
-                # libjpeg scales by 1/2, 1/4, 1/8 while keeping >= requested size.
-                scale = min(width, height) / float(target_size)
-                if scale >= 2:
-                    im.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
-            if frames > 1:
-                im.seek(0)
-            im.load()
-            try:
-                orientation = int(im.getexif().get(0x0112, 1))
-                im = ImageOps.exif_transpose(im)
-            except Exception:  # noqa: BLE001 - a broken EXIF block is not fatal
-                orientation = 1
-            if orientation in (5, 6, 7, 8):  # a quarter turn: the upright image is height x width
-                width, height = height, width
-            rgb = _to_rgb(im)
-            if rgb is im:
-                rgb = im.copy()
+            rgb, turned = _pixels(im, fmt, frames, target_size)
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"decompression bomb guard: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason
         raise DecodeError(_reason(exc)) from None
+    if turned:  # a quarter turn: the upright image is height x width
+        width, height = height, width
     note = f"first of {frames} frames" if frames > 1 else ""
     return Decoded(rgb, width, height, fmt, mode, frames, note)
+
+
+_OPEN_ERRORS = {FileNotFoundError: "file not found", PermissionError: "unreadable: permission denied",
+                IsADirectoryError: "is a folder"}
+
+
+def _open(path) -> Image.Image:
+    """``Image.open`` with every failure turned into a :class:`DecodeError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"decompression bomb guard: {exc}") from None
+    except tuple(_OPEN_ERRORS) as exc:
+        raise DecodeError(_OPEN_ERRORS[type(exc)]) from None
+    except Image.UnidentifiedImageError:
+        if _size_or_none(path) == 0:
+            raise DecodeError("empty file (0 bytes)") from None
+        raise DecodeError("not an image: Pillow cannot identify the content") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a reason
+        raise DecodeError(_reason(exc)) from None
+
+
+def _pixels(im: Image.Image, fmt: str, frames: int, target_size: int | None) -> tuple[Image.Image, bool]:
+    """Decode an opened image (draft-scaled JPEG, first frame, EXIF upright) as RGB.
+
+    Returns:
+        ``(rgb, turned)``: a new RGB image, and whether EXIF turned it a quarter turn.
+    """
+    width, height = im.size
+    if target_size and fmt == "JPEG":
+        # libjpeg scales by 1/2, 1/4, 1/8 while keeping >= requested size.
+        scale = min(width, height) / float(target_size)
+        if scale >= 2:
+            im.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
+    if frames > 1:
+        im.seek(0)
+    im.load()
+    try:
+        orientation = int(im.getexif().get(0x0112, 1))
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is not fatal
+        orientation = 1
+    rgb = _to_rgb(im)
+    return (rgb.copy() if rgb is im else rgb), orientation in (5, 6, 7, 8)
 
 
 def _reason(exc: Exception) -> str:

@@ -50,7 +50,7 @@ def digest_files(paths: list[Path], cache: EmbeddingCache | None = None, workers
             out[i] = exc
             continue
         if cache is not None:
-            out[i] = cache.get_digest(cache_key(p), stats[i])
+            out[i] = cache.get_digest(cache_key(p), stats[i])  # type: ignore[arg-type]
     todo = [i for i in range(len(paths)) if out[i] is None]
 
     def one(i: int) -> str | OSError:
@@ -64,7 +64,7 @@ def digest_files(paths: list[Path], cache: EmbeddingCache | None = None, workers
         for i, digest in zip(todo, done):
             out[i] = digest
             if cache is not None and isinstance(digest, str):
-                cache.put_digest(cache_key(paths[i]), stats[i], digest)
+                cache.put_digest(cache_key(paths[i]), stats[i], digest)  # type: ignore[arg-type]
     if cache is not None:
         cache.commit()
     return [d if d is not None else OSError("not hashed") for d in out]

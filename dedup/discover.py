@@ -94,6 +94,28 @@ def _classify(path: Path) -> str | None:
         return "not an image: content matches no known image format"
 
 
+def _keep_dirs(here: Path, dirnames: list[str], include_hidden: bool, skipped: list[Skipped]) -> list[str]:
+    """The sub-folders to walk, sorted; hidden ones are listed as skipped."""
+    kept = []
+    for d in sorted(dirnames):
+        if d.startswith(".") and not include_hidden:
+            skipped.append(Skipped(here / d, "hidden folder (name starts with '.'): not searched"))
+        else:
+            kept.append(d)
+    return kept
+
+
+def _file_reason(path: Path, name: str, include_hidden: bool) -> str | None:
+    """Why a file found by the walk is not taken, or ``None`` when it is an image."""
+    if name.startswith(".") and not include_hidden:
+        return "hidden file"
+    if path.is_symlink() and not path.exists():
+        return "broken symlink"
+    if not path.is_file():
+        return "not a regular file"
+    return _classify(path)
+
+
 def discover(root: str | os.PathLike, *, include_hidden: bool = False) -> tuple[list[Path], list[Skipped]]:
     """Walk ``root`` recursively and split its files into images and skips.
 
@@ -143,25 +165,10 @@ def discover(root: str | os.PathLike, *, include_hidden: bool = False) -> tuple[
             dirnames[:] = []
             continue
         seen_dirs.add(key)
-        kept_dirs = []
-        for d in sorted(dirnames):
-            if d.startswith(".") and not include_hidden:
-                skipped.append(Skipped(here / d, "hidden folder (name starts with '.'): not searched"))
-                continue
-            kept_dirs.append(d)
-        dirnames[:] = kept_dirs
+        dirnames[:] = _keep_dirs(here, dirnames, include_hidden, skipped)
         for name in sorted(filenames):
             path = here / name
-            if name.startswith(".") and not include_hidden:
-                skipped.append(Skipped(path, "hidden file"))
-                continue
-            if path.is_symlink() and not path.exists():
-                skipped.append(Skipped(path, "broken symlink"))
-                continue
-            if not path.is_file():
-                skipped.append(Skipped(path, "not a regular file"))
-                continue
-            reason = _classify(path)
+            reason = _file_reason(path, name, include_hidden)
             if reason is None:
                 images.append(path)
             else:

@@ -11,6 +11,7 @@ against exact search for the defaults.
 from __future__ import annotations
 
 import os
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ class AnnIndex:
         self.n_trees = n_trees
         self.search_k_factor = search_k_factor
         self.seed = seed
-        self._index = None
+        self._index: Any = None
         self.dim = 0
         self.size = 0
 

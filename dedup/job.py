@@ -17,10 +17,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from .lock import Lock
+
+if TYPE_CHECKING:
+    from .pipeline import Result
 
 #: Name of the lock file a run holds in its output folder.
 OUT_LOCK = ".dedup.lock"
@@ -61,12 +65,12 @@ class ViewOptions:
         if self.method not in ("group", "hierarchical", "kmeans"):
             raise ValueError(f"method must be group, hierarchical or kmeans, got {self.method!r}")
         checks = [("sim", self.sim, 0.0, 1.0), ("time_weight", self.time_weight, 0.0, math.inf)]
-        for name, value, lo, hi in checks:
-            if not (isinstance(value, (int, float)) and lo <= value <= hi):
-                raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value!r}")
-        for name, value in (("k", self.k), ("min_size", self.min_size), ("pca", self.pca)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name, number, lo, hi in checks:
+            if not (isinstance(number, (int, float)) and lo <= number <= hi):
+                raise ValueError(f"{name} must lie in [{lo}, {hi}], got {number!r}")
+        for name, count in (("k", self.k), ("min_size", self.min_size), ("pca", self.pca)):
+            if count is not None and (not isinstance(count, int) or count < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {count!r}")
         return self
 
 
@@ -83,7 +87,7 @@ class JobResult:
         moved: :func:`dedup.actions.move_duplicates`'s table, or ``None``.
     """
 
-    result: object
+    result: Result
     out: Path
     duplicate_groups: pd.DataFrame
     links: int = 0
@@ -156,9 +160,9 @@ def run_job(dedup, root: str | os.PathLike, out: str | os.PathLike, *, view: Vie
         if move_duplicates is not None:
             from .actions import move_duplicates as move
 
-            files = result.files
-            job.moved = move(duplicates, root, move_duplicates, files=files)
-            report.atomic_write(out / "moved.csv", lambda p: job.moved.to_csv(p, index=False))
+            moved = move(duplicates, root, move_duplicates, files=result.files)
+            report.atomic_write(out / "moved.csv", lambda p: moved.to_csv(p, index=False))
+            job.moved = moved
     return job
 
 

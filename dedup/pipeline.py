@@ -75,7 +75,7 @@ class Result:
     embeddings: dict[str, np.ndarray]
     indexes: dict[str, AnnIndex]
     colours: np.ndarray
-    pairs: object
+    pairs: Pairs
     exact_pairs: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
     verifier: object = None
@@ -405,7 +405,8 @@ class Deduplicator:
         ok = [i for i in range(len(items)) if i not in got.failed]
         files, dig = [items[i][0] for i in ok], [items[i][1] for i in ok]
         rel = [_shown(f, root) for f in files]
-        facts = [got.facts[i] for i in ok]
+        facts = [f for i in ok if (f := got.facts[i]) is not None]
+        assert len(facts) == len(ok), "every image not failed has its facts"
         emb = {net.name: np.asarray([got.vectors[b][i] for i in ok], np.float32).reshape(len(ok), net.dim)
                for b, net in enumerate(nets)}
         colours = np.asarray([f.colour for f in facts], np.float32).reshape(len(ok), COLOUR_DIM)
@@ -474,7 +475,7 @@ class Deduplicator:
         """A person's decisions as ``i, j, same`` rows: the ``decisions`` file
         (stored in the cache, keyed by content, so later runs keep them) and
         those the cache remembers from earlier runs."""
-        by_digest = {}
+        by_digest: dict[tuple[str, str], bool] = {}
         if self.decisions is not None:
             new = read_decisions(self.decisions)
             where = {p: d for p, d in zip(rel, digests)}
@@ -484,7 +485,8 @@ class Deduplicator:
                             len(unknown), unknown[0])
             for a, b, same in zip(new.path_a, new.path_b, new.same):
                 if a in where and b in where and where[a] != where[b]:
-                    by_digest[tuple(sorted((where[a], where[b])))] = bool(same)
+                    da, db = sorted((where[a], where[b]))
+                    by_digest[(da, db)] = bool(same)
             if cache is not None:
                 cache.put_decisions(by_digest)
         if cache is not None:

@@ -108,11 +108,11 @@ class Searcher:
         rows = []
         for row, qi in enumerate(kept):
             image = images[qi]
-            cand = set()
+            found: set[int] = set()
             for idx, q in zip(self.indexes, Q):
                 ids, _ = idx.query(q[row:row + 1], k)
-                cand.update(int(i) for i in ids[0] if i >= 0)
-            cand = np.array(sorted(cand), dtype=np.int64)
+                found.update(int(i) for i in ids[0] if i >= 0)
+            cand = np.array(sorted(found), dtype=np.int64)
             if len(cand) == 0:
                 continue
             d = np.mean([1.0 - np.asarray(X[cand]) @ q[row] for X, q in zip(self.embeddings, Q)], axis=0)

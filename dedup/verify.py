@@ -81,21 +81,21 @@ class GeometricVerifier:
                 rgb = self.load(i).convert("RGB")
                 s = MAX_SIDE / max(rgb.size)
                 if s < 1:
-                    rgb = rgb.resize((max(1, round(rgb.width * s)), max(1, round(rgb.height * s))), Image.BILINEAR)
+                    rgb = rgb.resize((max(1, round(rgb.width * s)), max(1, round(rgb.height * s))), Image.Resampling.BILINEAR)
                 a = np.asarray(rgb.convert("L"))
                 c = COLOUR_SIDE / max(rgb.size)
-                small = rgb.resize((max(2, round(rgb.width * c)), max(2, round(rgb.height * c))), Image.BILINEAR)
+                small = rgb.resize((max(2, round(rgb.width * c)), max(2, round(rgb.height * c))), Image.Resampling.BILINEAR)
                 lab = srgb_to_lab(np.asarray(small))
                 self._lab[i] = (lab, foreground_mask(lab).reshape(lab.shape[:2]), a.shape[1])
-                sift = cv2.SIFT_create(nfeatures=self.n_features)
-                out = []
+                sift = cv2.SIFT_create(nfeatures=self.n_features)  # type: ignore[attr-defined]
+                out: list[tuple[np.ndarray, np.ndarray | None]] = []
                 for arr in (a, np.ascontiguousarray(a[:, ::-1])):
                     kp, des = sift.detectAndCompute(arr, None)
                     if des is None or len(kp) == 0:
                         out.append((np.zeros((0, 2), np.float32), None))
                         continue
                     des = np.sqrt(des / (des.sum(axis=1, keepdims=True) + 1e-7)).astype(np.float32)
-                    out.append((np.float32([k.pt for k in kp]).reshape(-1, 2), des))
+                    out.append((np.array([k.pt for k in kp], np.float32).reshape(-1, 2), des))
                 self._feats[i] = out
             except Exception:  # noqa: BLE001 - an unreadable image verifies nothing
                 self._feats[i] = [(np.zeros((0, 2), np.float32), None)] * 2

@@ -161,7 +161,7 @@ def cluster(X: np.ndarray, method: str = "hierarchical", sim: float = 0.5, k: in
     out = np.full(n, -1, np.int64)
     nxt = 0
     seen: dict[int, int] = {}
-    for i, lab in enumerate(labels):
+    for i, lab in enumerate(labels.tolist()):
         if lab < 0:
             continue
         if lab not in seen:

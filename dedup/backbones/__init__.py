@@ -7,6 +7,8 @@ weights resolved by :mod:`dedup.backbones.weights`).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import logging
 
 from .base import Backbone, l2_normalise
@@ -71,7 +73,7 @@ def select_backbones(spec: str | list | tuple = "auto", weights_dir: str | None 
             b.check_weights()
         return list(spec), "backbones given by the caller"
     if isinstance(spec, str) and spec.strip().lower() == "auto":
-        card = [make_backbone(n, weights_dir) for n in CARD_ENSEMBLE]
+        card: list[Any] = [make_backbone(n, weights_dir) for n in CARD_ENSEMBLE]  # KerasBackbone, with .spec
         missing = []
         for b in card:
             try:

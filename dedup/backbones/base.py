@@ -66,7 +66,7 @@ class Backbone(ABC):
         centre-cropped: a catalogue photo's product may sit off-centre.
         """
         s = self.input_size
-        return np.asarray(image.convert("RGB").resize((s, s), Image.BILINEAR), dtype=np.uint8)
+        return np.asarray(image.convert("RGB").resize((s, s), Image.Resampling.BILINEAR), dtype=np.uint8)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Embeddings of a batch of prepared images.

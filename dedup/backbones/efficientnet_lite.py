@@ -9,6 +9,8 @@ STDDEV_RGB = 128); embedding: global average pool of the 1280-channel head.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import os
 
 import numpy as np
@@ -29,7 +31,7 @@ class EfficientNetLite0(Backbone):
 
     def __init__(self, num_threads: int | None = None):
         self.num_threads = num_threads
-        self._model = None
+        self._model: Any = None
 
     def _weights_path(self) -> str:
         try:
@@ -67,7 +69,7 @@ class EfficientNetLite0(Backbone):
         model.load_state_dict(state)
         model.eval()
         self._model = model
-        self._fast = None
+        self._fast: Any = None
         if not self.trace_pooled:
             return
         # TorchScript trace + freeze (folds batch norm into the convolutions)

@@ -17,6 +17,9 @@ used only when asked and no file exists.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import os
 
 import numpy as np
@@ -59,8 +62,8 @@ class KerasBackbone(Backbone):
         self.weights_dir = weights_dir
         self.allow_download = allow_download
         self.spec = spec or expected_spec(name)
-        self._path = None
-        self._fn = None
+        self._path: Path | None = None
+        self._fn: Any = None
 
     def check_weights(self) -> None:
         """See :meth:`dedup.backbones.base.Backbone.check_weights`."""

@@ -186,7 +186,7 @@ def resolve_weights(spec: WeightsSpec, weights_dir: str | os.PathLike | None = N
             and the offline alternative. The file found is left untouched.
     """
     st = weights_status(spec, weights_dir)
-    if st.status == "verified":
+    if st.status == "verified" and st.path is not None:
         return st.path, f"found in {st.path.parent}"
     if st.status == "wrong hash":
         raise WeightsError(
