@@ -15,11 +15,11 @@ import argparse
 import time
 
 import numpy as np
+from _common import BENCH, ROOT, machine, write
 from PIL import Image
 
-from _common import BENCH, ROOT, machine, write
 from dedup.backbones import EfficientNetLite0
-from dedup.cache import EmbeddingCache
+from dedup.cache import Cache
 from dedup.index import DEFAULT_N_TREES, SEARCH_K_FACTOR, AnnIndex, exact_knn, recall_at_k
 
 
@@ -36,7 +36,7 @@ def augmented(path, rng, copies):
 def embeddings(copies: int) -> np.ndarray:
     net = EfficientNetLite0()
     net.check_weights()
-    cache = EmbeddingCache(ROOT / "benchmarks" / ".cache" / "ann.sqlite")
+    cache = Cache(ROOT / "benchmarks" / ".cache" / "ann.sqlite")
     key = f"ukbench-dev-tiles{copies}"
     got = cache.get_embeddings([key], "ann-bench", net.weights_id, 600 * (copies + 1) * net.dim)
     if key in got:
@@ -80,7 +80,7 @@ def main() -> None:
                          "build_s": build, "query_ms": query * 1000,
                          "default": n_trees == DEFAULT_N_TREES and factor == SEARCH_K_FACTOR})
             print(rows[-1], flush=True)
-    md = [f"# Annoy recall@10 vs exact search\n",
+    md = ["# Annoy recall@10 vs exact search\n",
           f"{len(X)} real images (ukbench-dev photos + {args.copies} grid tiles of each), efficientnet-lite0 "
           f"embeddings ({X.shape[1]}-d), {len(Q)} queries, angular metric. Machine: {machine()}.\n",
           "| n_trees | search_k = n_trees x k x | recall@10 | build (s) | query (ms) |",

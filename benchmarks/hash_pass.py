@@ -18,6 +18,7 @@ import time
 import types
 
 from _common import BENCH, ROOT, machine, write
+
 from dedup.hashing import near_duplicate_pairs, phash_files
 
 TARGET = ROOT / "benchmarks" / ".cache" / "imagededup"

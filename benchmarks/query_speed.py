@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
-
 from _common import BENCH, ROOT, machine, write
 from ann_recall import embeddings as tiles9
+from PIL import Image
+
 from dedup.backbones import EfficientNetLite0
-from dedup.cache import EmbeddingCache
+from dedup.cache import Cache
 from dedup.index import AnnIndex
 from dedup.query import Searcher
 
@@ -32,7 +32,7 @@ from dedup.query import Searcher
 def tiles16(n_photos: int) -> np.ndarray:
     net = EfficientNetLite0()
     net.check_weights()
-    cache = EmbeddingCache(ROOT / "benchmarks" / ".cache" / "ann.sqlite")
+    cache = Cache(ROOT / "benchmarks" / ".cache" / "ann.sqlite")
     key = f"ukbench-dev-tiles16-{n_photos}"
     got = cache.get_embeddings([key], "query-bench", net.weights_id, n_photos * 16 * net.dim)
     if key in got:

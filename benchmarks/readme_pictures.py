@@ -16,9 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import BENCH, ROOT
 from PIL import Image, ImageDraw
 
-from _common import BENCH, ROOT
 from dedup.query import Searcher
 
 DOCS = ROOT / "docs"

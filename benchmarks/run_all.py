@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH, ROOT, RESULTS, machine, replace_readme_block, write  # noqa: E402
+from _common import BENCH, RESULTS, ROOT, machine, replace_readme_block, write  # noqa: E402
 from edits import build_edited_set  # noqa: E402
 
-from dedup.bench import run_bench  # noqa: E402
+from dedup.evaluate import run_bench  # noqa: E402
 from dedup.pipeline import Deduplicator  # noqa: E402
 
 SETS = ("products-flipkart", "ukbench-dev", "inshop-women", "robustness", "edited-inshop", "edited-ukbench")

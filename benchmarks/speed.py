@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import BENCH, ROOT, machine, write
 from PIL import Image
 
-from _common import BENCH, ROOT, machine, write
 from dedup.backbones import EfficientNetLite0, KerasBackbone
 from dedup.backbones.weights import KERAS_WEIGHTS, WeightsError, WeightsSpec, file_md5
 from dedup.pipeline import Deduplicator
@@ -117,7 +117,7 @@ def main() -> None:
     cold_warm = {"cold_s": times[0], "warm_s": times[1], "speedup": times[0] / times[1],
                  "cold_run_s": runs[0], "warm_run_s": runs[1], "run_speedup": runs[0] / runs[1]}
     print(cold_warm)
-    md = [f"# Speed on this CPU\n", f"Machine: {machine()}; {len(files)} ukbench-dev photos (320x240 JPEG), batch 32. "
+    md = ["# Speed on this CPU\n", f"Machine: {machine()}; {len(files)} ukbench-dev photos (320x240 JPEG), batch 32. "
           "Produced by `python benchmarks/speed.py`.\n",
           "| backbones | weights | model-only img/s | end-to-end img/s | end-to-end / model-only |",
           "|---|---|---|---|---|"]

@@ -24,7 +24,7 @@ What the cache trusts, and what it refuses:
   table is dropped (it lacked the ctime and inode), everything keyed by
   content is kept.
 * A stored vector of the wrong length is treated as a miss.
-* While a :class:`EmbeddingCache` is open, its process holds an exclusive
+* While a :class:`Cache` is open, its process holds an exclusive
   lock (``NAME.lock``); a second run on the same cache fails at once with
   :class:`dedup.lock.BusyError` instead of interleaving with the first.
 """
@@ -82,7 +82,7 @@ class CacheError(RuntimeError):
     """The cache path cannot be used; ``str(err)`` names the path and the cause."""
 
 
-class EmbeddingCache:
+class Cache:
     """SQLite store of digests, perceptual hashes, colour descriptors and embeddings.
 
     Args:
@@ -198,7 +198,7 @@ class EmbeddingCache:
                 self._closed = True
                 self._lock.release()
 
-    def __enter__(self) -> "EmbeddingCache":
+    def __enter__(self) -> "Cache":
         return self
 
     def __exit__(self, *exc) -> None:

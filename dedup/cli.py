@@ -152,7 +152,7 @@ def _make(args) -> P.Deduplicator:
     backbones = "style-lite0" if args.similarity == "style" else args.backbones
     grouping = GroupingParams(**{name: getattr(args, name) for name in GroupingParams.help()})
     return P.Deduplicator(
-        backbones=backbones, grouping=grouping, verify=not args.no_verify, k=args.neighbours,
+        backbones=backbones, grouping=grouping, verify=not args.no_verify, n_neighbours=args.neighbours,
         model_path=args.pair_model, decisions=args.decisions,
         phash_max_distance=DEFAULT_PHASH_MAX_DISTANCE if args.phash_distance is None else args.phash_distance,
         batch_size=args.batch_size, workers=args.workers, processes=args.processes, cache=cache, weights_dir=args.weights_dir,
@@ -225,7 +225,8 @@ def cmd_undo(args) -> int:
 
 def cmd_bench(args) -> int:
     """`bench LABELS.csv`: run on a labelled set and write bench.json / bench.md / sweep.png."""
-    from .bench import BENCH_JSON, BENCH_MD, run_bench
+    from .evaluate import run_bench
+    from .report import BENCH_JSON, BENCH_MD
 
     labels = Path(args.labels)
     if not labels.is_file():
@@ -253,8 +254,7 @@ def cmd_evaluate(args) -> int:
     """`evaluate GROUPS.csv LABELS.csv`: print the metrics of an existing run."""
     import json
 
-    from .bench import read_labels
-    from .evaluate import evaluate
+    from .evaluate import evaluate, read_labels
 
     m = evaluate(read_labels(args.groups), read_labels(args.labels))
     if args.json:

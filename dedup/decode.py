@@ -1,4 +1,5 @@
-"""Stage 2, decode: open any supported image safely as 8-bit RGB.
+"""Decoding (for stage 3, decode + embed, and every reader of pixels): open any
+supported image safely as 8-bit RGB.
 
 * EXIF orientation is applied (``ImageOps.exif_transpose``), so a phone photo
   stored sideways is seen upright.
@@ -21,6 +22,8 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import PIL
@@ -203,3 +206,27 @@ def _size_or_none(path) -> int | None:
 
 # Truncated files must be reported, not silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def capture_times(paths: list[Path]) -> np.ndarray:
+    """Capture time of each image as POSIX seconds (float64).
+
+    EXIF DateTimeOriginal (tag 36867) when present and parseable, else the
+    file's modification time; NaN when neither can be read.
+    """
+    out = np.full(len(paths), np.nan)
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                raw = im.getexif().get_ifd(0x8769).get(36867) or im.getexif().get(306)
+            if raw:
+                out[i] = datetime.strptime(str(raw).strip("\x00 "), "%Y:%m:%d %H:%M:%S").timestamp()
+                continue
+        except Exception:  # noqa: BLE001 - unreadable EXIF falls back to mtime
+            pass
+        try:
+            out[i] = os.stat(p).st_mtime
+        except OSError:
+            pass
+    return out
+

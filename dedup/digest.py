@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .cache import EmbeddingCache
+from .cache import Cache
 from .hashing import sha256_file
 
 
@@ -26,7 +26,7 @@ def cache_key(path: Path) -> bytes:
     return os.fsencode(path.resolve())
 
 
-def digest_files(paths: list[Path], cache: EmbeddingCache | None = None, workers: int = 2,
+def digest_files(paths: list[Path], cache: Cache | None = None, workers: int = 2,
                  progress: bool = True) -> list[str | OSError]:
     """SHA-256 of each file.
 

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backbones import Backbone
-from .cache import EmbeddingCache
+from .cache import Cache
 from .colour import DIM as COLOUR_DIM
 from .colour import colour_descriptor
 from .decode import DECODER_ID, DecodeError, load_image
@@ -112,7 +112,7 @@ class _Batcher:
     """Collects decoded items and runs each backbone on full batches."""
 
     def __init__(self, nets: list[Backbone], out: Embedded, digests: list[str],
-                 cache: EmbeddingCache | None, batch_size: int):
+                 cache: Cache | None, batch_size: int):
         self.nets, self.out, self.digests, self.cache, self.batch_size = nets, out, digests, cache, batch_size
         self.items: list[int] = []
         self.inputs: list[list] = [[] for _ in nets]
@@ -148,7 +148,7 @@ def _executor(workers: int, processes: int) -> Executor:
     return ThreadPoolExecutor(max(1, workers))
 
 
-def _from_cache(digests: list[str], nets: list[Backbone], cache: EmbeddingCache, decoder: str, out: Embedded) -> None:
+def _from_cache(digests: list[str], nets: list[Backbone], cache: Cache, decoder: str, out: Embedded) -> None:
     """Fill ``out`` with what the cache holds for these digests."""
     for i, d in enumerate(digests):
         row = cache.get_file(d)
@@ -166,7 +166,7 @@ def _from_cache(digests: list[str], nets: list[Backbone], cache: EmbeddingCache,
 
 
 def decode_and_embed(paths: list[Path], digests: list[str], nets: list[Backbone],
-                     cache: EmbeddingCache | None = None, *, batch_size: int = 32, workers: int = 2,
+                     cache: Cache | None = None, *, batch_size: int = 32, workers: int = 2,
                      processes: int = 0, max_pixels: int | None = None, progress: bool = True) -> Embedded:
     """Facts and embeddings of every file, decoding only what the cache lacks.
 
@@ -240,7 +240,7 @@ def _decode_window(paths, digests, nets, todo, cache, decoder, out: Embedded, ba
     bar.close()
 
 
-def _take(i: int, res: tuple, digests: list[str], paths: list[Path], cache: EmbeddingCache | None, decoder: str,
+def _take(i: int, res: tuple, digests: list[str], paths: list[Path], cache: Cache | None, decoder: str,
           out: Embedded, batcher: _Batcher) -> None:
     """Record one decoded file (or why it failed)."""
     digest, reason, facts, prepared = res

@@ -21,10 +21,17 @@ same images:
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 from sklearn.metrics.cluster import contingency_matrix
+
+from .calibration import expected_calibration_error
+from .grouping import STAGES
+from .report import write_bench, write_report
 
 
 def _comb2(x: np.ndarray) -> float:
@@ -169,3 +176,140 @@ def evaluate(groups: pd.DataFrame, labels: pd.DataFrame, embeddings: np.ndarray 
             rows = row_of.pred[ok].astype(float).astype(int).to_numpy()
             out["ns_score"] = ns_score(np.asarray(embeddings)[rows], a.true.to_numpy()[ok])
     return out
+
+
+def read_labels(labels_csv: str | os.PathLike) -> pd.DataFrame:
+    """Read a ``path,group`` CSV.
+
+    Raises:
+        ValueError: the columns are missing.
+    """
+    labels = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
+    if not {"path", "group"} <= set(labels.columns):
+        raise ValueError(f"{labels_csv}: needs columns path,group (has {list(labels.columns)})")
+    return labels
+
+
+
+def _labels_frame(result, grouping) -> pd.DataFrame:
+    return pd.DataFrame({"path": result.groups.path, "group": grouping.labels})
+
+
+
+def run_bench(labels_csv: str | os.PathLike, dedup, out: str | os.PathLike,
+              sweep: np.ndarray | None = None, backbones=None) -> dict:
+    """Run ``dedup`` on the images of a labelled set, score it, write reports.
+
+    Args:
+        labels_csv: a ``path,group`` CSV; paths relative to its folder.
+        dedup: a configured :class:`dedup.pipeline.Deduplicator`.
+        out: output folder (the run's report and the bench files).
+        sweep: ``--min-confidence`` levels for the sweep; default 0.5..0.99 in
+            steps of 0.05 plus the configured level.
+        backbones: the output of ``dedup.check()`` when already called.
+
+    Returns:
+        The dict written to ``bench.json``.
+    """
+    labels_csv = Path(labels_csv)
+    labels = read_labels(labels_csv)
+    result = dedup.run(labels_csv.parent, files=list(labels.path), backbones=backbones)
+    write_report(result, out)
+    out = Path(out)
+    emb = result.ensemble_embeddings()
+    metrics = evaluate(result.groups, labels, emb, list(result.groups.path))
+    truth = labels.set_index("path").group.reindex(result.groups.path).to_numpy()
+    known = pd.notna(truth) & ~pd.Series(truth).astype(str).str.startswith("_").to_numpy()
+    metrics["recall_at_1"] = recall_at_1(result.fused_ids, truth, known)
+    ij = result.pairs.ij
+    same = (truth[ij[:, 0]] == truth[ij[:, 1]]) & known[ij[:, 0]] & known[ij[:, 1]]
+    metrics["calibration_ece"] = round(expected_calibration_error(result.confidence, same), 4)
+    metrics["pairs_to_review"] = int(len(result.review))
+    if "edit" in labels.columns:
+        metrics["copies_found_by_edit"] = copies_found(result.groups, labels)
+
+    per_stage = {s: int((result.groups.stage == s).sum()) for s in STAGES}
+    levels = np.round(np.arange(0.5, 0.991, 0.05), 4) if sweep is None else np.asarray(sweep, float)
+    default = dedup.grouping_params().min_confidence
+    levels = np.unique(np.append(levels, default))
+    rows = []
+    for c in levels:
+        g = dedup.regroup(result, min_confidence=float(c), review_confidence=min(float(c), 0.5))
+        m = evaluate(_labels_frame(result, g), labels)
+        rows.append({"min_confidence": float(c), "precision": m["pairwise"]["precision"],
+                     "recall": m["pairwise"]["recall"], "f1": m["pairwise"]["f1"], "bcubed_f1": m["bcubed"]["f1"],
+                     "predicted_groups": m["predicted_groups"], "default": bool(np.isclose(c, default))})
+    sweep_df = pd.DataFrame(rows)
+
+    secs = result.meta["seconds"]
+    n = len(result.groups)
+    data = {
+        "labels": str(labels_csv),
+        "dataset": labels_csv.parent.name,
+        **metrics,
+        "joined_by_stage": per_stage,
+        "sweep": rows,
+        "images_per_second_end_to_end": round(n / secs["total"], 2) if secs["total"] else None,
+        "images_per_second_inference": result.meta.get("images_per_second_inference"),
+        "seconds": secs,
+        "backbones": [b["name"] for b in result.meta["backbones"]],
+        "backbone_selection": result.meta["backbone_selection"],
+        "pair_model": result.meta["pair_model"],
+        "settings": result.meta["settings"],
+        "counts": result.meta["counts"],
+    }
+    write_bench(data, sweep_df, default, out)
+    return data
+
+
+
+def recall_at_1(fused_ids: np.ndarray, truth: np.ndarray, known: np.ndarray | None = None) -> float | None:
+    """Nearest-neighbour recall@1 in the colour-fused space: the share of
+    images with at least one other image of their group whose nearest
+    neighbour is of their group.
+
+    Args:
+        fused_ids: ``(n, k)`` int64 kNN ids, nearest first (the image itself
+            may come first and is skipped).
+        truth: ``(n,)`` true group per image; known: ``(n,)`` bool, rows to count.
+
+    Returns:
+        A share in [0, 1], or ``None`` when no image has a partner.
+    """
+    truth = pd.Series(truth).astype(str).to_numpy()
+    n = len(truth)
+    known = np.ones(n, bool) if known is None else np.asarray(known, bool)
+    if n == 0 or fused_ids.size == 0:
+        return None
+    sizes = pd.Series(truth[known]).value_counts()
+    has_partner = known & (pd.Series(truth).map(sizes).fillna(0).to_numpy() > 1)
+    first = np.where(fused_ids[:, 0] == np.arange(n), fused_ids[:, 1] if fused_ids.shape[1] > 1 else -1,
+                     fused_ids[:, 0])
+    ok = has_partner & (first >= 0)
+    if not ok.any():
+        return None
+    return round(float((truth[first[ok]] == truth[ok]).mean()), 4)
+
+
+
+def copies_found(groups: pd.DataFrame, labels: pd.DataFrame) -> dict:
+    """For an edited-copy set (labels with an ``edit`` column): per edit kind,
+    the share of copies in the same predicted group as their original.
+
+    Returns:
+        ``{kind: {"copies": int, "found": int, "share": float}}`` plus ``"all"``.
+    """
+    g = groups.set_index("path").group
+    lab = labels.copy()
+    lab["edit"] = lab["edit"].fillna("").astype(str)
+    originals = lab[lab.edit == ""].set_index("group").path
+    copies = lab[lab.edit != ""]
+    out: dict = {}
+    for kind, rows in list(copies.groupby("edit")) + [("all", copies)]:
+        found = sum(1 for r in rows.itertuples()
+                    if r.group in originals.index and r.path in g.index and originals[r.group] in g.index
+                    and g[r.path] == g[originals[r.group]])
+        out[str(kind)] = {"copies": int(len(rows)), "found": int(found),
+                          "share": round(found / len(rows), 4) if len(rows) else 1.0}
+    return out
+

@@ -64,7 +64,7 @@ class GroupingParams:
     colour_weight: float = _param(
         0.75, "share of the colour histogram in the fused kNN search (0 = embedding only)", 0.0, 1.0)
     phash_colour_cutoff: float = _param(
-        0.35, "largest colour distance of a pHash near-duplicate that joins in the exact pass", 0.0, 1.0)
+        0.35, "largest colour distance of a pHash near-duplicate that joins in the hash pass", 0.0, 1.0)
     k_context: int = _param(10, "neighbours averaged for the contextual distance", 1, 1000, int)
 
     def __post_init__(self) -> None:
@@ -342,7 +342,7 @@ class _Clusters:
         self.members[ra] += self.members.pop(rb)
 
 
-def group(n: int, pairs: Pairs, confidence: np.ndarray, exact_pairs: dict[str, np.ndarray],
+def group(n: int, pairs: Pairs, confidence: np.ndarray, hash_pairs: dict[str, np.ndarray],
           params: GroupingParams | None = None, decisions: pd.DataFrame | None = None) -> Grouping:
     """Decide the groups (see the module docstring for the rules).
 
@@ -350,7 +350,7 @@ def group(n: int, pairs: Pairs, confidence: np.ndarray, exact_pairs: dict[str, n
         n: number of images.
         pairs: scored candidate pairs (:func:`score_pairs`).
         confidence: ``(m,)`` float64 calibrated P(same product) per pair.
-        exact_pairs: ``{"sha256": (e, 2), "phash": (e, 2)}`` int64 pairs.
+        hash_pairs: ``{"sha256": (e, 2), "phash": (e, 2)}`` int64 pairs.
         params: settings (:class:`GroupingParams`).
         decisions: optional DataFrame ``i, j, same`` (int, int, bool) of a
             person's decisions on pairs (indexes into the images).
@@ -366,8 +366,8 @@ def group(n: int, pairs: Pairs, confidence: np.ndarray, exact_pairs: dict[str, n
         for a, b, same in zip(decisions.i, decisions.j, decisions.same):
             key = (min(int(a), int(b)), max(int(a), int(b)))
             (confirmed.append(key) if same else rejected.add(key))
-    sha = np.asarray(exact_pairs.get("sha256", np.zeros((0, 2))), np.int64).reshape(-1, 2)
-    ph = np.sort(np.asarray(exact_pairs.get("phash", np.zeros((0, 2))), np.int64).reshape(-1, 2), axis=1)
+    sha = np.asarray(hash_pairs.get("sha256", np.zeros((0, 2))), np.int64).reshape(-1, 2)
+    ph = np.sort(np.asarray(hash_pairs.get("phash", np.zeros((0, 2))), np.int64).reshape(-1, 2), axis=1)
     ph_rows = np.array([pos.get((int(a), int(b)), -1) for a, b in ph], np.int64)
     ph_ok = np.array([r >= 0 and pairs.colour[r] <= p.phash_colour_cutoff for r in ph_rows], bool)
 

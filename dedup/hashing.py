@@ -1,4 +1,4 @@
-"""Stage 3, the exact pass: SHA-256 digests and perceptual hashes.
+"""Stage 4, the hash pass: byte-identical files (SHA-256) and perceptual-hash near-duplicates.
 
 * Byte-identical files share a SHA-256 digest (FIPS 180-4).
 * Re-encoded, resized or recompressed copies share (nearly) the same
@@ -98,7 +98,7 @@ def near_duplicate_pairs(codes: np.ndarray, max_distance: int = DEFAULT_PHASH_MA
     return np.concatenate(out_p).astype(np.int64), np.concatenate(out_d)
 
 
-def exact_pass(digests: list[str], codes: np.ndarray,
+def hash_pass(digests: list[str], codes: np.ndarray,
                max_distance: int = DEFAULT_PHASH_MAX_DISTANCE) -> dict[str, np.ndarray]:
     """The exact and near-exact pass: byte-identical files and pHash matches.
 

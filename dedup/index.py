@@ -11,8 +11,8 @@ against exact search for the defaults.
 from __future__ import annotations
 
 import os
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +90,28 @@ class AnnIndex:
             ids[r, :len(found)] = found
             dists[r, :len(found)] = np.asarray(d, np.float32) ** 2 / 2.0
         return ids, dists
+
+
+def build_indexes(vectors: dict[str, np.ndarray], k: int, n_trees: int = DEFAULT_N_TREES,
+                  search_k_factor: int = SEARCH_K_FACTOR) -> tuple[dict[str, AnnIndex], list[np.ndarray]]:
+    """Stage 5, index: one Annoy index per matrix and each row's ``k`` nearest.
+
+    Args:
+        vectors: name -> ``(n, d)`` float32 L2-normalised rows.
+        k: neighbours per row (the row itself comes first, so ``k + 1`` ids).
+
+    Returns:
+        ``(indexes, neighbour_ids)``: name -> :class:`AnnIndex` (empty when
+        ``n == 0``) and, per matrix, ``(n, k + 1)`` int64 ids (-1 padded).
+    """
+    indexes, ids = {}, []
+    for name, X in vectors.items():
+        if len(X) == 0:
+            ids.append(np.zeros((0, k + 1), np.int64))
+            continue
+        indexes[name] = AnnIndex(n_trees, search_k_factor).build(X)
+        ids.append(indexes[name].query(X, k + 1)[0])
+    return indexes, ids
 
 
 def exact_knn(X: np.ndarray, Q: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:

@@ -169,11 +169,13 @@ def run_job(dedup, root: str | os.PathLike, out: str | os.PathLike, *, view: Vie
 def _apply_view(result, view: ViewOptions, out: Path) -> None:
     """Replace ``result.groups`` by the view's clusters (a copy; moves never see it)."""
     from . import views
+    from .decode import capture_times
     from .pipeline import group_counts
+    from .report import plot_dendrogram
 
     if view.method == "group":
         return
-    times = views.capture_times(result.files) if view.time_weight > 0 else None
+    times = capture_times(result.files) if view.time_weight > 0 else None
     labels, Z = views.cluster(result.ensemble_embeddings(), method=view.method, sim=view.sim, k=view.k,
                               min_size=view.min_size, pca=view.pca, times=times, time_weight=view.time_weight)
     result.groups = views.relabel(result.groups, labels, view.method)
@@ -182,25 +184,26 @@ def _apply_view(result, view: ViewOptions, out: Path) -> None:
                             "linkage": "average (UPGMA), cosine"}
     result.meta["counts"].update(group_counts(result.groups))
     if Z is not None:
-        views.plot_dendrogram(Z, out / "dendrogram.png", cut=1 - view.sim)
+        plot_dendrogram(Z, out / "dendrogram.png", cut=1 - view.sim)
 
 
 def _write_pictures(job: JobResult, view: ViewOptions, root: Path) -> None:
     """The gallery (thumbnails cached), the t-SNE map and the symlink folders."""
-    from . import views
-    from .cache import EmbeddingCache
+    from .cache import Cache
+    from .links import link_clusters
+    from .report import plot_map, write_gallery
 
     result = job.result
     if view.gallery:
         path = result.meta["settings"].get("cache")
-        cache = EmbeddingCache(path) if path else None
+        cache = Cache(path) if path else None
         try:
-            views.write_gallery(result.groups, root, job.out / "gallery.html", title=f"dedup: {root}",
+            write_gallery(result.groups, root, job.out / "gallery.html", title=f"dedup: {root}",
                                 files=result.files, cache=cache, review=result.review)
         finally:
             if cache is not None:
                 cache.close()
     if view.map:
-        views.plot_map(result.ensemble_embeddings(), result.groups.group.to_numpy(), job.out / "map.png")
+        plot_map(result.ensemble_embeddings(), result.groups.group.to_numpy(), job.out / "map.png")
     if view.link_dir:
-        job.links = views.link_clusters(result.groups, root, view.link_dir, files=result.files)
+        job.links = link_clusters(result.groups, root, view.link_dir, files=result.files)

@@ -1,8 +1,22 @@
 """The whole run as one library call: :class:`Deduplicator`.
 
-``Deduplicator(...).run(DIR)`` wires the stages (discover, decode, exact
-pass, embed, index, group) and returns a :class:`Result`; the CLI only
-parses arguments, calls this and :func:`dedup.report.write_report`.
+``Deduplicator(...).run(DIR)`` is a short sequence of stages, each a function
+of its own module, usable alone:
+
+1. discover (:func:`dedup.discover.discover`): image files by content;
+2. digest (:func:`dedup.digest.digest_files`): SHA-256, cached by file identity;
+3. decode + embed (:func:`dedup.embed.decode_and_embed`): pHash, colour,
+   one embedding per backbone, cached by content;
+4. hash pass (:func:`dedup.hashing.hash_pass`): byte-identical files and
+   pHash near-duplicates;
+5. index (:func:`dedup.index.build_indexes`): Annoy per backbone and over the
+   colour-fused vectors, each image's nearest neighbours;
+6. group (:mod:`dedup.grouping`, :mod:`dedup.verify`, :mod:`dedup.calibration`):
+   candidate pairs, their evidence, the calibrated decision, the groups;
+7. report (:mod:`dedup.report`), written by :func:`dedup.job.run_job` or the caller.
+
+:func:`dedup.job.run_job` adds the guards, the output lock, views, the
+gallery and moving duplicates; the CLI only parses arguments and calls it.
 """
 from __future__ import annotations
 
@@ -16,19 +30,20 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from . import __version__
 from .backbones import Backbone, select_backbones
-from .cache import EmbeddingCache
+from .cache import Cache
 from .calibration import PairModel, pair_features
 from .colour import DIM as COLOUR_DIM
 from .decode import DEFAULT_MAX_PIXELS, load_image
 from .digest import digest_files
 from .discover import Skipped, discover
 from .embed import decode_and_embed
-from .grouping import (STAGES, Grouping, GroupingParams, Pairs, candidate_pairs, fused_vectors, group,
-                       score_pairs)
-from .hashing import DEFAULT_PHASH_MAX_DISTANCE, exact_pass
-from .index import DEFAULT_N_TREES, SEARCH_K_FACTOR, AnnIndex
+from .grouping import STAGES, Grouping, GroupingParams, Pairs, candidate_pairs, fused_vectors, group, score_pairs
+from .hashing import DEFAULT_PHASH_MAX_DISTANCE, hash_pass
+from .index import DEFAULT_N_TREES, SEARCH_K_FACTOR, AnnIndex, build_indexes
+from .verify import GeometricVerifier
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +91,9 @@ class Result:
     indexes: dict[str, AnnIndex]
     colours: np.ndarray
     pairs: Pairs
-    exact_pairs: dict = field(default_factory=dict)
+    hash_pairs: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
-    verifier: object = None
+    verifier: GeometricVerifier | None = None
     files: list = field(default_factory=list)
     confidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
     review: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -132,28 +147,6 @@ class _ImageAt:
         return load_image(self.files[i], target_size=self.side, max_pixels=self.max_pixels).image
 
 
-def build_indexes(vectors: dict[str, np.ndarray], k: int, n_trees: int = DEFAULT_N_TREES,
-                  search_k_factor: int = SEARCH_K_FACTOR) -> tuple[dict[str, AnnIndex], list[np.ndarray]]:
-    """Stage 5, index: one Annoy index per matrix and each row's ``k`` nearest.
-
-    Args:
-        vectors: name -> ``(n, d)`` float32 L2-normalised rows.
-        k: neighbours per row (the row itself comes first, so ``k + 1`` ids).
-
-    Returns:
-        ``(indexes, neighbour_ids)``: name -> :class:`AnnIndex` (empty when
-        ``n == 0``) and, per matrix, ``(n, k + 1)`` int64 ids (-1 padded).
-    """
-    indexes, ids = {}, []
-    for name, X in vectors.items():
-        if len(X) == 0:
-            ids.append(np.zeros((0, k + 1), np.int64))
-            continue
-        indexes[name] = AnnIndex(n_trees, search_k_factor).build(X)
-        ids.append(indexes[name].query(X, k + 1)[0])
-    return indexes, ids
-
-
 def groups_table(rel: list[str], grouping: Grouping, facts: list, digests: list[str]) -> pd.DataFrame:
     """``groups.csv``: one row per image (see :class:`Result`)."""
     n = len(rel)
@@ -204,7 +197,7 @@ def group_counts(groups: pd.DataFrame) -> dict:
 class _CachedVerify:
     """Geometric verification that reuses results stored in the cache (keyed by content)."""
 
-    def __init__(self, verifier, cache: EmbeddingCache, digests: list[str]):
+    def __init__(self, verifier, cache: Cache, digests: list[str]):
         self.verifier, self.cache, self.digests = verifier, cache, digests
 
     def __call__(self, ij: np.ndarray) -> np.ndarray:
@@ -239,7 +232,8 @@ class Deduplicator:
         model_path: a pair-model JSON (``None``: the one shipped in the package).
         decisions: a reviewer's decisions CSV (``path_a, path_b, decision``);
             stored in the cache, so later runs keep them.
-        k: neighbours per image from each ANN index.
+        n_neighbours: neighbours per image taken from each ANN index as
+            candidate pairs (the CLI's ``--neighbours``; not the k of k-means).
         phash_max_distance: Hamming distance (bits of 64) of the pHash pass.
         batch_size: images per inference batch.
         workers: decoding threads, overlapped with inference (Pillow releases
@@ -258,7 +252,7 @@ class Deduplicator:
     """
 
     def __init__(self, backbones="auto", grouping: GroupingParams | None = None, verify: bool = True,
-                 k: int = DEFAULT_K, model_path: str | os.PathLike | None = None,
+                 n_neighbours: int = DEFAULT_K, model_path: str | os.PathLike | None = None,
                  decisions: str | os.PathLike | None = None,
                  phash_max_distance: int = DEFAULT_PHASH_MAX_DISTANCE, batch_size: int = 32,
                  workers: int = 2, processes: int = 0, cache=None, weights_dir: str | None = None,
@@ -270,7 +264,7 @@ class Deduplicator:
         self.verify = verify
         self.model_path = model_path
         self.decisions = decisions
-        self.k = k
+        self.n_neighbours = n_neighbours
         self.phash_max_distance = phash_max_distance
         self.batch_size = batch_size
         self.workers = workers
@@ -303,7 +297,7 @@ class Deduplicator:
             ValueError: one line naming the setting and its accepted range.
         """
         self.grouping_params()
-        ints = {"k": (self.k, 1), "batch_size": (self.batch_size, 1), "workers": (self.workers, 1),
+        ints = {"n_neighbours": (self.n_neighbours, 1), "batch_size": (self.batch_size, 1), "workers": (self.workers, 1),
                 "processes": (self.processes, 0), "n_trees": (self.n_trees, 1),
                 "search_k_factor": (self.search_k_factor, 1)}
         for name, (value, lo) in ints.items():
@@ -366,7 +360,7 @@ class Deduplicator:
 
         cache = None
         if self.cache not in (None, False):
-            cache = EmbeddingCache(self.cache)
+            cache = Cache(self.cache)
         try:
             result = self._run(root, paths, skipped, nets, cache, timings)
         finally:
@@ -388,7 +382,7 @@ class Deduplicator:
 
     # ------------------------------------------------------------------
     def _run(self, root: Path, paths: list[Path], skipped: list[Skipped], nets: list[Backbone],
-             cache: EmbeddingCache | None, timings: dict) -> Result:
+             cache: Cache | None, timings: dict) -> Result:
         """The stages in order; each is a function of its own module."""
         skipped_rows = [(_shown(s.path, root), s.reason) for s in skipped]
         with _timed(timings, "sha256"):
@@ -412,13 +406,13 @@ class Deduplicator:
         colours = np.asarray([f.colour for f in facts], np.float32).reshape(len(ok), COLOUR_DIM)
         codes = np.array([f.phash for f in facts], dtype=np.uint64)
 
-        with _timed(timings, "exact_pass"):
-            exact = exact_pass(dig, codes, self.phash_max_distance)
+        with _timed(timings, "hash_pass"):
+            exact = hash_pass(dig, codes, self.phash_max_distance)
         params = self.grouping_params()
         with _timed(timings, "index"):
             fused = fused_vectors(list(emb.values()), colours, params.colour_weight)
-            indexes, neighbour_ids = build_indexes(emb, self.k, self.n_trees, self.search_k_factor)
-            fused_ids = build_indexes({"fused": fused}, self.k, self.n_trees, self.search_k_factor)[1][0]
+            indexes, neighbour_ids = build_indexes(emb, self.n_neighbours, self.n_trees, self.search_k_factor)
+            fused_ids = build_indexes({"fused": fused}, self.n_neighbours, self.n_trees, self.search_k_factor)[1][0]
         with _timed(timings, "group"):
             ij = candidate_pairs(neighbour_ids + [fused_ids], extra=exact["phash"])
             pairs = score_pairs(ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context)
@@ -442,7 +436,7 @@ class Deduplicator:
         return Result(root, df, skipped_df, emb, indexes, colours, pairs, exact, meta, verifier, files,
                       confidence=confidence, review=review, codes=codes, fused_ids=fused_ids)
 
-    def _verify(self, pairs: Pairs, files: list[Path], digests: list[str], cache: EmbeddingCache | None):
+    def _verify(self, pairs: Pairs, files: list[Path], digests: list[str], cache: Cache | None):
         """Fill ``pairs.inliers`` and ``pairs.mismatch`` by geometric verification
         (cached by content); returns the verifier, or ``None`` when disabled."""
         if not self.verify:
@@ -471,7 +465,7 @@ class Deduplicator:
         """The pair model: ``model_path`` when given, else the one shipped in the package."""
         return PairModel.load(self.model_path)
 
-    def _decisions(self, rel: list[str], digests: list[str], cache: EmbeddingCache | None) -> pd.DataFrame:
+    def _decisions(self, rel: list[str], digests: list[str], cache: Cache | None) -> pd.DataFrame:
         """A person's decisions as ``i, j, same`` rows: the ``decisions`` file
         (stored in the cache, keyed by content, so later runs keep them) and
         those the cache remembers from earlier runs."""
@@ -508,7 +502,7 @@ class Deduplicator:
             overrides: any :class:`GroupingParams` field except ``colour_weight``
                 and ``k_context`` (they change the candidates).
         """
-        return group(len(result.groups), result.pairs, result.confidence, result.exact_pairs,
+        return group(len(result.groups), result.pairs, result.confidence, result.hash_pairs,
                      self.grouping_params(**overrides))
 
 

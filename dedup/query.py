@@ -9,7 +9,6 @@ in the catalogue.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 

@@ -13,10 +13,10 @@ import time
 from contextlib import closing
 
 import pandas as pd
+from conftest import ROOT, bench_set, checksums, run_cli
 from PIL import Image
 
-from conftest import ROOT, bench_set, checksums, run_cli
-from dedup.cache import EmbeddingCache
+from dedup.cache import Cache
 
 
 def _catalogue(tmp_path):
@@ -87,7 +87,7 @@ def test_corrupt_cache_is_moved_aside_and_rebuilt(tmp_path):
     assert meta["cache"]["rebuilt_from_corrupt"]
     assert meta["counts"]["embedded"] == 20
     assert list(tmp_path.glob("cache.sqlite.corrupt-*"))
-    with EmbeddingCache(cache) as c:  # the rebuilt cache is healthy and holds the run
+    with Cache(cache) as c:  # the rebuilt cache is healthy and holds the run
         assert c.rebuilt_from is None
 
 
@@ -103,7 +103,7 @@ def test_a_run_killed_mid_way_resumes_from_the_cache(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
         try:
-            # read-only, beside the running job (EmbeddingCache would be refused: the run holds the cache's lock)
+            # read-only, beside the running job (Cache would be refused: the run holds the cache's lock)
             with closing(sqlite3.connect(f"file:{cache}?mode=ro", uri=True, timeout=5)) as c:
                 stored = c.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
         except Exception:

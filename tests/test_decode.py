@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import bench_set, checksums, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import bench_set, checksums, run_cli
 from dedup.decode import DecodeError, load_image
 from dedup.discover import discover, sniff_format
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import bench_set, run_cli
+
 from dedup.evaluate import bcubed_scores, evaluate, ns_score, pairwise_scores
 
 

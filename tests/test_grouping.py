@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import ROOT, bench_set, labels_of, run_cli
 from PIL import Image
 
-from conftest import ROOT, bench_set, labels_of, run_cli
 from dedup.colour import colour_distance
 from dedup.evaluate import pairwise_scores
 from dedup.pipeline import Deduplicator

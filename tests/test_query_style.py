@@ -5,9 +5,9 @@ import shutil
 
 import pandas as pd
 import pytest
+from conftest import bench_set, run_cli
 from PIL import Image
 
-from conftest import bench_set, run_cli
 from dedup.pipeline import Deduplicator
 from dedup.query import Searcher
 from dedup.report import write_report

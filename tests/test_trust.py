@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import ROOT, bench_set, checksums, run_cli
 from PIL import Image
 
-from conftest import ROOT, bench_set, checksums, run_cli
 from dedup.backbones import EfficientNetLite0
-from dedup.cache import EmbeddingCache
+from dedup.cache import Cache
 from dedup.digest import digest_files
 from dedup.embed import CHANGED_WHILE_READ, decode_and_embed
 from dedup.lock import Lock
@@ -70,7 +70,7 @@ def test_a_file_replaced_between_hashing_and_decoding_is_skipped_and_never_cache
     d = tmp_path / "pics"
     files = _distinct(d, 3)
     net = EfficientNetLite0()
-    with EmbeddingCache(tmp_path / "cache.sqlite") as cache:
+    with Cache(tmp_path / "cache.sqlite") as cache:
         digests = digest_files(files, cache, progress=False)
         shutil.copyfile(PHOTOS[-1], files[1])  # replaced after the digest stage
         got = decode_and_embed(files, digests, [net], cache, progress=False)

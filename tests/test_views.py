@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import bench_set, run_cli
 from PIL import Image
 
-from conftest import bench_set, run_cli
 from dedup import views
+from dedup.decode import capture_times
 from dedup.evaluate import evaluate
 
 UKB = bench_set("ukbench-dev")
@@ -95,7 +96,7 @@ def test_time_weight_separates_the_same_scene_shot_days_apart(tmp_path):
     exif = Image.Exif()
     exif.get_ifd(0x8769)[36867] = "2020:01:02 03:04:05"
     Image.open(src / "ukbench00004.jpg").save(d / "with-exif.jpg", exif=exif.tobytes())
-    times = views.capture_times([d / "view0.jpg", d / "with-exif.jpg"])
+    times = capture_times([d / "view0.jpg", d / "with-exif.jpg"])
     assert abs(times[0] - now) < 2
     assert time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(times[1])) == "2020-01-02 03:04:05"
     (d / "with-exif.jpg").unlink()

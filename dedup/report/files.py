@@ -1,4 +1,4 @@
-"""Stage 7, report: the files a run leaves in its output folder.
+"""The run's files in its output folder: CSV and JSON, written whole or not at all.
 
 Fixed names, so that a later ``query``, ``bench`` or ``evaluate`` finds them:
 
