@@ -1,4 +1,5 @@
 """Helpers shared by the benchmark scripts (not part of the package)."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,13 @@ def machine() -> dict:
     """What the numbers were measured on."""
     import os
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d")}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def write(name: str, data: dict, markdown: str) -> None:

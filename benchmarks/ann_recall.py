@@ -9,6 +9,7 @@ the exact 10 nearest, by cosine, that Annoy returns), build and query time.
 
     python benchmarks/ann_recall.py [--copies 9]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,19 +77,30 @@ def main() -> None:
             t = time.perf_counter()
             ids, _ = idx.query(Q, 10)
             query = (time.perf_counter() - t) / len(Q)
-            rows.append({"n_trees": n_trees, "search_k_factor": factor, "recall@10": recall_at_k(ids, exact_ids),
-                         "build_s": build, "query_ms": query * 1000,
-                         "default": n_trees == DEFAULT_N_TREES and factor == SEARCH_K_FACTOR})
+            rows.append(
+                {
+                    "n_trees": n_trees,
+                    "search_k_factor": factor,
+                    "recall@10": recall_at_k(ids, exact_ids),
+                    "build_s": build,
+                    "query_ms": query * 1000,
+                    "default": n_trees == DEFAULT_N_TREES and factor == SEARCH_K_FACTOR,
+                }
+            )
             print(rows[-1], flush=True)
-    md = ["# Annoy recall@10 vs exact search\n",
-          f"{len(X)} real images (ukbench-dev photos + {args.copies} grid tiles of each), efficientnet-lite0 "
-          f"embeddings ({X.shape[1]}-d), {len(Q)} queries, angular metric. Machine: {machine()}.\n",
-          "| n_trees | search_k = n_trees x k x | recall@10 | build (s) | query (ms) |",
-          "|---|---|---|---|---|"]
+    md = [
+        "# Annoy recall@10 vs exact search\n",
+        f"{len(X)} real images (ukbench-dev photos + {args.copies} grid tiles of each), efficientnet-lite0 "
+        f"embeddings ({X.shape[1]}-d), {len(Q)} queries, angular metric. Machine: {machine()}.\n",
+        "| n_trees | search_k = n_trees x k x | recall@10 | build (s) | query (ms) |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         mark = " **(default)**" if r["default"] else ""
-        md.append(f"| {r['n_trees']} | {r['search_k_factor']}{mark} | {r['recall@10']:.4f} | "
-                  f"{r['build_s']:.2f} | {r['query_ms']:.2f} |")
+        md.append(
+            f"| {r['n_trees']} | {r['search_k_factor']}{mark} | {r['recall@10']:.4f} | "
+            f"{r['build_s']:.2f} | {r['query_ms']:.2f} |"
+        )
     write("ann_recall", {"machine": machine(), "n": len(X), "dim": int(X.shape[1]), "rows": rows}, "\n".join(md) + "\n")
 
 

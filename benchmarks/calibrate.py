@@ -20,6 +20,7 @@ image features.
     python benchmarks/calibrate.py [--readme]   # refit; write the model, results/calibration.md
                                                 # (and the README's calibration table)
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,9 @@ def run_set(name: str, model_path: str | None = None, **kwargs):
     folder = set_folder(name)
     labels = pd.read_csv(folder / "labels.csv", dtype=str, keep_default_na=False)
     labels = labels[~labels.group.str.startswith("_")]
-    dd = Deduplicator(backbones="efficientnet-lite0", cache=CACHE / f"{name}.sqlite", progress=False,
-                      model_path=model_path, **kwargs)
+    dd = Deduplicator(
+        backbones="efficientnet-lite0", cache=CACHE / f"{name}.sqlite", progress=False, model_path=model_path, **kwargs
+    )
     result = dd.run(folder, files=list(labels.path))
     truth = labels.set_index("path").group.reindex(result.groups.path).to_numpy()
     return result, truth, labels
@@ -95,35 +97,68 @@ def main() -> None:
         m = PairModel.fit(tr[cols].to_numpy(), tr.y.to_numpy(), sample_weight=weights(tr))
         p = m.predict(te[cols].to_numpy())
         sel = p >= 0.9
-        loso.append({"left_out": s, "pairs": len(te), "positives": int(te.y.sum()),
-                     "ece": round(expected_calibration_error(p, te.y.to_numpy()), 4),
-                     "pair_precision_at_0.9": round(float(te.y[sel].mean()) if sel.any() else 1.0, 4),
-                     "pair_recall_at_0.9": round(float(te.y[sel].sum() / max(te.y.sum(), 1)), 4)})
-    final = PairModel.fit(allx[cols].to_numpy(), allx.y.to_numpy(), sample_weight=weights(allx), info={
-        "fitted_on": list(SETS), "fitted_with": ["efficientnet-lite0"],
-        "pairs": int(len(allx)), "positives": int(allx.y.sum()),
-        "leave_one_set_out_ece": {r["left_out"]: r["ece"] for r in loso},
-        "script": "benchmarks/calibrate.py", "date": machine()["date"]})
+        loso.append(
+            {
+                "left_out": s,
+                "pairs": len(te),
+                "positives": int(te.y.sum()),
+                "ece": round(expected_calibration_error(p, te.y.to_numpy()), 4),
+                "pair_precision_at_0.9": round(float(te.y[sel].mean()) if sel.any() else 1.0, 4),
+                "pair_recall_at_0.9": round(float(te.y[sel].sum() / max(te.y.sum(), 1)), 4),
+            }
+        )
+    final = PairModel.fit(
+        allx[cols].to_numpy(),
+        allx.y.to_numpy(),
+        sample_weight=weights(allx),
+        info={
+            "fitted_on": list(SETS),
+            "fitted_with": ["efficientnet-lite0"],
+            "pairs": int(len(allx)),
+            "positives": int(allx.y.sum()),
+            "leave_one_set_out_ece": {r["left_out"]: r["ece"] for r in loso},
+            "script": "benchmarks/calibrate.py",
+            "date": machine()["date"],
+        },
+    )
     p_all = final.predict(allx[cols].to_numpy())
     in_sample = {s: round(expected_calibration_error(p_all[allx.set == s], allx.y[allx.set == s]), 4) for s in SETS}
     tmp = MODEL_OUT.with_suffix(".json.tmp")
     tmp.write_text(final.to_json() + "\n")
     tmp.replace(MODEL_OUT)
-    header = ("| set left out | candidate pairs | same-product pairs | ECE left out | ECE in the shipped fit | "
-              "pair precision at p >= 0.9 (left out) | pair recall at p >= 0.9 (left out) |\n"
-              "|---|---|---|---|---|---|---|\n")
-    rows = "\n".join(f"| {r['left_out']} | {r['pairs']} | {r['positives']} | {r['ece']:.3f} | "
-                     f"{in_sample[r['left_out']]:.3f} | {r['pair_precision_at_0.9']:.3f} | "
-                     f"{r['pair_recall_at_0.9']:.3f} |" for r in loso)
-    md = ("# Pair model calibration\n\n"
-          "Logistic regression over the pair evidence (`dedup/calibration.py`), fitted on the candidate pairs of "
-          "every set, each set weighted equally. Leave-one-set-out: fitted on the other sets, measured on the "
-          "one left out. ECE: expected calibration error, 10 equal-width bins (0 = perfectly calibrated).\n\n"
-          + header + rows + "\n\n"
-          "Coefficients of the shipped model (standardised features):\n\n"
-          + "\n".join(f"- `{c}`: {w:+.3f}" for c, w in zip(cols, final.coef)) + "\n")
-    write("calibration", {"machine": machine(), "leave_one_set_out": loso, "in_sample_ece": in_sample,
-                          "model": json.loads(final.to_json())}, md)
+    header = (
+        "| set left out | candidate pairs | same-product pairs | ECE left out | ECE in the shipped fit | "
+        "pair precision at p >= 0.9 (left out) | pair recall at p >= 0.9 (left out) |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
+    rows = "\n".join(
+        f"| {r['left_out']} | {r['pairs']} | {r['positives']} | {r['ece']:.3f} | "
+        f"{in_sample[r['left_out']]:.3f} | {r['pair_precision_at_0.9']:.3f} | "
+        f"{r['pair_recall_at_0.9']:.3f} |"
+        for r in loso
+    )
+    md = (
+        "# Pair model calibration\n\n"
+        "Logistic regression over the pair evidence (`dedup/calibration.py`), fitted on the candidate pairs of "
+        "every set, each set weighted equally. Leave-one-set-out: fitted on the other sets, measured on the "
+        "one left out. ECE: expected calibration error, 10 equal-width bins (0 = perfectly calibrated).\n\n"
+        + header
+        + rows
+        + "\n\n"
+        "Coefficients of the shipped model (standardised features):\n\n"
+        + "\n".join(f"- `{c}`: {w:+.3f}" for c, w in zip(cols, final.coef))
+        + "\n"
+    )
+    write(
+        "calibration",
+        {
+            "machine": machine(),
+            "leave_one_set_out": loso,
+            "in_sample_ece": in_sample,
+            "model": json.loads(final.to_json()),
+        },
+        md,
+    )
     if "--readme" in sys.argv[1:]:
         replace_readme_block("CALIBRATION-TABLE", header + rows)
 

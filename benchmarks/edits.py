@@ -19,6 +19,7 @@ look-alikes that must stay apart:
 Used by ``benchmarks/calibrate.py``, ``benchmarks/precision.py`` and the tests
 (which build a small version in a temporary folder).
 """
+
 from __future__ import annotations
 
 import io
@@ -96,8 +97,13 @@ def jitter(im: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 #: One function per edit kind, ``(image, rng) -> image``.
 EDITS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]] = {
-    "crop": crop, "pad": pad, "watermark": watermark, "mirror": mirror,
-    "rotate": rotate, "jpeg": jpeg, "jitter": jitter,
+    "crop": crop,
+    "pad": pad,
+    "watermark": watermark,
+    "mirror": mirror,
+    "rotate": rotate,
+    "jpeg": jpeg,
+    "jitter": jitter,
 }
 #: Pairs of edits applied one after the other.
 PAIRS = [("crop", "jitter"), ("pad", "watermark"), ("mirror", "jpeg"), ("rotate", "crop"), ("jitter", "pad")]

@@ -9,6 +9,7 @@ and the same Hamming threshold; each is run 3 times and the best is kept.
 
     python benchmarks/hash_pass.py
 """
+
 from __future__ import annotations
 
 import importlib
@@ -27,8 +28,20 @@ THRESHOLD = 10  # imagededup's default max_distance_threshold
 
 def load_imagededup():
     if not (TARGET / "imagededup").is_dir():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(TARGET),
-                        "imagededup==0.3.3.post2"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--target",
+                str(TARGET),
+                "imagededup==0.3.3.post2",
+            ],
+            check=True,
+        )
     sys.path.insert(0, str(TARGET))
     for sub in ("methods", "utils"):  # skip these __init__ files: they import the CNN (torchvision)
         stub = types.ModuleType(f"imagededup.{sub}")
@@ -64,15 +77,24 @@ def main() -> None:
         hasher.find_duplicates(encoding_map=enc, max_distance_threshold=THRESHOLD, num_dist_workers=2)
 
     theirs_s = best_of(theirs)
-    data = {"machine": machine(), "images": n, "threshold": THRESHOLD, "dedup_s": ours_s,
-            "dedup_img_s": n / ours_s, "imagededup_s": theirs_s, "imagededup_img_s": n / theirs_s,
-            "ratio": theirs_s / ours_s}
-    md = (f"# Hash pass vs imagededup's PHash\n\nMachine: {machine()}. {n} ukbench-dev JPEGs (320x240), "
-          f"Hamming threshold {THRESHOLD}, 2 workers each, best of 3. Produced by `python benchmarks/hash_pass.py`.\n\n"
-          "| tool | seconds | images/s |\n|---|---|---|\n"
-          f"| dedup (`phash_files` + `near_duplicate_pairs`) | {ours_s:.2f} | {n / ours_s:.0f} |\n"
-          f"| imagededup 0.3.3 (`PHash.encode_images` + `find_duplicates`) | {theirs_s:.2f} | {n / theirs_s:.0f} |\n"
-          f"\ndedup is {theirs_s / ours_s:.1f}x as fast.\n")
+    data = {
+        "machine": machine(),
+        "images": n,
+        "threshold": THRESHOLD,
+        "dedup_s": ours_s,
+        "dedup_img_s": n / ours_s,
+        "imagededup_s": theirs_s,
+        "imagededup_img_s": n / theirs_s,
+        "ratio": theirs_s / ours_s,
+    }
+    md = (
+        f"# Hash pass vs imagededup's PHash\n\nMachine: {machine()}. {n} ukbench-dev JPEGs (320x240), "
+        f"Hamming threshold {THRESHOLD}, 2 workers each, best of 3. Produced by `python benchmarks/hash_pass.py`.\n\n"
+        "| tool | seconds | images/s |\n|---|---|---|\n"
+        f"| dedup (`phash_files` + `near_duplicate_pairs`) | {ours_s:.2f} | {n / ours_s:.0f} |\n"
+        f"| imagededup 0.3.3 (`PHash.encode_images` + `find_duplicates`) | {theirs_s:.2f} | {n / theirs_s:.0f} |\n"
+        f"\ndedup is {theirs_s / ours_s:.1f}x as fast.\n"
+    )
     write("hash_pass", data, md)
 
 

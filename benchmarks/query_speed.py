@@ -10,6 +10,7 @@ query photo included), for single queries and a batch.
 
     python benchmarks/query_speed.py
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,9 @@ def tiles16(n_photos: int) -> np.ndarray:
     for p in sorted((BENCH / "ukbench-dev" / "images").glob("*.jpg"))[:n_photos]:
         im = Image.open(p).convert("RGB")
         w, h = im.size
-        crops = [im.crop((x * w // 4, y * h // 4, (x + 1) * w // 4, (y + 1) * h // 4))
-                 for y in range(4) for x in range(4)]
+        crops = [
+            im.crop((x * w // 4, y * h // 4, (x + 1) * w // 4, (y + 1) * h // 4)) for y in range(4) for x in range(4)
+        ]
         rows.append(net.embed(np.stack([net.prepare(c) for c in crops])))
     X = np.concatenate(rows)
     cache.put_embeddings([key], "query-bench", net.weights_id, X.reshape(1, -1))
@@ -61,8 +63,9 @@ def main() -> None:
         AnnIndex().build(X).save(out / f"index-{net.name}.ann")
         build_s = time.perf_counter() - t
         np.save(out / f"embeddings-{net.name}.npy", X)
-        pd.DataFrame({"path": [f"item{i:05d}.jpg" for i in range(len(X))],
-                      "group": [f"g{i:05d}" for i in range(len(X))]}).to_csv(out / "groups.csv", index=False)
+        pd.DataFrame(
+            {"path": [f"item{i:05d}.jpg" for i in range(len(X))], "group": [f"g{i:05d}" for i in range(len(X))]}
+        ).to_csv(out / "groups.csv", index=False)
         (out / "run.json").write_text(json.dumps({"root": str(out), "backbones": [net.describe()]}))
         t = time.perf_counter()
         searcher = Searcher(out)
@@ -76,15 +79,24 @@ def main() -> None:
         t = time.perf_counter()
         searcher.query(queries, n=10)
         batch_ms = (time.perf_counter() - t) / len(queries) * 1000
-    data = {"machine": machine(), "catalogue": len(X), "queries": len(queries), "index_build_s": build_s,
-            "load_s": load_s, "ms_per_query_single": single_ms, "ms_per_query_batch": batch_ms}
-    md = (f"# Query speed\n\nMachine: {machine()}. Produced by `python benchmarks/query_speed.py`.\n\n"
-          f"| catalogue | queries | index build (s) | load Searcher + model (s) | ms per query, one at a time "
-          f"| ms per query, batched |\n|---|---|---|---|---|---|\n"
-          f"| {len(X)} real images, efficientnet-lite0 | {len(queries)} photos not in the catalogue | "
-          f"{build_s:.1f} | {load_s:.1f} | {single_ms:.0f} | {batch_ms:.0f} |\n\n"
-          "A query's time includes decoding and embedding the query photo, the Annoy search and the exact "
-          "re-ranking of its candidates.\n")
+    data = {
+        "machine": machine(),
+        "catalogue": len(X),
+        "queries": len(queries),
+        "index_build_s": build_s,
+        "load_s": load_s,
+        "ms_per_query_single": single_ms,
+        "ms_per_query_batch": batch_ms,
+    }
+    md = (
+        f"# Query speed\n\nMachine: {machine()}. Produced by `python benchmarks/query_speed.py`.\n\n"
+        f"| catalogue | queries | index build (s) | load Searcher + model (s) | ms per query, one at a time "
+        f"| ms per query, batched |\n|---|---|---|---|---|---|\n"
+        f"| {len(X)} real images, efficientnet-lite0 | {len(queries)} photos not in the catalogue | "
+        f"{build_s:.1f} | {load_s:.1f} | {single_ms:.0f} | {batch_ms:.0f} |\n\n"
+        "A query's time includes decoding and embedding the query photo, the Annoy search and the exact "
+        "re-ranking of its candidates.\n"
+    )
     write("query_speed", data, md)
 
 

@@ -8,6 +8,7 @@
 
     python benchmarks/readme_pictures.py
 """
+
 from __future__ import annotations
 
 import shutil
@@ -60,20 +61,37 @@ def main() -> None:
             crop(p, (0.40, 0.55, 0.62, 0.80)).save(cat / f"blue-fabric-{k}.jpg", quality=95)
         for mode in ("content", "style"):
             cli("run", str(cat), "--out", str(tmp / mode), "--similarity", mode)
-        queries = {"content": Image.open(FK / "m-rs19stkt-b-rope-original-imafeeugebf5nghr.jpeg").convert("RGB")
-                   .transpose(Image.Transpose.FLIP_LEFT_RIGHT),
-                   "style": crop(blue[0], (0.40, 0.55, 0.62, 0.80))}
+        queries = {
+            "content": Image.open(FK / "m-rs19stkt-b-rope-original-imafeeugebf5nghr.jpeg")
+            .convert("RGB")
+            .transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+            "style": crop(blue[0], (0.40, 0.55, 0.62, 0.80)),
+        }
         for mode, q in queries.items():
             res = Searcher(tmp / mode).query([q], n=5)
-            results = [(Image.open(cat / p).convert("RGB"), f"{r}. d={d:.3f}")
-                       for r, p, d in zip(res["rank"], res.path, res.distance)]
-            what = ("content: a mirrored photo of a shirt -> the same shirt" if mode == "content" else
-                    "style: a crop of blue silk -> the same fabric before the same sari shape in orange")
+            results = [
+                (Image.open(cat / p).convert("RGB"), f"{r}. d={d:.3f}")
+                for r, p, d in zip(res["rank"], res.path, res.distance)
+            ]
+            what = (
+                "content: a mirrored photo of a shirt -> the same shirt"
+                if mode == "content"
+                else "style: a crop of blue silk -> the same fabric before the same sari shape in orange"
+            )
             montage(q, results, what, DOCS / f"query-{mode}.jpg")
 
         out = tmp / "ukb"
-        cli("run", str(BENCH / "ukbench-dev" / "images"), "--out", str(out), "--method", "hierarchical",
-            "--sim", "0.7", "--map")
+        cli(
+            "run",
+            str(BENCH / "ukbench-dev" / "images"),
+            "--out",
+            str(out),
+            "--method",
+            "hierarchical",
+            "--sim",
+            "0.7",
+            "--map",
+        )
         for name in ("map", "dendrogram"):
             im = Image.open(out / f"{name}.png").convert("RGB")
             im.thumbnail((700, 700))
@@ -81,10 +99,24 @@ def main() -> None:
         chromium = shutil.which("chromium")
         if chromium:
             shot = tmp / "gallery.png"
-            subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                            "--disable-sync", f"--user-data-dir={tmp / 'profile'}", f"--screenshot={shot}",
-                            "--window-size=1000,700", (out / "gallery.html").as_uri()], capture_output=True)
+            subprocess.run(
+                [
+                    chromium,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    f"--user-data-dir={tmp / 'profile'}",
+                    f"--screenshot={shot}",
+                    "--window-size=1000,700",
+                    (out / "gallery.html").as_uri(),
+                ],
+                capture_output=True,
+            )
             Image.open(shot).convert("RGB").save(DOCS / "gallery.jpg", quality=80)
 
 

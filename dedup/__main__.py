@@ -1,4 +1,5 @@
 """``python -m dedup``: see :mod:`dedup.cli`."""
+
 import sys
 
 from .cli import main

@@ -9,6 +9,7 @@ reported, and undo checks each file's SHA-256 before moving it back.
 Which image is kept: the largest resolution (width x height in pixels), then
 the largest file (bytes), then the first path in sort order.
 """
+
 from __future__ import annotations
 
 import errno
@@ -74,8 +75,9 @@ def _plan_one(src: Path, root: Path, dest: Path, dest_dev: int) -> tuple[Path | 
     return target, "", 0 if st.st_dev == dest_dev else st.st_size
 
 
-def plan_moves(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike,
-               files: list | None = None) -> pd.DataFrame:
+def plan_moves(
+    groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike, files: list | None = None
+) -> pd.DataFrame:
     """Every move :func:`move_duplicates` would make, checked, nothing moved.
 
     Each non-kept image of a group of 2+ is planned: a symbolic link is moved
@@ -105,10 +107,22 @@ def plan_moves(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.Pat
             continue
         target, problem, size = _plan_one(src, root, dest, dest_dev)
         link = os.readlink(src) if os.path.islink(src) else ""
-        rows.append({"path": r.path, "source": src, "target": target, "kept": kept_of[r.group], "group": r.group,
-                     "sha256": r.sha256, "link": link, "bytes": size, "status": problem})
-    return pd.DataFrame(rows, columns=["path", "source", "target", "kept", "group", "sha256", "link", "bytes",
-                                       "status"])
+        rows.append(
+            {
+                "path": r.path,
+                "source": src,
+                "target": target,
+                "kept": kept_of[r.group],
+                "group": r.group,
+                "sha256": r.sha256,
+                "link": link,
+                "bytes": size,
+                "status": problem,
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["path", "source", "target", "kept", "group", "sha256", "link", "bytes", "status"]
+    )
 
 
 def _log(fh, entry: dict) -> None:
@@ -118,8 +132,13 @@ def _log(fh, entry: dict) -> None:
     os.fsync(fh.fileno())
 
 
-def move_duplicates(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike,
-                    manifest: str | os.PathLike | None = None, files: list | None = None) -> pd.DataFrame:
+def move_duplicates(
+    groups: pd.DataFrame,
+    root: str | os.PathLike,
+    dest: str | os.PathLike,
+    manifest: str | os.PathLike | None = None,
+    files: list | None = None,
+) -> pd.DataFrame:
     """Move every non-kept image of each group from ``root`` to ``dest``, as a transaction.
 
     First every move is planned and checked (:func:`plan_moves`) and the room
@@ -157,9 +176,18 @@ def move_duplicates(groups: pd.DataFrame, root: str | os.PathLike, dest: str | o
     if need > free:
         raise OSError(errno.ENOSPC, f"{need} bytes to copy but {free} free; nothing was moved", str(dest))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    entries = {i: {"time": stamp, "original": str(r.source), "moved_to": str(r.target), "sha256": r.sha256,
-                   "link": r.link, "kept": str(Path(root).absolute() / r.kept), "group": r.group}
-               for i, r in go.iterrows()}
+    entries = {
+        i: {
+            "time": stamp,
+            "original": str(r.source),
+            "moved_to": str(r.target),
+            "sha256": r.sha256,
+            "link": r.link,
+            "kept": str(Path(root).absolute() / r.kept),
+            "group": r.group,
+        }
+        for i, r in go.iterrows()
+    }
     status = dict(zip(plan.index, plan.status))
     with open(manifest, "a", encoding="utf-8") as fh:
         for e in entries.values():
@@ -174,9 +202,15 @@ def move_duplicates(groups: pd.DataFrame, root: str | os.PathLike, dest: str | o
                 continue
             _log(fh, {**e, "done": True})
             status[i] = "moved"
-    return pd.DataFrame({"path": plan.path, "moved_to": [_display(t) if t is not None else "" for t in plan.target],
-                         "kept": plan.kept, "status": [status[i] for i in plan.index]},
-                        columns=["path", "moved_to", "kept", "status"])
+    return pd.DataFrame(
+        {
+            "path": plan.path,
+            "moved_to": [_display(t) if t is not None else "" for t in plan.target],
+            "kept": plan.kept,
+            "status": [status[i] for i in plan.index],
+        },
+        columns=["path", "moved_to", "kept", "status"],
+    )
 
 
 def read_manifest(manifest: str | os.PathLike) -> tuple[dict[str, dict], int]:

@@ -28,6 +28,7 @@ What the cache trusts, and what it refuses:
   lock (``NAME.lock``); a second run on the same cache fails at once with
   :class:`dedup.lock.BusyError` instead of interleaving with the first.
 """
+
 from __future__ import annotations
 
 import logging
@@ -126,8 +127,10 @@ class Cache:
             with open(self.path, "rb") as fh:
                 head = fh.read(len(SQLITE_HEADER))
             if head != SQLITE_HEADER:
-                raise CacheError(f"{self.path} is not a dedup cache (not an SQLite database); it was left "
-                                 "untouched: choose another --cache path")
+                raise CacheError(
+                    f"{self.path} is not a dedup cache (not an SQLite database); it was left "
+                    "untouched: choose another --cache path"
+                )
 
     def _prepare(self, db: sqlite3.Connection) -> bool:
         """Check and, where needed, create or upgrade the schema.
@@ -146,11 +149,15 @@ class Cache:
             row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
             version = row[0] if row else None
         if version is None and tables:
-            raise CacheError(f"{self.path} is an SQLite database but not a dedup cache; it was left untouched: "
-                             "choose another --cache path")
+            raise CacheError(
+                f"{self.path} is an SQLite database but not a dedup cache; it was left untouched: "
+                "choose another --cache path"
+            )
         if version not in (None, SCHEMA_VERSION, *_UPGRADABLE):
-            raise CacheError(f"{self.path} is a dedup cache of schema {version} (this version reads "
-                             f"{SCHEMA_VERSION}); choose another --cache path or remove it")
+            raise CacheError(
+                f"{self.path} is a dedup cache of schema {version} (this version reads "
+                f"{SCHEMA_VERSION}); choose another --cache path or remove it"
+            )
         db.execute("PRAGMA journal_mode=WAL")  # only now: it rewrites the file's header
         db.execute("PRAGMA synchronous=NORMAL")
         for table in _UPGRADABLE.get(version or "", ()):
@@ -212,8 +219,9 @@ class Cache:
     def get_digest(self, path: bytes, stat: os.stat_result) -> str | None:
         """The SHA-256 stored for ``path`` (``os.fsencode`` bytes, so any file
         name works) if its size, mtime, ctime (ns) and inode are all unchanged."""
-        row = self._db.execute("SELECT size, mtime_ns, ctime_ns, inode, digest FROM stats WHERE path=?",
-                               (path,)).fetchone()
+        row = self._db.execute(
+            "SELECT size, mtime_ns, ctime_ns, inode, digest FROM stats WHERE path=?", (path,)
+        ).fetchone()
         if row and tuple(row[:4]) == _stat_key(stat):
             return row[4]
         return None
@@ -231,8 +239,8 @@ class Cache:
         """Skip reasons stored for contents this ``decoder`` version failed on."""
         out: dict[str, str] = {}
         for start in range(0, len(digests), 500):
-            chunk = digests[start:start + 500]
-            q = ("SELECT digest, reason FROM failed WHERE decoder=? AND digest IN (%s)" % ",".join("?" * len(chunk)))
+            chunk = digests[start : start + 500]
+            q = "SELECT digest, reason FROM failed WHERE decoder=? AND digest IN (%s)" % ",".join("?" * len(chunk))
             out.update(dict(self._db.execute(q, (decoder, *chunk)).fetchall()))
         return out
 
@@ -243,27 +251,35 @@ class Cache:
     # -- per-file facts ----------------------------------------------------
     def get_file(self, digest: str) -> dict | None:
         """``{"phash": int, "width", "height", "colour": (k,) float32, "note"}`` or ``None``."""
-        row = self._db.execute("SELECT phash, width, height, colour, note FROM files WHERE digest=?",
-                               (digest,)).fetchone()
+        row = self._db.execute(
+            "SELECT phash, width, height, colour, note FROM files WHERE digest=?", (digest,)
+        ).fetchone()
         if row is None:
             return None
-        return {"phash": _to_unsigned(row[0]), "width": row[1], "height": row[2],
-                "colour": np.frombuffer(row[3], dtype=np.float32).copy(), "note": row[4]}
+        return {
+            "phash": _to_unsigned(row[0]),
+            "width": row[1],
+            "height": row[2],
+            "colour": np.frombuffer(row[3], dtype=np.float32).copy(),
+            "note": row[4],
+        }
 
     def put_file(self, digest: str, phash: int, width: int, height: int, colour: np.ndarray, note: str) -> None:
         """Store one file's pHash (uint64), size in pixels, colour descriptor and decode note."""
-        self._db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?)",
-                         (digest, _to_signed(int(phash)), int(width), int(height),
-                          np.asarray(colour, np.float32).tobytes(), note))
+        self._db.execute(
+            "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?)",
+            (digest, _to_signed(int(phash)), int(width), int(height), np.asarray(colour, np.float32).tobytes(), note),
+        )
 
     # -- embeddings ------------------------------------------------------
     def get_embeddings(self, digests: list[str], backbone: str, weights_id: str, dim: int) -> dict[str, np.ndarray]:
         """Stored ``(dim,)`` float32 vectors for those digests; misses are absent."""
         out: dict[str, np.ndarray] = {}
         for start in range(0, len(digests), 500):
-            chunk = digests[start:start + 500]
-            q = ("SELECT digest, vec FROM embeddings WHERE backbone=? AND weights_id=? AND digest IN (%s)"
-                 % ",".join("?" * len(chunk)))
+            chunk = digests[start : start + 500]
+            q = "SELECT digest, vec FROM embeddings WHERE backbone=? AND weights_id=? AND digest IN (%s)" % ",".join(
+                "?" * len(chunk)
+            )
             for digest, blob in self._db.execute(q, (backbone, weights_id, *chunk)):
                 if len(blob) == dim * 4:
                     vec = np.frombuffer(blob, dtype=np.float32)
@@ -284,10 +300,11 @@ class Cache:
         out = {}
         wanted = set(pairs)
         for start in range(0, len(pairs), 400):
-            chunk = pairs[start:start + 400]
+            chunk = pairs[start : start + 400]
             firsts = sorted({a for a, _ in chunk})
-            q = ("SELECT a, b, inliers, mismatch FROM verified WHERE method=? AND a IN (%s)"
-                 % ",".join("?" * len(firsts)))
+            q = "SELECT a, b, inliers, mismatch FROM verified WHERE method=? AND a IN (%s)" % ",".join(
+                "?" * len(firsts)
+            )
             for a, b, v, mm in self._db.execute(q, (method, *firsts)):
                 if (a, b) in wanted:
                     out[(a, b)] = (int(v), float(mm))
@@ -295,8 +312,10 @@ class Cache:
 
     def put_verified(self, values: dict[tuple[str, str], tuple[int, float]], method: str) -> None:
         """Store verification results of digest pairs (a < b) and commit."""
-        self._db.executemany("INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?)",
-                             [(a, b, method, int(v), float(mm)) for (a, b), (v, mm) in values.items()])
+        self._db.executemany(
+            "INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?)",
+            [(a, b, method, int(v), float(mm)) for (a, b), (v, mm) in values.items()],
+        )
         self._db.commit()
 
     def get_decisions(self) -> dict[tuple[str, str], bool]:
@@ -305,8 +324,9 @@ class Cache:
 
     def put_decisions(self, values: dict[tuple[str, str], bool]) -> None:
         """Store decisions on digest pairs (a < b), replacing earlier ones, and commit."""
-        self._db.executemany("INSERT OR REPLACE INTO decisions VALUES (?,?,?)",
-                             [(a, b, int(bool(v))) for (a, b), v in values.items()])
+        self._db.executemany(
+            "INSERT OR REPLACE INTO decisions VALUES (?,?,?)", [(a, b, int(bool(v))) for (a, b), v in values.items()]
+        )
         self._db.commit()
 
     def get_thumb(self, digest: str, side: int) -> bytes | None:

@@ -18,6 +18,7 @@ intercept): calibration constants, no network weights. It is valid for the
 distances of the backbones it was fitted with (``fitted_with``); a run with
 other backbones says so in ``run.json``.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,20 @@ import numpy as np
 #: Version of the feature set; a model file of another version is refused.
 FEATURES_VERSION = 3
 #: The evidence columns, in order (see :func:`pair_features`).
-FEATURES = ("distance", "colour", "context", "log_rank_min", "log_rank_max", "log_inliers",
-            "inliers_capped", "phash_bits", "distance_x_colour", "relative_to_nearest",
-            "copy_evidence", "variant_evidence")
+FEATURES = (
+    "distance",
+    "colour",
+    "context",
+    "log_rank_min",
+    "log_rank_max",
+    "log_inliers",
+    "inliers_capped",
+    "phash_bits",
+    "distance_x_colour",
+    "relative_to_nearest",
+    "copy_evidence",
+    "variant_evidence",
+)
 #: The model file shipped in the package.
 MODEL_FILE = "pair_model.json"
 
@@ -64,13 +76,22 @@ def pair_features(pairs) -> np.ndarray:
     aligned = mm >= 0
     d = pairs.distance.astype(np.float64)
     h = pairs.colour.astype(np.float64)
-    return np.column_stack([
-        d, h, pairs.context, np.log1p(np.minimum(pairs.rank_ij, pairs.rank_ji)),
-        np.log1p(np.maximum(pairs.rank_ij, pairs.rank_ji)), np.log1p(inl), np.minimum(inl, 50) / 50,
-        pairs.phash_bits / 64.0, d * h, pairs.relative,
-        np.where(aligned, np.exp(-np.maximum(mm, 0) / 0.03), 0.0) * np.minimum(inl, 50) / 50,
-        np.where(aligned, np.minimum(mm, 0.4), 0.0) * np.minimum(inl, 50) / 50,
-    ]).astype(np.float64)
+    return np.column_stack(
+        [
+            d,
+            h,
+            pairs.context,
+            np.log1p(np.minimum(pairs.rank_ij, pairs.rank_ji)),
+            np.log1p(np.maximum(pairs.rank_ij, pairs.rank_ji)),
+            np.log1p(inl),
+            np.minimum(inl, 50) / 50,
+            pairs.phash_bits / 64.0,
+            d * h,
+            pairs.relative,
+            np.where(aligned, np.exp(-np.maximum(mm, 0) / 0.03), 0.0) * np.minimum(inl, 50) / 50,
+            np.where(aligned, np.minimum(mm, 0.4), 0.0) * np.minimum(inl, 50) / 50,
+        ]
+    ).astype(np.float64)
 
 
 @dataclass
@@ -96,8 +117,14 @@ class PairModel:
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
     @classmethod
-    def fit(cls, X: np.ndarray, y: np.ndarray, C: float = 1.0, info: dict | None = None,
-            sample_weight: np.ndarray | None = None) -> "PairModel":
+    def fit(
+        cls,
+        X: np.ndarray,
+        y: np.ndarray,
+        C: float = 1.0,
+        info: dict | None = None,
+        sample_weight: np.ndarray | None = None,
+    ) -> "PairModel":
         """Fit on ``(m, f)`` evidence and ``(m,)`` 0/1 labels (scikit-learn's
         ``LogisticRegression``, L2 penalty ``C``, on standardised features;
         ``sample_weight`` optional ``(m,)`` weights).
@@ -117,9 +144,18 @@ class PairModel:
 
     def to_json(self) -> str:
         """The model as JSON (the format of ``dedup/data/pair_model.json``)."""
-        return json.dumps({"features_version": FEATURES_VERSION, "features": list(FEATURES),
-                           "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                           "coef": self.coef.tolist(), "intercept": self.intercept, "info": self.info}, indent=2)
+        return json.dumps(
+            {
+                "features_version": FEATURES_VERSION,
+                "features": list(FEATURES),
+                "mean": self.mean.tolist(),
+                "scale": self.scale.tolist(),
+                "coef": self.coef.tolist(),
+                "intercept": self.intercept,
+                "info": self.info,
+            },
+            indent=2,
+        )
 
     @classmethod
     def from_json(cls, text: str, source: str = "") -> "PairModel":
@@ -130,11 +166,18 @@ class PairModel:
         """
         d = json.loads(text)
         if d.get("features_version") != FEATURES_VERSION or tuple(d.get("features", ())) != FEATURES:
-            raise ValueError(f"pair model {source or ''} was fitted on other evidence "
-                             f"(features version {d.get('features_version')}, this dedup uses {FEATURES_VERSION}); "
-                             "refit it with benchmarks/calibrate.py")
-        return cls(np.asarray(d["mean"], np.float64), np.asarray(d["scale"], np.float64),
-                   np.asarray(d["coef"], np.float64), float(d["intercept"]), d.get("info", {}))
+            raise ValueError(
+                f"pair model {source or ''} was fitted on other evidence "
+                f"(features version {d.get('features_version')}, this dedup uses {FEATURES_VERSION}); "
+                "refit it with benchmarks/calibrate.py"
+            )
+        return cls(
+            np.asarray(d["mean"], np.float64),
+            np.asarray(d["scale"], np.float64),
+            np.asarray(d["coef"], np.float64),
+            float(d["intercept"]),
+            d.get("info", {}),
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> "PairModel":

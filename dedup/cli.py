@@ -11,6 +11,7 @@
 Exit status: 0 when the command completed (skipped files included), 1 when
 it could not run (the one-line reason is printed on stderr), 2 for bad usage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,10 +33,14 @@ def _ranged(kind: type, lo: float | None = None, hi: float | None = None):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        if (isinstance(value, float) and not math.isfinite(value)) or (lo is not None and value < lo) \
-                or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if (
+            (isinstance(value, float) and not math.isfinite(value))
+            or (lo is not None and value < lo)
+            or (hi is not None and value > hi)
+        ):
             bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
             raise argparse.ArgumentTypeError(f"must lie in {bounds}, got {text}")
         return value
@@ -46,49 +51,85 @@ def _ranged(kind: type, lo: float | None = None, hi: float | None = None):
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="dedup-out", help="output folder (default: ./dedup-out)")
-    p.add_argument("--similarity", choices=["content", "style"], default="content",
-                   help="content (default): the CNN ensemble; style: texture and colour (Gram statistics + "
-                        "colour histogram, backbone style-lite0)")
-    p.add_argument("--backbones", default="auto",
-                   help="auto (default), or a comma-separated list of: vgg16, resnet50, inceptionv3, "
-                        "efficientnet-lite0")
+    p.add_argument(
+        "--similarity",
+        choices=["content", "style"],
+        default="content",
+        help="content (default): the CNN ensemble; style: texture and colour (Gram statistics + "
+        "colour histogram, backbone style-lite0)",
+    )
+    p.add_argument(
+        "--backbones",
+        default="auto",
+        help="auto (default), or a comma-separated list of: vgg16, resnet50, inceptionv3, efficientnet-lite0",
+    )
     from dataclasses import fields
 
     from .grouping import GroupingParams
 
     for f in fields(GroupingParams):
         lo, hi = f.metadata["range"]
-        p.add_argument("--" + f.name.replace("_", "-"), type=_ranged(f.metadata["type"], lo, hi), default=f.default,
-                       help=f"{f.metadata['help']} (in [{lo}, {hi}]; default {f.default}; "
-                            "see dedup.grouping.GroupingParams)")
-    p.add_argument("--decisions", default=None, metavar="FILE",
-                   help="a reviewer's decisions CSV (path_a,path_b,decision = same|different), as the gallery "
-                        "downloads it: confirmed pairs join, rejected pairs never join; kept in the cache for "
-                        "later runs")
-    p.add_argument("--pair-model", default=None, metavar="JSON",
-                   help="a pair model fitted by benchmarks/calibrate.py (default: the one shipped in dedup)")
-    p.add_argument("--no-verify", action="store_true",
-                   help="skip geometric verification (RootSIFT + RANSAC; faster, finds fewer edited copies)")
-    p.add_argument("--neighbours", type=_ranged(int, 1, 1000), default=P.DEFAULT_K,
-                   help=f"ANN neighbours per image taken as candidates (default {P.DEFAULT_K})")
-    p.add_argument("--phash-distance", type=_ranged(int, 0, 16), default=None,
-                   help="Hamming distance (bits of 64) of the pHash pass, 0..16 (default 4)")
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=_ranged(f.metadata["type"], lo, hi),
+            default=f.default,
+            help=f"{f.metadata['help']} (in [{lo}, {hi}]; default {f.default}; see dedup.grouping.GroupingParams)",
+        )
+    p.add_argument(
+        "--decisions",
+        default=None,
+        metavar="FILE",
+        help="a reviewer's decisions CSV (path_a,path_b,decision = same|different), as the gallery "
+        "downloads it: confirmed pairs join, rejected pairs never join; kept in the cache for "
+        "later runs",
+    )
+    p.add_argument(
+        "--pair-model",
+        default=None,
+        metavar="JSON",
+        help="a pair model fitted by benchmarks/calibrate.py (default: the one shipped in dedup)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip geometric verification (RootSIFT + RANSAC; faster, finds fewer edited copies)",
+    )
+    p.add_argument(
+        "--neighbours",
+        type=_ranged(int, 1, 1000),
+        default=P.DEFAULT_K,
+        help=f"ANN neighbours per image taken as candidates (default {P.DEFAULT_K})",
+    )
+    p.add_argument(
+        "--phash-distance",
+        type=_ranged(int, 0, 16),
+        default=None,
+        help="Hamming distance (bits of 64) of the pHash pass, 0..16 (default 4)",
+    )
     p.add_argument("--batch-size", type=_ranged(int, 1, 4096), default=32)
     p.add_argument("--workers", type=_ranged(int, 1, 256), default=2, help="decoding threads (default 2)")
-    p.add_argument("--processes", type=_ranged(int, 0, 256), default=0,
-                   help="decode in N spawn-started worker processes instead of threads (default 0: threads)")
+    p.add_argument(
+        "--processes",
+        type=_ranged(int, 0, 256),
+        default=0,
+        help="decode in N spawn-started worker processes instead of threads (default 0: threads)",
+    )
     p.add_argument("--cache", default=None, help="SQLite cache file (default OUT/cache.sqlite)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
     p.add_argument("--weights-dir", default=None, help="extra folder searched for weights files")
-    p.add_argument("--download-weights", action="store_true",
-                   help="let Keras download missing ImageNet weights of named backbones (needs network)")
+    p.add_argument(
+        "--download-weights",
+        action="store_true",
+        help="let Keras download missing ImageNet weights of named backbones (needs network)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars, only errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m dedup``."""
-    parser = argparse.ArgumentParser(prog="python -m dedup",
-                                     description="Group the images of a catalogue that show the same product.")
+    parser = argparse.ArgumentParser(
+        prog="python -m dedup", description="Group the images of a catalogue that show the same product."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -96,25 +137,42 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("dir", help="folder of images (walked recursively; never written to)")
     _add_run_options(run)
     v = run.add_argument_group("views (on top of the same embeddings)")
-    v.add_argument("--method", choices=["group", "hierarchical", "kmeans"], default="group",
-                   help="group (default): the dedup grouping; hierarchical: average linkage cut at --sim; "
-                        "kmeans: --k clusters")
-    v.add_argument("--sim", type=_ranged(float, 0.0, 1.0), default=0.5,
-                   help="similarity level of the hierarchical cut, 0..1: clusters whose average cosine similarity "
-                        "is >= SIM (0 = one cluster, 1 = every image alone; default 0.5)")
+    v.add_argument(
+        "--method",
+        choices=["group", "hierarchical", "kmeans"],
+        default="group",
+        help="group (default): the dedup grouping; hierarchical: average linkage cut at --sim; kmeans: --k clusters",
+    )
+    v.add_argument(
+        "--sim",
+        type=_ranged(float, 0.0, 1.0),
+        default=0.5,
+        help="similarity level of the hierarchical cut, 0..1: clusters whose average cosine similarity "
+        "is >= SIM (0 = one cluster, 1 = every image alone; default 0.5)",
+    )
     v.add_argument("--k", dest="k_clusters", type=_ranged(int, 1), default=8, help="number of k-means clusters")
     v.add_argument("--min-size", type=_ranged(int, 1), default=1, help="smallest cluster reported (default 1)")
-    v.add_argument("--pca", type=_ranged(int, 1), default=None,
-                   help="reduce embeddings to N principal components first")
-    v.add_argument("--time-weight", type=_ranged(float, 0.0), default=0.0,
-                   help="ALPHA: add ALPHA * min(1, |capture time difference| / 1 day) to the content distance")
-    v.add_argument("--link-dir", default=None,
-                   help="write PATH/cluster_with_N/cluster_i/ folders of symlinks to the originals")
+    v.add_argument(
+        "--pca", type=_ranged(int, 1), default=None, help="reduce embeddings to N principal components first"
+    )
+    v.add_argument(
+        "--time-weight",
+        type=_ranged(float, 0.0),
+        default=0.0,
+        help="ALPHA: add ALPHA * min(1, |capture time difference| / 1 day) to the content distance",
+    )
+    v.add_argument(
+        "--link-dir", default=None, help="write PATH/cluster_with_N/cluster_i/ folders of symlinks to the originals"
+    )
     v.add_argument("--map", action="store_true", help="write OUT/map.png, a t-SNE map coloured by group")
     v.add_argument("--no-gallery", action="store_true", help="do not write OUT/gallery.html")
-    run.add_argument("--move-duplicates", metavar="PATH", default=None,
-                     help="move all but one image of each group (largest resolution, then file) into PATH, "
-                          "keeping relative paths, and write PATH/moved-manifest.jsonl for `undo`")
+    run.add_argument(
+        "--move-duplicates",
+        metavar="PATH",
+        default=None,
+        help="move all but one image of each group (largest resolution, then file) into PATH, "
+        "keeping relative paths, and write PATH/moved-manifest.jsonl for `undo`",
+    )
 
     q = sub.add_parser("query", help="the N catalogue images most similar to each query image")
     q.add_argument("images", nargs="+", help="query image files (need not be in the catalogue)")
@@ -136,8 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("labels", help="LABELS.csv (path,group)")
     e.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
-    w = sub.add_parser("weights", help="list the ImageNet weights files and their status; "
-                                       "`weights import DIR` copies verified files into Keras's cache")
+    w = sub.add_parser(
+        "weights",
+        help="list the ImageNet weights files and their status; "
+        "`weights import DIR` copies verified files into Keras's cache",
+    )
     w.add_argument("action", nargs="?", choices=["list", "import"], default="list")
     w.add_argument("src", nargs="?", help="folder to import from (with `import`)")
     w.add_argument("--weights-dir", default=None)
@@ -152,11 +213,21 @@ def _make(args) -> P.Deduplicator:
     backbones = "style-lite0" if args.similarity == "style" else args.backbones
     grouping = GroupingParams(**{name: getattr(args, name) for name in GroupingParams.help()})
     return P.Deduplicator(
-        backbones=backbones, grouping=grouping, verify=not args.no_verify, n_neighbours=args.neighbours,
-        model_path=args.pair_model, decisions=args.decisions,
+        backbones=backbones,
+        grouping=grouping,
+        verify=not args.no_verify,
+        n_neighbours=args.neighbours,
+        model_path=args.pair_model,
+        decisions=args.decisions,
         phash_max_distance=DEFAULT_PHASH_MAX_DISTANCE if args.phash_distance is None else args.phash_distance,
-        batch_size=args.batch_size, workers=args.workers, processes=args.processes, cache=cache, weights_dir=args.weights_dir,
-        allow_download=args.download_weights, progress=not args.quiet)
+        batch_size=args.batch_size,
+        workers=args.workers,
+        processes=args.processes,
+        cache=cache,
+        weights_dir=args.weights_dir,
+        allow_download=args.download_weights,
+        progress=not args.quiet,
+    )
 
 
 def cmd_run(args) -> int:
@@ -168,22 +239,31 @@ def cmd_run(args) -> int:
     root = Path(args.dir)
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
-    check_outside(root, out=args.out, cache=args.cache, link_dir=args.link_dir,
-                  move_duplicates=args.move_duplicates)
+    check_outside(root, out=args.out, cache=args.cache, link_dir=args.link_dir, move_duplicates=args.move_duplicates)
     dd = _make(args)
     nets, note = dd.check()  # weights problems stop here, before any image work
     print(("NOTE: " if "FELL BACK" in note else "") + note, flush=True)
-    view = ViewOptions(method=args.method, sim=args.sim, k=args.k_clusters, min_size=args.min_size, pca=args.pca,
-                       time_weight=args.time_weight, link_dir=args.link_dir, map=args.map,
-                       gallery=not args.no_gallery)
+    view = ViewOptions(
+        method=args.method,
+        sim=args.sim,
+        k=args.k_clusters,
+        min_size=args.min_size,
+        pca=args.pca,
+        time_weight=args.time_weight,
+        link_dir=args.link_dir,
+        map=args.map,
+        gallery=not args.no_gallery,
+    )
     job = run_job(dd, root, args.out, view=view, move_duplicates=args.move_duplicates, backbones=(nets, note))
     print(summary(job.result, job.out))
     if args.link_dir:
         print(f"linked {job.links} images into {args.link_dir}/cluster_with_N/cluster_i/")
     if job.moved is not None:
         n_ok = int((job.moved.status == "moved").sum())
-        print(f"moved {n_ok} duplicates to {args.move_duplicates} ({len(job.moved) - n_ok} refused); "
-              f"undo with: python -m dedup undo {Path(args.move_duplicates) / MANIFEST}")
+        print(
+            f"moved {n_ok} duplicates to {args.move_duplicates} ({len(job.moved) - n_ok} refused); "
+            f"undo with: python -m dedup undo {Path(args.move_duplicates) / MANIFEST}"
+        )
     return 0
 
 
@@ -240,10 +320,12 @@ def cmd_bench(args) -> int:
     print(("NOTE: " if "FELL BACK" in note else "") + note, flush=True)
     data = run_bench(labels, dd, args.out, backbones=(nets, note))
     pw = data["pairwise"]
-    print(f"{data['dataset']}: {data['images']} images, {data['true_groups']} true groups, "
-          f"{data['predicted_groups']} predicted; pairwise P {pw['precision']:.3f} R {pw['recall']:.3f} "
-          f"F1 {pw['f1']:.3f}; B-cubed F1 {data['bcubed']['f1']:.3f}; N-S {data['ns_score']:.3f}; "
-          f"R@1 {data['recall_at_1']}; calibration error {data['calibration_ece']}")
+    print(
+        f"{data['dataset']}: {data['images']} images, {data['true_groups']} true groups, "
+        f"{data['predicted_groups']} predicted; pairwise P {pw['precision']:.3f} R {pw['recall']:.3f} "
+        f"F1 {pw['f1']:.3f}; B-cubed F1 {data['bcubed']['f1']:.3f}; N-S {data['ns_score']:.3f}; "
+        f"R@1 {data['recall_at_1']}; calibration error {data['calibration_ece']}"
+    )
     if "copies_found_by_edit" in data:
         print("copies found: " + ", ".join(f"{k} {v['share']:.2f}" for k, v in data["copies_found_by_edit"].items()))
     print(f"report: {Path(args.out) / BENCH_MD}, {Path(args.out) / BENCH_JSON}")
@@ -261,8 +343,10 @@ def cmd_evaluate(args) -> int:
         print(json.dumps(m, indent=2))
         return 0
     pw, b3 = m["pairwise"], m["bcubed"]
-    print(f"images {m['images']} (missing {m['missing']}), true groups {m['true_groups']}, "
-          f"predicted groups {m['predicted_groups']}")
+    print(
+        f"images {m['images']} (missing {m['missing']}), true groups {m['true_groups']}, "
+        f"predicted groups {m['predicted_groups']}"
+    )
     print(f"pairwise  P {pw['precision']:.4f}  R {pw['recall']:.4f}  F1 {pw['f1']:.4f}")
     print(f"B-cubed   P {b3['precision']:.4f}  R {b3['recall']:.4f}  F1 {b3['f1']:.4f}")
     print(f"ARI {m['ari']:.4f}")
@@ -301,8 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
     quiet = getattr(args, "quiet", False)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else (logging.ERROR if quiet else logging.WARNING),
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else (logging.ERROR if quiet else logging.WARNING),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import sqlite3
 
@@ -310,8 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     from .cache import CacheError
     from .lock import BusyError
 
-    commands = {"run": cmd_run, "weights": cmd_weights, "query": cmd_query, "undo": cmd_undo,
-                "bench": cmd_bench, "evaluate": cmd_evaluate}
+    commands = {
+        "run": cmd_run,
+        "weights": cmd_weights,
+        "query": cmd_query,
+        "undo": cmd_undo,
+        "bench": cmd_bench,
+        "evaluate": cmd_evaluate,
+    }
     try:
         return commands[args.command](args)
     except (WeightsError, CacheError, BusyError, ValueError) as exc:

@@ -25,6 +25,7 @@ no loss on ``ukbench-dev``. Every colour is compared in full: a grey garment
 no longer matches any colour of similar lightness, and a greyscale copy of a
 colour photo counts as a different colour (it is, for a retailer).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,9 +45,10 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """``(..., 3)`` uint8 sRGB -> ``(..., 3)`` float32 CIELAB (L* 0..100, a*/b* about -128..127)."""
     c = rgb.astype(np.float32) / 255.0
     c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.4124564, 0.3575761, 0.1804375],
-                  [0.2126729, 0.7151522, 0.0721750],
-                  [0.0193339, 0.1191920, 0.9503041]], np.float32)
+    m = np.array(
+        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]],
+        np.float32,
+    )
     xyz = c @ m.T / np.array([0.95047, 1.0, 1.08883], np.float32)
     f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
     L = 116 * f[..., 1] - 16
@@ -75,7 +77,7 @@ def foreground_mask(lab: np.ndarray) -> np.ndarray:
     """
     ring = np.concatenate([lab[0], lab[-1], lab[1:-1, 0], lab[1:-1, -1]])
     ref = np.median(ring, axis=0)
-    fg = (np.linalg.norm(lab.reshape(-1, 3) - ref, axis=1) > BACKGROUND_DELTA_E)
+    fg = np.linalg.norm(lab.reshape(-1, 3) - ref, axis=1) > BACKGROUND_DELTA_E
     if fg.sum() < 0.05 * fg.size:
         fg[:] = True
     return fg
@@ -99,8 +101,9 @@ def colour_descriptor(image: Image.Image) -> np.ndarray:
         for da in (0, 1):
             for db in (0, 1):
                 w = (lw if dl else 1 - lw) * (aw if da else 1 - aw) * (bw if db else 1 - bw)
-                idx = (np.minimum(l0 + dl, L_BINS - 1) * A_BINS + np.minimum(a0 + da, A_BINS - 1)) * B_BINS \
-                    + np.minimum(b0 + db, B_BINS - 1)
+                idx = (
+                    np.minimum(l0 + dl, L_BINS - 1) * A_BINS + np.minimum(a0 + da, A_BINS - 1)
+                ) * B_BINS + np.minimum(b0 + db, B_BINS - 1)
                 hist += np.bincount(idx, weights=w, minlength=DIM)
     hist /= max(hist.sum(), 1e-12)
     return np.sqrt(hist).astype(np.float32)

@@ -16,6 +16,7 @@ supported image safely as 8-bit RGB.
 
 Every failure becomes a :class:`DecodeError` whose message is the skip reason.
 """
+
 from __future__ import annotations
 
 import io
@@ -97,8 +98,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str | os.PathLike | io.BytesIO, *, target_size: int | None = None,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Decoded:
+def load_image(
+    path: str | os.PathLike | io.BytesIO, *, target_size: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Decoded:
     """Decode one file as 8-bit RGB.
 
     Args:
@@ -126,7 +128,8 @@ def load_image(path: str | os.PathLike | io.BytesIO, *, target_size: int | None 
             if max_pixels is not None and width * height > max_pixels:
                 raise DecodeError(
                     f"decompression bomb guard: declared size {width}x{height} "
-                    f"= {width * height} pixels exceeds the limit of {max_pixels}")
+                    f"= {width * height} pixels exceeds the limit of {max_pixels}"
+                )
             frames = int(getattr(im, "n_frames", 1) or 1)
             rgb, turned = _pixels(im, fmt, frames, target_size)
     except DecodeError:
@@ -141,8 +144,11 @@ def load_image(path: str | os.PathLike | io.BytesIO, *, target_size: int | None 
     return Decoded(rgb, width, height, fmt, mode, frames, note)
 
 
-_OPEN_ERRORS = {FileNotFoundError: "file not found", PermissionError: "unreadable: permission denied",
-                IsADirectoryError: "is a folder"}
+_OPEN_ERRORS = {
+    FileNotFoundError: "file not found",
+    PermissionError: "unreadable: permission denied",
+    IsADirectoryError: "is a folder",
+}
 
 
 def _open(path) -> Image.Image:
@@ -229,4 +235,3 @@ def capture_times(paths: list[Path]) -> np.ndarray:
         except OSError:
             pass
     return out
-

@@ -9,6 +9,7 @@ file's path, size, mtime, ctime and inode are all unchanged (see
 bytes it decodes again and drops a file whose content changed in between, so
 a digest and the pixels stored under it always come from the same bytes.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,9 @@ def cache_key(path: Path) -> bytes:
     return os.fsencode(path.resolve())
 
 
-def digest_files(paths: list[Path], cache: Cache | None = None, workers: int = 2,
-                 progress: bool = True) -> list[str | OSError]:
+def digest_files(
+    paths: list[Path], cache: Cache | None = None, workers: int = 2, progress: bool = True
+) -> list[str | OSError]:
     """SHA-256 of each file.
 
     Args:

@@ -8,6 +8,7 @@ that, when Pillow recognises it; its extension is never trusted (a JPEG named
 Everything that is not taken is returned as a :class:`Skipped` record with a
 reason, so that the report can list it; nothing here raises for a bad file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -57,7 +58,7 @@ def sniff_format(head: bytes) -> str | None:
         ``"PNM"`` or ``"HEIF"``; ``None`` when no signature matches.
     """
     for offset, magic, name in _SIGNATURES:
-        if head[offset:offset + len(magic)] == magic:
+        if head[offset : offset + len(magic)] == magic:
             if name == "WEBP" and head[:4] != b"RIFF":
                 continue
             return name

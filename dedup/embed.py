@@ -13,6 +13,7 @@ read") and nothing is stored under either digest. A file that cannot be
 decoded is remembered by content (with the decoder's version and pixel
 limit), so a warm run skips it without decoding it again or loading a model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -111,8 +112,7 @@ def decode_task(path: Path, nets: list[Backbone], need_embed: list[bool], max_pi
 class _Batcher:
     """Collects decoded items and runs each backbone on full batches."""
 
-    def __init__(self, nets: list[Backbone], out: Embedded, digests: list[str],
-                 cache: Cache | None, batch_size: int):
+    def __init__(self, nets: list[Backbone], out: Embedded, digests: list[str], cache: Cache | None, batch_size: int):
         self.nets, self.out, self.digests, self.cache, self.batch_size = nets, out, digests, cache, batch_size
         self.items: list[int] = []
         self.inputs: list[list] = [[] for _ in nets]
@@ -165,9 +165,18 @@ def _from_cache(digests: list[str], nets: list[Backbone], cache: Cache, decoder:
             out.failed[i] = known_bad[d]
 
 
-def decode_and_embed(paths: list[Path], digests: list[str], nets: list[Backbone],
-                     cache: Cache | None = None, *, batch_size: int = 32, workers: int = 2,
-                     processes: int = 0, max_pixels: int | None = None, progress: bool = True) -> Embedded:
+def decode_and_embed(
+    paths: list[Path],
+    digests: list[str],
+    nets: list[Backbone],
+    cache: Cache | None = None,
+    *,
+    batch_size: int = 32,
+    workers: int = 2,
+    processes: int = 0,
+    max_pixels: int | None = None,
+    progress: bool = True,
+) -> Embedded:
     """Facts and embeddings of every file, decoding only what the cache lacks.
 
     Args:
@@ -197,8 +206,9 @@ def decode_and_embed(paths: list[Path], digests: list[str], nets: list[Backbone]
                 todo.append(i)
     out.from_cache = n - len(todo) - len(out.failed)
     if todo:
-        _decode_window(paths, digests, nets, todo, cache, decoder, out, batch_size, workers, processes,
-                       max_pixels, progress)
+        _decode_window(
+            paths, digests, nets, todo, cache, decoder, out, batch_size, workers, processes, max_pixels, progress
+        )
     for i, d in enumerate(digests):  # identical files share the first one's results
         src = first_of[d]
         if src != i:
@@ -210,14 +220,14 @@ def decode_and_embed(paths: list[Path], digests: list[str], nets: list[Backbone]
     return out
 
 
-def _decode_window(paths, digests, nets, todo, cache, decoder, out: Embedded, batch_size, workers, processes,
-                   max_pixels, progress) -> None:
+def _decode_window(
+    paths, digests, nets, todo, cache, decoder, out: Embedded, batch_size, workers, processes, max_pixels, progress
+) -> None:
     """Decode ``todo`` in a bounded window of futures, embedding full batches as they fill."""
     for net in nets:
         net.load()
     batcher = _Batcher(nets, out, digests, cache, batch_size)
-    bar = tqdm(total=len(todo), desc="decode+embed " + "+".join(n.name for n in nets), disable=not progress,
-               unit="img")
+    bar = tqdm(total=len(todo), desc="decode+embed " + "+".join(n.name for n in nets), disable=not progress, unit="img")
     with _executor(workers, processes) as ex:
         pending: deque = deque()
         it = iter(todo)
@@ -240,8 +250,16 @@ def _decode_window(paths, digests, nets, todo, cache, decoder, out: Embedded, ba
     bar.close()
 
 
-def _take(i: int, res: tuple, digests: list[str], paths: list[Path], cache: Cache | None, decoder: str,
-          out: Embedded, batcher: _Batcher) -> None:
+def _take(
+    i: int,
+    res: tuple,
+    digests: list[str],
+    paths: list[Path],
+    cache: Cache | None,
+    decoder: str,
+    out: Embedded,
+    batcher: _Batcher,
+) -> None:
     """Record one decoded file (or why it failed)."""
     digest, reason, facts, prepared = res
     if digest is not None and digest != digests[i]:

@@ -19,6 +19,7 @@ same images:
   image's true group among its 4 nearest neighbours by embedding, itself
   included (max 4 on UKBench).
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,14 @@ def pairwise_scores(pred: np.ndarray, true: np.ndarray) -> dict:
     true_pairs = _comb2(np.asarray(c.sum(axis=1)).ravel())
     p = tp / pred_pairs if pred_pairs else 1.0
     r = tp / true_pairs if true_pairs else 1.0
-    return {"precision": p, "recall": r, "f1": _f1(p, r), "tp_pairs": int(tp),
-            "predicted_pairs": int(pred_pairs), "true_pairs": int(true_pairs)}
+    return {
+        "precision": p,
+        "recall": r,
+        "f1": _f1(p, r),
+        "tp_pairs": int(tp),
+        "predicted_pairs": int(pred_pairs),
+        "true_pairs": int(true_pairs),
+    }
 
 
 def bcubed_scores(pred: np.ndarray, true: np.ndarray) -> dict:
@@ -70,8 +77,8 @@ def bcubed_scores(pred: np.ndarray, true: np.ndarray) -> dict:
     true_size = np.asarray(contingency_matrix(true, pred, sparse=True).sum(axis=1)).ravel()
     n = float(len(pred))
     # Each cell (t, p) holds n_tp images, each with overlap n_tp.
-    p = float((c.data ** 2 / pred_size[c.col]).sum() / n) if n else 1.0
-    r = float((c.data ** 2 / true_size[c.row]).sum() / n) if n else 1.0
+    p = float((c.data**2 / pred_size[c.col]).sum() / n) if n else 1.0
+    r = float((c.data**2 / true_size[c.row]).sum() / n) if n else 1.0
     return {"precision": p, "recall": r, "f1": _f1(p, r)}
 
 
@@ -87,11 +94,11 @@ def ns_score(X: np.ndarray, true: np.ndarray, k: int = 4) -> float:
     X = np.asarray(X, np.float32)
     total = 0.0
     for s in range(0, len(X), 1024):
-        sim = X[s:s + 1024] @ X.T
+        sim = X[s : s + 1024] @ X.T
         rows = np.arange(sim.shape[0])
         sim[rows, rows + s] = np.inf  # itself first
         top = np.argpartition(-sim, min(k, len(X)) - 1, axis=1)[:, :k]
-        total += float((true[top] == true[s:s + 1024, None]).sum())
+        total += float((true[top] == true[s : s + 1024, None]).sum())
     return total / len(X) if len(X) else 0.0
 
 
@@ -129,8 +136,12 @@ def align(groups: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"path": lab.path, "true": lab.group, "pred": hits})
 
 
-def evaluate(groups: pd.DataFrame, labels: pd.DataFrame, embeddings: np.ndarray | None = None,
-             embedding_paths: list[str] | None = None) -> dict:
+def evaluate(
+    groups: pd.DataFrame,
+    labels: pd.DataFrame,
+    embeddings: np.ndarray | None = None,
+    embedding_paths: list[str] | None = None,
+) -> dict:
     """Score a grouping against labels.
 
     Labels whose group starts with ``_`` (e.g. ``_corrupt_``) mark files that
@@ -158,7 +169,8 @@ def evaluate(groups: pd.DataFrame, labels: pd.DataFrame, embeddings: np.ndarray 
     pred = a.pred.where(a.pred.notna(), "missing::" + a.path).to_numpy()
     true = a.true.to_numpy()
     out = {
-        "images": int(len(a)), "missing": missing,
+        "images": int(len(a)),
+        "missing": missing,
         "true_groups": int(pd.Series(true).nunique()),
         "predicted_groups": int(pd.Series(pred).nunique()),
         "pairwise": pairwise_scores(pred, true),
@@ -190,14 +202,13 @@ def read_labels(labels_csv: str | os.PathLike) -> pd.DataFrame:
     return labels
 
 
-
 def _labels_frame(result, grouping) -> pd.DataFrame:
     return pd.DataFrame({"path": result.groups.path, "group": grouping.labels})
 
 
-
-def run_bench(labels_csv: str | os.PathLike, dedup, out: str | os.PathLike,
-              sweep: np.ndarray | None = None, backbones=None) -> dict:
+def run_bench(
+    labels_csv: str | os.PathLike, dedup, out: str | os.PathLike, sweep: np.ndarray | None = None, backbones=None
+) -> dict:
     """Run ``dedup`` on the images of a labelled set, score it, write reports.
 
     Args:
@@ -236,9 +247,17 @@ def run_bench(labels_csv: str | os.PathLike, dedup, out: str | os.PathLike,
     for c in levels:
         g = dedup.regroup(result, min_confidence=float(c), review_confidence=min(float(c), 0.5))
         m = evaluate(_labels_frame(result, g), labels)
-        rows.append({"min_confidence": float(c), "precision": m["pairwise"]["precision"],
-                     "recall": m["pairwise"]["recall"], "f1": m["pairwise"]["f1"], "bcubed_f1": m["bcubed"]["f1"],
-                     "predicted_groups": m["predicted_groups"], "default": bool(np.isclose(c, default))})
+        rows.append(
+            {
+                "min_confidence": float(c),
+                "precision": m["pairwise"]["precision"],
+                "recall": m["pairwise"]["recall"],
+                "f1": m["pairwise"]["f1"],
+                "bcubed_f1": m["bcubed"]["f1"],
+                "predicted_groups": m["predicted_groups"],
+                "default": bool(np.isclose(c, default)),
+            }
+        )
     sweep_df = pd.DataFrame(rows)
 
     secs = result.meta["seconds"]
@@ -262,7 +281,6 @@ def run_bench(labels_csv: str | os.PathLike, dedup, out: str | os.PathLike,
     return data
 
 
-
 def recall_at_1(fused_ids: np.ndarray, truth: np.ndarray, known: np.ndarray | None = None) -> float | None:
     """Nearest-neighbour recall@1 in the colour-fused space: the share of
     images with at least one other image of their group whose nearest
@@ -283,13 +301,13 @@ def recall_at_1(fused_ids: np.ndarray, truth: np.ndarray, known: np.ndarray | No
         return None
     sizes = pd.Series(truth[known]).value_counts()
     has_partner = known & (pd.Series(truth).map(sizes).fillna(0).to_numpy() > 1)
-    first = np.where(fused_ids[:, 0] == np.arange(n), fused_ids[:, 1] if fused_ids.shape[1] > 1 else -1,
-                     fused_ids[:, 0])
+    first = np.where(
+        fused_ids[:, 0] == np.arange(n), fused_ids[:, 1] if fused_ids.shape[1] > 1 else -1, fused_ids[:, 0]
+    )
     ok = has_partner & (first >= 0)
     if not ok.any():
         return None
     return round(float((truth[first[ok]] == truth[ok]).mean()), 4)
-
 
 
 def copies_found(groups: pd.DataFrame, labels: pd.DataFrame) -> dict:
@@ -306,10 +324,17 @@ def copies_found(groups: pd.DataFrame, labels: pd.DataFrame) -> dict:
     copies = lab[lab.edit != ""]
     out: dict = {}
     for kind, rows in list(copies.groupby("edit")) + [("all", copies)]:
-        found = sum(1 for r in rows.itertuples()
-                    if r.group in originals.index and r.path in g.index and originals[r.group] in g.index
-                    and g[r.path] == g[originals[r.group]])
-        out[str(kind)] = {"copies": int(len(rows)), "found": int(found),
-                          "share": round(found / len(rows), 4) if len(rows) else 1.0}
+        found = sum(
+            1
+            for r in rows.itertuples()
+            if r.group in originals.index
+            and r.path in g.index
+            and originals[r.group] in g.index
+            and g[r.path] == g[originals[r.group]]
+        )
+        out[str(kind)] = {
+            "copies": int(len(rows)),
+            "found": int(found),
+            "share": round(found / len(rows), 4) if len(rows) else 1.0,
+        }
     return out
-

@@ -29,6 +29,7 @@ person. How a run decides (every number is a documented default of
    between which a person rejected a pair. One bridging image cannot pull two products
    together, and no component is too big to check.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -54,17 +55,19 @@ class GroupingParams:
     the README's precision/recall table); ``--min-confidence`` is the one knob.
     """
 
-    min_confidence: float = _param(
-        0.9, "calibrated probability of 'same product' that joins a pair", 0.0, 1.0)
+    min_confidence: float = _param(0.9, "calibrated probability of 'same product' that joins a pair", 0.0, 1.0)
     review_confidence: float = _param(
-        0.5, "pairs from this probability up to --min-confidence go to review.csv", 0.0, 1.0)
+        0.5, "pairs from this probability up to --min-confidence go to review.csv", 0.0, 1.0
+    )
     linkage_confidence: float = _param(
-        0.5, "two groups merge only if the scored pairs between them average at least this probability",
-        0.0, 1.0)
+        0.5, "two groups merge only if the scored pairs between them average at least this probability", 0.0, 1.0
+    )
     colour_weight: float = _param(
-        0.75, "share of the colour histogram in the fused kNN search (0 = embedding only)", 0.0, 1.0)
+        0.75, "share of the colour histogram in the fused kNN search (0 = embedding only)", 0.0, 1.0
+    )
     phash_colour_cutoff: float = _param(
-        0.35, "largest colour distance of a pHash near-duplicate that joins in the hash pass", 0.0, 1.0)
+        0.35, "largest colour distance of a pHash near-duplicate that joins in the hash pass", 0.0, 1.0
+    )
     k_context: int = _param(10, "neighbours averaged for the contextual distance", 1, 1000, int)
 
     def __post_init__(self) -> None:
@@ -81,12 +84,17 @@ class GroupingParams:
             v, (lo, hi), kind = getattr(self, f.name), f.metadata["range"], f.metadata["type"]
             if kind is int and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
                 raise ValueError(f"{f.name} must be an integer in [{lo}, {hi}], got {v!r}")
-            if not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) \
-                    or (lo is not None and v < lo) or (hi is not None and v > hi):
+            if (
+                not isinstance(v, (int, float, np.integer, np.floating))
+                or not np.isfinite(v)
+                or (lo is not None and v < lo)
+                or (hi is not None and v > hi)
+            ):
                 raise ValueError(f"{f.name} must lie in [{lo}, {hi}], got {v!r}")
         if self.review_confidence > self.min_confidence:
-            raise ValueError(f"review_confidence ({self.review_confidence}) must not exceed min_confidence "
-                             f"({self.min_confidence})")
+            raise ValueError(
+                f"review_confidence ({self.review_confidence}) must not exceed min_confidence ({self.min_confidence})"
+            )
         return self
 
     @classmethod
@@ -216,8 +224,15 @@ def _ranks(ij: np.ndarray, fused_ids: np.ndarray) -> tuple[np.ndarray, np.ndarra
 CONTEXT_PRIOR_RADIUS: float = 0.14
 
 
-def score_pairs(ij: np.ndarray, embeddings: list[np.ndarray], colours: np.ndarray, fused: np.ndarray,
-                fused_ids: np.ndarray, phashes: np.ndarray, k_context: int = 10) -> Pairs:
+def score_pairs(
+    ij: np.ndarray,
+    embeddings: list[np.ndarray],
+    colours: np.ndarray,
+    fused: np.ndarray,
+    fused_ids: np.ndarray,
+    phashes: np.ndarray,
+    k_context: int = 10,
+) -> Pairs:
     """The evidence of every candidate pair (all but the geometric verification).
 
     Args:
@@ -269,11 +284,24 @@ def score_pairs(ij: np.ndarray, embeddings: list[np.ndarray], colours: np.ndarra
     relative = fd / np.minimum(r1[a], r1[c]) if m else np.zeros(0, np.float32)
     rij, rji = _ranks(ij, fused_ids) if m and k else (np.full(m, k, np.int64), np.full(m, k, np.int64))
     codes = np.asarray(phashes, np.uint64)
-    bits = np.unpackbits((codes[a] ^ codes[c]).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1) if m \
+    bits = (
+        np.unpackbits((codes[a] ^ codes[c]).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+        if m
         else np.zeros(0, np.int64)
-    return Pairs(ij.astype(np.int64), dist.astype(np.float32), per, col.astype(np.float32), fd,
-                 context.astype(np.float32), rij, rji, relative.astype(np.float32), bits.astype(np.int64),
-                 np.full(m, -1, np.int64))
+    )
+    return Pairs(
+        ij.astype(np.int64),
+        dist.astype(np.float32),
+        per,
+        col.astype(np.float32),
+        fd,
+        context.astype(np.float32),
+        rij,
+        rji,
+        relative.astype(np.float32),
+        bits.astype(np.int64),
+        np.full(m, -1, np.int64),
+    )
 
 
 @dataclass
@@ -342,8 +370,14 @@ class _Clusters:
         self.members[ra] += self.members.pop(rb)
 
 
-def group(n: int, pairs: Pairs, confidence: np.ndarray, hash_pairs: dict[str, np.ndarray],
-          params: GroupingParams | None = None, decisions: pd.DataFrame | None = None) -> Grouping:
+def group(
+    n: int,
+    pairs: Pairs,
+    confidence: np.ndarray,
+    hash_pairs: dict[str, np.ndarray],
+    params: GroupingParams | None = None,
+    decisions: pd.DataFrame | None = None,
+) -> Grouping:
     """Decide the groups (see the module docstring for the rules).
 
     Args:
@@ -372,8 +406,9 @@ def group(n: int, pairs: Pairs, confidence: np.ndarray, hash_pairs: dict[str, np
     ph_ok = np.array([r >= 0 and pairs.colour[r] <= p.phash_colour_cutoff for r in ph_rows], bool)
 
     # (stage, i, j, probability, pair row), strongest evidence first; sha256 and confirmed pairs bypass checks
-    edges: list[tuple[str, int, int, float, int]] = [("sha256", int(a), int(b), 1.0, pos.get((min(a, b), max(a, b)), -1))
-                                                     for a, b in sha.tolist()]
+    edges: list[tuple[str, int, int, float, int]] = [
+        ("sha256", int(a), int(b), 1.0, pos.get((min(a, b), max(a, b)), -1)) for a, b in sha.tolist()
+    ]
     edges += [("reviewed", a, b, 1.0, pos.get((a, b), -1)) for a, b in confirmed]
     edges += [("phash", int(a), int(b), float(conf[r]), int(r)) for (a, b), r in zip(ph[ph_ok], ph_rows[ph_ok])]
     join = np.nonzero(conf >= p.min_confidence)[0]
@@ -399,8 +434,11 @@ def group(n: int, pairs: Pairs, confidence: np.ndarray, hash_pairs: dict[str, np
         elif name == "classifier":
             continue  # already together: it adds no evidence of how the image joined
         for x, y in ((a, b), (b, a)):
-            if stage[x] == "single" or STAGES.index(name) < STAGES.index(stage[x]) or \
-                    (name == stage[x] and pp > best[x]):
+            if (
+                stage[x] == "single"
+                or STAGES.index(name) < STAGES.index(stage[x])
+                or (name == stage[x] and pp > best[x])
+            ):
                 stage[x], best[x], partner[x] = name, pp, y
                 dist[x] = pairs.distance[r] if r >= 0 else np.nan
     labels = np.array([cl.find(i) for i in range(n)], np.int64)

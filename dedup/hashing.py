@@ -11,6 +11,7 @@
 Hamming search is brute force over 64-bit integers with NumPy's popcount,
 done in blocks so that memory stays O(block x n), never n x n.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,8 +70,9 @@ def exact_groups(digests: list[str]) -> list[list[int]]:
     return [ix for ix in by_digest.values() if len(ix) > 1]
 
 
-def near_duplicate_pairs(codes: np.ndarray, max_distance: int = DEFAULT_PHASH_MAX_DISTANCE,
-                         block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def near_duplicate_pairs(
+    codes: np.ndarray, max_distance: int = DEFAULT_PHASH_MAX_DISTANCE, block: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """All pairs of 64-bit hash codes within a Hamming distance.
 
     Args:
@@ -86,7 +88,7 @@ def near_duplicate_pairs(codes: np.ndarray, max_distance: int = DEFAULT_PHASH_MA
     n = codes.shape[0]
     out_p, out_d = [], []
     for start in range(0, n, block):
-        rows = codes[start:start + block]
+        rows = codes[start : start + block]
         dist = np.bitwise_count(rows[:, None] ^ codes[None, :]).astype(np.int64)
         ii, jj = np.nonzero(dist <= max_distance)
         ii = ii + start
@@ -98,8 +100,9 @@ def near_duplicate_pairs(codes: np.ndarray, max_distance: int = DEFAULT_PHASH_MA
     return np.concatenate(out_p).astype(np.int64), np.concatenate(out_d)
 
 
-def hash_pass(digests: list[str], codes: np.ndarray,
-               max_distance: int = DEFAULT_PHASH_MAX_DISTANCE) -> dict[str, np.ndarray]:
+def hash_pass(
+    digests: list[str], codes: np.ndarray, max_distance: int = DEFAULT_PHASH_MAX_DISTANCE
+) -> dict[str, np.ndarray]:
     """The exact and near-exact pass: byte-identical files and pHash matches.
 
     Args:
@@ -113,8 +116,7 @@ def hash_pass(digests: list[str], codes: np.ndarray,
         when the colours agree.
     """
     sha = [(a, b) for g in exact_groups(digests) for a, b in zip(g[:-1], g[1:])]
-    return {"sha256": np.asarray(sha, np.int64).reshape(-1, 2),
-            "phash": near_duplicate_pairs(codes, max_distance)[0]}
+    return {"sha256": np.asarray(sha, np.int64).reshape(-1, 2), "phash": near_duplicate_pairs(codes, max_distance)[0]}
 
 
 #: Side in pixels the hash pass decodes JPEGs down to (DCT-domain draft

@@ -8,6 +8,7 @@ misses many true neighbours, so dedup searches ``search_k = n_trees * k *
 SEARCH_K_FACTOR`` nodes; ``benchmarks/ann_recall.py`` measures recall@10
 against exact search for the defaults.
 """
+
 from __future__ import annotations
 
 import os
@@ -85,15 +86,15 @@ class AnnIndex:
         dists = np.full((len(X), k), np.inf, np.float32)
         search_k = self.n_trees * max(k_eff, 1) * self.search_k_factor
         for r, row in enumerate(np.asarray(X, np.float32)):
-            found, d = self._index.get_nns_by_vector(row.tolist(), k_eff, search_k=search_k,
-                                                     include_distances=True)
-            ids[r, :len(found)] = found
-            dists[r, :len(found)] = np.asarray(d, np.float32) ** 2 / 2.0
+            found, d = self._index.get_nns_by_vector(row.tolist(), k_eff, search_k=search_k, include_distances=True)
+            ids[r, : len(found)] = found
+            dists[r, : len(found)] = np.asarray(d, np.float32) ** 2 / 2.0
         return ids, dists
 
 
-def build_indexes(vectors: dict[str, np.ndarray], k: int, n_trees: int = DEFAULT_N_TREES,
-                  search_k_factor: int = SEARCH_K_FACTOR) -> tuple[dict[str, AnnIndex], list[np.ndarray]]:
+def build_indexes(
+    vectors: dict[str, np.ndarray], k: int, n_trees: int = DEFAULT_N_TREES, search_k_factor: int = SEARCH_K_FACTOR
+) -> tuple[dict[str, AnnIndex], list[np.ndarray]]:
     """Stage 5, index: one Annoy index per matrix and each row's ``k`` nearest.
 
     Args:
@@ -128,7 +129,7 @@ def exact_knn(X: np.ndarray, Q: np.ndarray, k: int, block: int = 1024) -> tuple[
     k = min(k, len(X))
     ids_out, d_out = [], []
     for s in range(0, len(Q), block):
-        sim = Q[s:s + block] @ X.T
+        sim = Q[s : s + block] @ X.T
         part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         psim = np.take_along_axis(sim, part, axis=1)
         order = np.argsort(-psim, axis=1)

@@ -11,6 +11,7 @@ Moving duplicates always follows the duplicate groups of the run, never a
 view's clusters: ``--method kmeans --k 1 --move-duplicates`` moves exactly
 what ``--method group`` would.
 """
+
 from __future__ import annotations
 
 import math
@@ -114,12 +115,20 @@ def check_outside(root: str | os.PathLike, **targets: str | os.PathLike | None) 
     """
     for name, value in targets.items():
         if value and _inside(Path(value), Path(root)):
-            raise ValueError(f"--{name.replace('_', '-')} {value} lies inside {root}; dedup never writes inside "
-                             "the input folder")
+            raise ValueError(
+                f"--{name.replace('_', '-')} {value} lies inside {root}; dedup never writes inside the input folder"
+            )
 
 
-def run_job(dedup, root: str | os.PathLike, out: str | os.PathLike, *, view: ViewOptions | None = None,
-            move_duplicates: str | os.PathLike | None = None, backbones=None) -> JobResult:
+def run_job(
+    dedup,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    view: ViewOptions | None = None,
+    move_duplicates: str | os.PathLike | None = None,
+    backbones=None,
+) -> JobResult:
     """Run, report and optionally act, as ``python -m dedup run`` does.
 
     Args:
@@ -176,12 +185,27 @@ def _apply_view(result, view: ViewOptions, out: Path) -> None:
     if view.method == "group":
         return
     times = capture_times(result.files) if view.time_weight > 0 else None
-    labels, Z = views.cluster(result.ensemble_embeddings(), method=view.method, sim=view.sim, k=view.k,
-                              min_size=view.min_size, pca=view.pca, times=times, time_weight=view.time_weight)
+    labels, Z = views.cluster(
+        result.ensemble_embeddings(),
+        method=view.method,
+        sim=view.sim,
+        k=view.k,
+        min_size=view.min_size,
+        pca=view.pca,
+        times=times,
+        time_weight=view.time_weight,
+    )
     result.groups = views.relabel(result.groups, labels, view.method)
-    result.meta["views"] = {"method": view.method, "sim": view.sim, "k": view.k, "min_size": view.min_size,
-                            "pca": view.pca, "time_weight": view.time_weight, "time_scale_s": views.TIME_SCALE_S,
-                            "linkage": "average (UPGMA), cosine"}
+    result.meta["views"] = {
+        "method": view.method,
+        "sim": view.sim,
+        "k": view.k,
+        "min_size": view.min_size,
+        "pca": view.pca,
+        "time_weight": view.time_weight,
+        "time_scale_s": views.TIME_SCALE_S,
+        "linkage": "average (UPGMA), cosine",
+    }
     result.meta["counts"].update(group_counts(result.groups))
     if Z is not None:
         plot_dendrogram(Z, out / "dendrogram.png", cut=1 - view.sim)
@@ -198,8 +222,15 @@ def _write_pictures(job: JobResult, view: ViewOptions, root: Path) -> None:
         path = result.meta["settings"].get("cache")
         cache = Cache(path) if path else None
         try:
-            write_gallery(result.groups, root, job.out / "gallery.html", title=f"dedup: {root}",
-                                files=result.files, cache=cache, review=result.review)
+            write_gallery(
+                result.groups,
+                root,
+                job.out / "gallery.html",
+                title=f"dedup: {root}",
+                files=result.files,
+                cache=cache,
+                review=result.review,
+            )
         finally:
             if cache is not None:
                 cache.close()

@@ -3,6 +3,7 @@ image-clustering write-up's way to browse clusters in a file manager).
 
 Originals are never touched: each entry is a symbolic link to one.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,17 +15,16 @@ import pandas as pd
 NAME_MAX = 255
 
 
-
 def _numbered(name: str, j: int) -> str:
     """``j_name``, its stem shortened so that it stays within :data:`NAME_MAX` bytes."""
     stem, suffix = os.path.splitext(name)
     room = NAME_MAX - len(os.fsencode(f"{j}_")) - len(os.fsencode(suffix))
-    return f"{j}_" + os.fsdecode(os.fsencode(stem)[:max(room, 1)]) + suffix
+    return f"{j}_" + os.fsdecode(os.fsencode(stem)[: max(room, 1)]) + suffix
 
 
-
-def link_clusters(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike,
-                  files: list | None = None) -> int:
+def link_clusters(
+    groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.PathLike, files: list | None = None
+) -> int:
     """Write ``dest/cluster_with_N/cluster_i/`` folders of symlinks.
 
     One folder per group of N >= 2 images (groups of one are not linked),
@@ -63,4 +63,3 @@ def link_clusters(groups: pd.DataFrame, root: str | os.PathLike, dest: str | os.
             os.symlink(real[row], link)
             made += 1
     return made
-

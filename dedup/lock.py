@@ -7,6 +7,7 @@ process, so a run killed by SIGKILL never leaves a stale lock) on a small
 lock file for its whole duration, and a second run fails at once with a
 message naming the holder, rather than waiting without a word.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -46,8 +47,10 @@ class Lock:
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
                 os.close(fd)
-                raise BusyError(f"{self.what} is in use by another dedup run (pid {holder}); wait for it to "
-                                "finish or choose another") from None
+                raise BusyError(
+                    f"{self.what} is in use by another dedup run (pid {holder}); wait for it to "
+                    "finish or choose another"
+                ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
             self._fd = fd

@@ -18,6 +18,7 @@ of its own module, usable alone:
 :func:`dedup.job.run_job` adds the guards, the output lock, views, the
 gallery and moving duplicates; the CLI only parses arguments and calls it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -153,19 +154,21 @@ def groups_table(rel: list[str], grouping: Grouping, facts: list, digests: list[
     labels = grouping.labels
     width = max(4, len(str(int(labels.max()) + 1))) if n else 4
     sizes = np.bincount(labels, minlength=int(labels.max()) + 1) if n else np.zeros(0, np.int64)
-    return pd.DataFrame({
-        "path": rel,
-        "group": [f"g{int(g):0{width}d}" for g in labels],
-        "group_size": sizes[labels] if n else np.zeros(0, np.int64),
-        "confidence": np.round(grouping.confidence, 4),
-        "stage": grouping.stage,
-        "distance": np.round(grouping.distance.astype(np.float64), 4),
-        "matched": [rel[j] if j >= 0 else "" for j in grouping.partner],
-        "width": [f.width for f in facts],
-        "height": [f.height for f in facts],
-        "note": [f.note for f in facts],
-        "sha256": digests,
-    })
+    return pd.DataFrame(
+        {
+            "path": rel,
+            "group": [f"g{int(g):0{width}d}" for g in labels],
+            "group_size": sizes[labels] if n else np.zeros(0, np.int64),
+            "confidence": np.round(grouping.confidence, 4),
+            "stage": grouping.stage,
+            "distance": np.round(grouping.distance.astype(np.float64), 4),
+            "matched": [rel[j] if j >= 0 else "" for j in grouping.partner],
+            "width": [f.width for f in facts],
+            "height": [f.height for f in facts],
+            "note": [f.note for f in facts],
+            "sha256": digests,
+        }
+    )
 
 
 def _model_info(model: PairModel, path, nets: list[Backbone]) -> dict:
@@ -174,10 +177,18 @@ def _model_info(model: PairModel, path, nets: list[Backbone]) -> dict:
     fitted = model.info.get("fitted_with", [])
     ok = sorted(fitted) == sorted(net.name for net in nets)
     if not ok:
-        log.warning("the pair model was fitted with %s; confidences for %s are not calibrated "
-                    "(refit with benchmarks/calibrate.py)", fitted, [net.name for net in nets])
-    return {"source": str(path or "shipped"), "fitted_on": model.info.get("fitted_on"), "fitted_with": fitted,
-            "calibrated_for_these_backbones": ok}
+        log.warning(
+            "the pair model was fitted with %s; confidences for %s are not calibrated "
+            "(refit with benchmarks/calibrate.py)",
+            fitted,
+            [net.name for net in nets],
+        )
+    return {
+        "source": str(path or "shipped"),
+        "fitted_on": model.info.get("fitted_on"),
+        "fitted_with": fitted,
+        "calibrated_for_these_backbones": ok,
+    }
 
 
 def group_counts(groups: pd.DataFrame) -> dict:
@@ -190,8 +201,12 @@ def group_counts(groups: pd.DataFrame) -> dict:
     multi = groups.group_size > 1
     stages = {s: 0 for s in STAGES}
     stages.update({str(k): int(v) for k, v in groups.stage.value_counts().items() if k != "single"})
-    return {"groups_of_2_or_more": int(groups.loc[multi, "group"].nunique()),
-            "images_in_groups": int(multi.sum()), "singletons": int((~multi).sum()), "joined_by_stage": stages}
+    return {
+        "groups_of_2_or_more": int(groups.loc[multi, "group"].nunique()),
+        "images_in_groups": int(multi.sum()),
+        "singletons": int((~multi).sum()),
+        "joined_by_stage": stages,
+    }
 
 
 class _CachedVerify:
@@ -207,7 +222,7 @@ class _CachedVerify:
         out = np.array([got.get(k, (-1, -1.0)) for k in keys], dtype=np.float64).reshape(-1, 2)
         miss = out[:, 0] < 0
         for s in range(0, int(miss.sum()), 2000):  # stored as it goes: an interrupted run resumes
-            rows = np.nonzero(miss)[0][s:s + 2000]
+            rows = np.nonzero(miss)[0][s : s + 2000]
             out[rows] = self.verifier(ij[rows])
             self.cache.put_verified({keys[r]: (int(out[r, 0]), float(out[r, 1])) for r in rows}, method)
         return out
@@ -251,14 +266,26 @@ class Deduplicator:
         progress: show tqdm progress bars.
     """
 
-    def __init__(self, backbones="auto", grouping: GroupingParams | None = None, verify: bool = True,
-                 n_neighbours: int = DEFAULT_K, model_path: str | os.PathLike | None = None,
-                 decisions: str | os.PathLike | None = None,
-                 phash_max_distance: int = DEFAULT_PHASH_MAX_DISTANCE, batch_size: int = 32,
-                 workers: int = 2, processes: int = 0, cache=None, weights_dir: str | None = None,
-                 allow_download: bool = False, n_trees: int = DEFAULT_N_TREES,
-                 search_k_factor: int = SEARCH_K_FACTOR, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 progress: bool = True):
+    def __init__(
+        self,
+        backbones="auto",
+        grouping: GroupingParams | None = None,
+        verify: bool = True,
+        n_neighbours: int = DEFAULT_K,
+        model_path: str | os.PathLike | None = None,
+        decisions: str | os.PathLike | None = None,
+        phash_max_distance: int = DEFAULT_PHASH_MAX_DISTANCE,
+        batch_size: int = 32,
+        workers: int = 2,
+        processes: int = 0,
+        cache=None,
+        weights_dir: str | None = None,
+        allow_download: bool = False,
+        n_trees: int = DEFAULT_N_TREES,
+        search_k_factor: int = SEARCH_K_FACTOR,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        progress: bool = True,
+    ):
         self.backbones = backbones
         self.grouping = grouping
         self.verify = verify
@@ -297,9 +324,14 @@ class Deduplicator:
             ValueError: one line naming the setting and its accepted range.
         """
         self.grouping_params()
-        ints = {"n_neighbours": (self.n_neighbours, 1), "batch_size": (self.batch_size, 1), "workers": (self.workers, 1),
-                "processes": (self.processes, 0), "n_trees": (self.n_trees, 1),
-                "search_k_factor": (self.search_k_factor, 1)}
+        ints = {
+            "n_neighbours": (self.n_neighbours, 1),
+            "batch_size": (self.batch_size, 1),
+            "workers": (self.workers, 1),
+            "processes": (self.processes, 0),
+            "n_trees": (self.n_trees, 1),
+            "search_k_factor": (self.search_k_factor, 1),
+        }
         for name, (value, lo) in ints.items():
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
@@ -324,8 +356,12 @@ class Deduplicator:
         return select_backbones(self.backbones, self.weights_dir, self.allow_download)
 
     # ------------------------------------------------------------------
-    def run(self, root: str | os.PathLike, files: list[str | os.PathLike] | None = None,
-            backbones: tuple[list[Backbone], str] | None = None) -> Result:
+    def run(
+        self,
+        root: str | os.PathLike,
+        files: list[str | os.PathLike] | None = None,
+        backbones: tuple[list[Backbone], str] | None = None,
+    ) -> Result:
         """Run every stage on the images under ``root``.
 
         Args:
@@ -366,34 +402,59 @@ class Deduplicator:
         finally:
             if cache is not None:
                 cache.close()
-        result.meta.update({
-            "dedup_version": __version__,
-            "root": _safe_str(str(root.resolve())),
-            "settings": self.settings(),
-            "backbones": [b.describe() for b in nets],
-            "backbone_selection": backbone_note,
-            "cache": None if cache is None else {"path": str(cache.path),
-                                                 "rebuilt_from_corrupt": str(cache.rebuilt_from)
-                                                 if cache.rebuilt_from else None},
-            "seconds": {**{k: round(v, 3) for k, v in timings.items()},
-                        "total": round(time.perf_counter() - t_all, 3)},
-        })
+        result.meta.update(
+            {
+                "dedup_version": __version__,
+                "root": _safe_str(str(root.resolve())),
+                "settings": self.settings(),
+                "backbones": [b.describe() for b in nets],
+                "backbone_selection": backbone_note,
+                "cache": None
+                if cache is None
+                else {
+                    "path": str(cache.path),
+                    "rebuilt_from_corrupt": str(cache.rebuilt_from) if cache.rebuilt_from else None,
+                },
+                "seconds": {
+                    **{k: round(v, 3) for k, v in timings.items()},
+                    "total": round(time.perf_counter() - t_all, 3),
+                },
+            }
+        )
         return result
 
     # ------------------------------------------------------------------
-    def _run(self, root: Path, paths: list[Path], skipped: list[Skipped], nets: list[Backbone],
-             cache: Cache | None, timings: dict) -> Result:
+    def _run(
+        self,
+        root: Path,
+        paths: list[Path],
+        skipped: list[Skipped],
+        nets: list[Backbone],
+        cache: Cache | None,
+        timings: dict,
+    ) -> Result:
         """The stages in order; each is a function of its own module."""
         skipped_rows = [(_shown(s.path, root), s.reason) for s in skipped]
         with _timed(timings, "sha256"):
             digests = digest_files(paths, cache, self.workers, self.progress)
         items = [(p, d) for p, d in zip(paths, digests) if isinstance(d, str)]
-        skipped_rows += [(_shown(p, root), f"unreadable: {getattr(d, 'strerror', None) or d}")
-                         for p, d in zip(paths, digests) if not isinstance(d, str)]
+        skipped_rows += [
+            (_shown(p, root), f"unreadable: {getattr(d, 'strerror', None) or d}")
+            for p, d in zip(paths, digests)
+            if not isinstance(d, str)
+        ]
         with _timed(timings, "decode_embed"):
-            got = decode_and_embed([p for p, _ in items], [d for _, d in items], nets, cache,
-                                   batch_size=self.batch_size, workers=self.workers, processes=self.processes,
-                                   max_pixels=self.max_pixels, progress=self.progress)
+            got = decode_and_embed(
+                [p for p, _ in items],
+                [d for _, d in items],
+                nets,
+                cache,
+                batch_size=self.batch_size,
+                workers=self.workers,
+                processes=self.processes,
+                max_pixels=self.max_pixels,
+                progress=self.progress,
+            )
         timings["inference_only"] = got.inference_seconds
         skipped_rows += [(_shown(items[i][0], root), reason) for i, reason in got.failed.items()]
         ok = [i for i in range(len(items)) if i not in got.failed]
@@ -401,8 +462,10 @@ class Deduplicator:
         rel = [_shown(f, root) for f in files]
         facts = [f for i in ok if (f := got.facts[i]) is not None]
         assert len(facts) == len(ok), "every image not failed has its facts"
-        emb = {net.name: np.asarray([got.vectors[b][i] for i in ok], np.float32).reshape(len(ok), net.dim)
-               for b, net in enumerate(nets)}
+        emb = {
+            net.name: np.asarray([got.vectors[b][i] for i in ok], np.float32).reshape(len(ok), net.dim)
+            for b, net in enumerate(nets)
+        }
         colours = np.asarray([f.colour for f in facts], np.float32).reshape(len(ok), COLOUR_DIM)
         codes = np.array([f.phash for f in facts], dtype=np.uint64)
 
@@ -425,16 +488,42 @@ class Deduplicator:
         df = groups_table(rel, grouping, facts, dig)
         review = review_table(grouping.review, pairs, confidence, rel)
         skipped_df = pd.DataFrame(skipped_rows, columns=["path", "reason"]).sort_values("path", ignore_index=True)
-        counts = {"found": len(paths), "images": len(ok), "skipped": len(skipped_df),
-                  "from_cache": got.from_cache, "embedded": got.embedded, **group_counts(df),
-                  "candidate_pairs": int(len(pairs.ij)), "pairs_to_review": int(len(review)),
-                  "decisions_applied": int(len(decisions)),
-                  "pairs_verified_geometrically": verifier.pairs_checked if verifier is not None else 0}
-        meta = {"counts": counts, "pair_model": _model_info(model, self.model_path, nets),
-                "images_per_second_inference": (round(got.embedded / got.inference_seconds, 2)
-                                                if got.inference_seconds > 0 else None)}
-        return Result(root, df, skipped_df, emb, indexes, colours, pairs, exact, meta, verifier, files,
-                      confidence=confidence, review=review, codes=codes, fused_ids=fused_ids)
+        counts = {
+            "found": len(paths),
+            "images": len(ok),
+            "skipped": len(skipped_df),
+            "from_cache": got.from_cache,
+            "embedded": got.embedded,
+            **group_counts(df),
+            "candidate_pairs": int(len(pairs.ij)),
+            "pairs_to_review": int(len(review)),
+            "decisions_applied": int(len(decisions)),
+            "pairs_verified_geometrically": verifier.pairs_checked if verifier is not None else 0,
+        }
+        meta = {
+            "counts": counts,
+            "pair_model": _model_info(model, self.model_path, nets),
+            "images_per_second_inference": (
+                round(got.embedded / got.inference_seconds, 2) if got.inference_seconds > 0 else None
+            ),
+        }
+        return Result(
+            root,
+            df,
+            skipped_df,
+            emb,
+            indexes,
+            colours,
+            pairs,
+            exact,
+            meta,
+            verifier,
+            files,
+            confidence=confidence,
+            review=review,
+            codes=codes,
+            fused_ids=fused_ids,
+        )
 
     def _verify(self, pairs: Pairs, files: list[Path], digests: list[str], cache: Cache | None):
         """Fill ``pairs.inliers`` and ``pairs.mismatch`` by geometric verification
@@ -475,8 +564,11 @@ class Deduplicator:
             where = {p: d for p, d in zip(rel, digests)}
             unknown = [p for p in pd.concat([new.path_a, new.path_b]) if p not in where]
             if unknown:
-                log.warning("%d decision paths are not among the images of this run (first: %s); ignored",
-                            len(unknown), unknown[0])
+                log.warning(
+                    "%d decision paths are not among the images of this run (first: %s); ignored",
+                    len(unknown),
+                    unknown[0],
+                )
             for a, b, same in zip(new.path_a, new.path_b, new.same):
                 if a in where and b in where and where[a] != where[b]:
                     da, db = sorted((where[a], where[b]))
@@ -488,8 +580,12 @@ class Deduplicator:
         rows_of: dict[str, list[int]] = {}
         for i, d in enumerate(digests):
             rows_of.setdefault(d, []).append(i)
-        out = [(i, j, same) for (da, db), same in by_digest.items()
-               for i in rows_of.get(da, []) for j in rows_of.get(db, [])]
+        out = [
+            (i, j, same)
+            for (da, db), same in by_digest.items()
+            for i in rows_of.get(da, [])
+            for j in rows_of.get(db, [])
+        ]
         return pd.DataFrame(out, columns=["i", "j", "same"])
 
     def regroup(self, result: "Result", **overrides) -> Grouping:
@@ -502,8 +598,9 @@ class Deduplicator:
             overrides: any :class:`GroupingParams` field except ``colour_weight``
                 and ``k_context`` (they change the candidates).
         """
-        return group(len(result.groups), result.pairs, result.confidence, result.hash_pairs,
-                     self.grouping_params(**overrides))
+        return group(
+            len(result.groups), result.pairs, result.confidence, result.hash_pairs, self.grouping_params(**overrides)
+        )
 
 
 def read_decisions(path: str | os.PathLike) -> pd.DataFrame:
@@ -522,13 +619,22 @@ def read_decisions(path: str | os.PathLike) -> pd.DataFrame:
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     if not {"path_a", "path_b", "decision"} <= set(df.columns):
         raise ValueError(f"{path}: a decisions file needs columns path_a,path_b,decision (has {list(df.columns)})")
-    words = {"same": True, "yes": True, "true": True, "1": True,
-             "different": False, "no": False, "false": False, "0": False}
+    words = {
+        "same": True,
+        "yes": True,
+        "true": True,
+        "1": True,
+        "different": False,
+        "no": False,
+        "false": False,
+        "0": False,
+    }
     dec = df.decision.str.strip().str.lower()
     bad = df[~dec.isin(list(words))]
     if len(bad):
-        raise ValueError(f"{path}: decision must be 'same' or 'different' (row {bad.index[0] + 2}: "
-                         f"{bad.decision.iloc[0]!r})")
+        raise ValueError(
+            f"{path}: decision must be 'same' or 'different' (row {bad.index[0] + 2}: {bad.decision.iloc[0]!r})"
+        )
     return pd.DataFrame({"path_a": df.path_a, "path_b": df.path_b, "same": dec.map(words).astype(bool)})
 
 
@@ -542,10 +648,17 @@ def review_table(rows: np.ndarray, pairs: Pairs, confidence: np.ndarray, rel: li
     """
     rows = np.asarray(rows, np.int64)
     ij = pairs.ij[rows]
-    return pd.DataFrame({
-        "path_a": [rel[i] for i in ij[:, 0]], "path_b": [rel[j] for j in ij[:, 1]],
-        "confidence": np.round(confidence[rows], 4), "distance": np.round(pairs.distance[rows], 4),
-        "colour_distance": np.round(pairs.colour[rows], 4), "context": np.round(pairs.context[rows], 4),
-        "rank": np.minimum(pairs.rank_ij[rows], pairs.rank_ji[rows]), "inliers": pairs.inliers[rows],
-        "aligned_colour_mismatch": np.round(pairs.mismatch[rows], 4),
-        "phash_bits": pairs.phash_bits[rows]})
+    return pd.DataFrame(
+        {
+            "path_a": [rel[i] for i in ij[:, 0]],
+            "path_b": [rel[j] for j in ij[:, 1]],
+            "confidence": np.round(confidence[rows], 4),
+            "distance": np.round(pairs.distance[rows], 4),
+            "colour_distance": np.round(pairs.colour[rows], 4),
+            "context": np.round(pairs.context[rows], 4),
+            "rank": np.minimum(pairs.rank_ij[rows], pairs.rank_ji[rows]),
+            "inliers": pairs.inliers[rows],
+            "aligned_colour_mismatch": np.round(pairs.mismatch[rows], 4),
+            "phash_bits": pairs.phash_bits[rows],
+        }
+    )

@@ -7,6 +7,7 @@ backbone's Annoy index and ranks them by the exact ensemble distance (mean
 over backbones of the cosine distance, in [0, 2]). A query image need not be
 in the catalogue.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,10 @@ class Searcher:
             b = make_backbone(desc["name"], weights_dir)
             b.check_weights()
             if b.weights_id != desc["weights_id"]:
-                raise ValueError(f"{desc['name']}: the run used weights {desc['weights_id']!r} but this machine "
-                                 f"has {b.weights_id!r}; re-run `dedup run` first")
+                raise ValueError(
+                    f"{desc['name']}: the run used weights {desc['weights_id']!r} but this machine "
+                    f"has {b.weights_id!r}; re-run `dedup run` first"
+                )
             X = np.load(self.out / f"embeddings-{desc['name']}.npy", mmap_mode="r")
             self.indexes.append(AnnIndex.load(self.out / f"index-{desc['name']}.ann", desc["dim"]))
             self.embeddings.append(X)
@@ -70,8 +73,12 @@ class Searcher:
         Raises:
             DecodeError: a query file cannot be decoded.
         """
-        pil = [load_image(im, target_size=max(b.input_size for b in self.backbones)).image
-               if isinstance(im, (str, os.PathLike)) else im.convert("RGB") for im in images]
+        pil = [
+            load_image(im, target_size=max(b.input_size for b in self.backbones)).image
+            if isinstance(im, (str, os.PathLike))
+            else im.convert("RGB")
+            for im in images
+        ]
         return [b.embed(np.stack([b.prepare(im) for im in pil])) for b in self.backbones]
 
     def query(self, images: list, n: int = 10) -> pd.DataFrame:
@@ -96,8 +103,11 @@ class Searcher:
         good = []
         for image in images:
             try:
-                good.append(load_image(image, target_size=max(b.input_size for b in self.backbones)).image
-                            if isinstance(image, (str, os.PathLike)) else image)
+                good.append(
+                    load_image(image, target_size=max(b.input_size for b in self.backbones)).image
+                    if isinstance(image, (str, os.PathLike))
+                    else image
+                )
             except DecodeError as exc:
                 self.skipped.append((str(image), str(exc)))
                 good.append(None)
@@ -109,7 +119,7 @@ class Searcher:
             image = images[qi]
             found: set[int] = set()
             for idx, q in zip(self.indexes, Q):
-                ids, _ = idx.query(q[row:row + 1], k)
+                ids, _ = idx.query(q[row : row + 1], k)
                 found.update(int(i) for i in ids[0] if i >= 0)
             cand = np.array(sorted(found), dtype=np.int64)
             if len(cand) == 0:
@@ -119,6 +129,7 @@ class Searcher:
             name = str(image) if isinstance(image, (str, os.PathLike)) else f"image{qi}"
             for rank, o in enumerate(order, 1):
                 r = self.groups.iloc[cand[o]]
-                rows.append({"query": name, "rank": rank, "path": r.path, "group": r.group,
-                             "distance": round(float(d[o]), 5)})
+                rows.append(
+                    {"query": name, "rank": rank, "path": r.path, "group": r.group, "distance": round(float(d[o]), 5)}
+                )
         return pd.DataFrame(rows, columns=["query", "rank", "path", "group", "distance"])

@@ -21,6 +21,7 @@ saturation edits stay under it) is the pair's colour mismatch. Absence of
 inliers is weak evidence (a garment's front and back share no features): the
 pair model (:mod:`dedup.calibration`) weighs it with everything else.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -52,8 +53,13 @@ class GeometricVerifier:
     most); so is each pair's count.
     """
 
-    def __init__(self, load: Callable[[int], Image.Image], n_features: int = 500, ratio: float = 0.8,
-                 reprojection_px: float = 5.0):
+    def __init__(
+        self,
+        load: Callable[[int], Image.Image],
+        n_features: int = 500,
+        ratio: float = 0.8,
+        reprojection_px: float = 5.0,
+    ):
         self.load = load
         self.n_features = n_features
         self.ratio = ratio
@@ -68,8 +74,10 @@ class GeometricVerifier:
     @property
     def method_id(self) -> str:
         """Identifies the settings, so that cached inlier counts are reused only for the same method."""
-        return (f"rootsift{self.n_features}-mirror-ratio{self.ratio}-ransac{self.reprojection_px}-side{MAX_SIDE}"
-                f"-lab{COLOUR_SIDE}de{MISMATCH_DELTA_E}")
+        return (
+            f"rootsift{self.n_features}-mirror-ratio{self.ratio}-ransac{self.reprojection_px}-side{MAX_SIDE}"
+            f"-lab{COLOUR_SIDE}de{MISMATCH_DELTA_E}"
+        )
 
     def _features(self, i: int):
         if i not in self._feats:
@@ -81,10 +89,14 @@ class GeometricVerifier:
                 rgb = self.load(i).convert("RGB")
                 s = MAX_SIDE / max(rgb.size)
                 if s < 1:
-                    rgb = rgb.resize((max(1, round(rgb.width * s)), max(1, round(rgb.height * s))), Image.Resampling.BILINEAR)
+                    rgb = rgb.resize(
+                        (max(1, round(rgb.width * s)), max(1, round(rgb.height * s))), Image.Resampling.BILINEAR
+                    )
                 a = np.asarray(rgb.convert("L"))
                 c = COLOUR_SIDE / max(rgb.size)
-                small = rgb.resize((max(2, round(rgb.width * c)), max(2, round(rgb.height * c))), Image.Resampling.BILINEAR)
+                small = rgb.resize(
+                    (max(2, round(rgb.width * c)), max(2, round(rgb.height * c))), Image.Resampling.BILINEAR
+                )
                 lab = srgb_to_lab(np.asarray(small))
                 self._lab[i] = (lab, foreground_mask(lab).reshape(lab.shape[:2]), a.shape[1])
                 sift = cv2.SIFT_create(nfeatures=self.n_features)  # type: ignore[attr-defined]

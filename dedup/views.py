@@ -8,6 +8,7 @@
 The pictures of a view are drawn by :mod:`dedup.report`, its symlink folders
 made by :mod:`dedup.links`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,6 @@ TIME_SCALE_S: float = 86_400.0
 MAX_HIERARCHICAL: int = 20_000
 
 
-
 def _prepare(X: np.ndarray, pca: int | None) -> np.ndarray:
     X = np.asarray(X, np.float32)
     if pca and 0 < pca < min(X.shape):
@@ -31,7 +31,6 @@ def _prepare(X: np.ndarray, pca: int | None) -> np.ndarray:
         X = PCA(n_components=pca, random_state=0).fit_transform(X).astype(np.float32)
         X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     return X
-
 
 
 def content_time_distances(X: np.ndarray, times: np.ndarray | None, time_weight: float) -> np.ndarray:
@@ -59,10 +58,17 @@ def content_time_distances(X: np.ndarray, times: np.ndarray | None, time_weight:
     return d
 
 
-
-def cluster(X: np.ndarray, method: str = "hierarchical", sim: float = 0.5, k: int = 8, min_size: int = 1,
-            pca: int | None = None, times: np.ndarray | None = None, time_weight: float = 0.0,
-            linkage_method: str = "average") -> tuple[np.ndarray, np.ndarray | None]:
+def cluster(
+    X: np.ndarray,
+    method: str = "hierarchical",
+    sim: float = 0.5,
+    k: int = 8,
+    min_size: int = 1,
+    pca: int | None = None,
+    times: np.ndarray | None = None,
+    time_weight: float = 0.0,
+    linkage_method: str = "average",
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Cluster embeddings.
 
     Args:
@@ -102,8 +108,10 @@ def cluster(X: np.ndarray, method: str = "hierarchical", sim: float = 0.5, k: in
         if not 0 <= sim <= 1:
             raise ValueError("--sim must lie in [0, 1]")
         if n > MAX_HIERARCHICAL:
-            raise ValueError(f"hierarchical clustering of {n} images needs O(n^2) memory; "
-                             f"the limit is {MAX_HIERARCHICAL} (use the default grouping or kmeans)")
+            raise ValueError(
+                f"hierarchical clustering of {n} images needs O(n^2) memory; "
+                f"the limit is {MAX_HIERARCHICAL} (use the default grouping or kmeans)"
+            )
         if n == 1:
             labels = np.zeros(1, np.int64)
         else:
@@ -141,7 +149,6 @@ def cluster(X: np.ndarray, method: str = "hierarchical", sim: float = 0.5, k: in
     return out, Z
 
 
-
 def relabel(groups: pd.DataFrame, labels: np.ndarray, method: str) -> pd.DataFrame:
     """A copy of a run's groups with cluster labels in place of its groups.
 
@@ -163,4 +170,3 @@ def relabel(groups: pd.DataFrame, labels: np.ndarray, method: str) -> pd.DataFra
         g["confidence"] = np.nan
     g["matched"] = ""
     return g
-

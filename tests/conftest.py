@@ -1,5 +1,6 @@
 """Shared fixtures: the labelled benchmark sets in ../shared/bench and
 session-scoped runs of the main job on them (each run once per test session)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,14 @@ def labels_of(name: str) -> pd.DataFrame:
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m dedup ARGS`` in a subprocess, as a user would."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "dedup", *args], cwd=cwd or ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "dedup", *args],
+        cwd=cwd or ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
 
 
 def checksums(folder: Path) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Opt-in, reversible moves; the cache: reuse, resume after SIGKILL, changed
 files, corrupt cache."""
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import time
 from contextlib import closing
 
 import pandas as pd
+import pytest
 from conftest import ROOT, bench_set, checksums, run_cli
 from PIL import Image
 
@@ -91,13 +93,30 @@ def test_corrupt_cache_is_moved_aside_and_rebuilt(tmp_path):
         assert c.rebuilt_from is None
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_way_resumes_from_the_cache(tmp_path):
     images = bench_set("ukbench-dev") / "images"
     out = tmp_path / "out"
     cache = tmp_path / "cache.sqlite"
-    proc = subprocess.Popen([sys.executable, "-m", "dedup", "run", str(images), "--out", str(out), "--quiet",
-                             "--cache", str(cache), "--batch-size", "16"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dedup",
+            "run",
+            str(images),
+            "--out",
+            str(out),
+            "--quiet",
+            "--cache",
+            str(cache),
+            "--batch-size",
+            "16",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     stored = 0
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:

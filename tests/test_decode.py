@@ -1,5 +1,6 @@
 """Bad and odd input: a reason, never a crash; odd modes converted correctly.
 Every test image is made here from real photos of ../shared/bench."""
+
 from __future__ import annotations
 
 import os
@@ -142,8 +143,21 @@ def test_messy_folder_runs_and_reports_every_bad_file(tmp_path, photo):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=2048), st.sampled_from([b"", b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a",
-                                                  b"BM", b"II*\x00", b"RIFF\x00\x00\x00\x00WEBP", b"P6\n"]))
+@given(
+    st.binary(max_size=2048),
+    st.sampled_from(
+        [
+            b"",
+            b"\xff\xd8\xff\xe0",
+            b"\x89PNG\r\n\x1a\n",
+            b"GIF89a",
+            b"BM",
+            b"II*\x00",
+            b"RIFF\x00\x00\x00\x00WEBP",
+            b"P6\n",
+        ]
+    ),
+)
 def test_decode_returns_an_image_or_a_reason_for_any_bytes(tmp_path_factory, body, magic):
     path = tmp_path_factory.mktemp("fuzz") / "x.bin"
     path.write_bytes(magic + body)

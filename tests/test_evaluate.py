@@ -1,4 +1,5 @@
 """Metrics against small hand-computed cases, and the bench/evaluate commands."""
+
 from __future__ import annotations
 
 import json
@@ -66,8 +67,12 @@ def test_ns_score_counts_group_members_among_four_nearest():
 
 def test_evaluate_aligns_paths_and_leaves_out_expected_skips():
     groups = pd.DataFrame({"path": ["a.jpg", "b.jpg", "c.jpg"], "group": ["g1", "g1", "g2"]})
-    labels = pd.DataFrame({"path": ["images/a.jpg", "images/b.jpg", "images/c.jpg", "images/bad.jpg"],
-                           "group": ["x", "x", "y", "_corrupt_"]})
+    labels = pd.DataFrame(
+        {
+            "path": ["images/a.jpg", "images/b.jpg", "images/c.jpg", "images/bad.jpg"],
+            "group": ["x", "x", "y", "_corrupt_"],
+        }
+    )
     m = evaluate(groups, labels)
     assert m["images"] == 3 and m["missing"] == 0 and m["expected_skipped"] == 1
     assert m["pairwise"]["f1"] == 1.0 and m["ari"] == pytest.approx(1.0)
@@ -91,8 +96,18 @@ def test_bench_command_writes_json_markdown_and_sweep(tmp_path):
     proc = run_cli("bench", str(labels), "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr
     data = json.loads((out / "bench.json").read_text())
-    for key in ("pairwise", "bcubed", "ari", "ns_score", "predicted_groups", "true_groups", "joined_by_stage", "sweep",
-                "recall_at_1", "calibration_ece"):
+    for key in (
+        "pairwise",
+        "bcubed",
+        "ari",
+        "ns_score",
+        "predicted_groups",
+        "true_groups",
+        "joined_by_stage",
+        "sweep",
+        "recall_at_1",
+        "calibration_ece",
+    ):
         assert key in data
     assert data["true_groups"] == 6 and data["images"] == 20
     assert 0 < data["ns_score"] <= 4

@@ -1,6 +1,7 @@
 """Grouping quality on real catalogue photos: the hard cases of a retailer's
 catalogue (colour variants of one cut, views of one product, edited
 re-uploads, one-photo look-alikes) and a reviewer's decisions."""
+
 from __future__ import annotations
 
 import shutil
@@ -22,8 +23,9 @@ from edits import KINDS, apply_edit  # noqa: E402
 
 @pytest.fixture(scope="module")
 def dd(tmp_path_factory):
-    return Deduplicator(backbones="efficientnet-lite0", progress=False,
-                        cache=tmp_path_factory.mktemp("cache") / "cache.sqlite")
+    return Deduplicator(
+        backbones="efficientnet-lite0", progress=False, cache=tmp_path_factory.mktemp("cache") / "cache.sqlite"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +136,12 @@ def test_a_decisions_file_is_honoured_and_kept(tmp_path):
     review = pd.read_csv(out / "review.csv")
     assert list(review.columns[:3]) == ["path_a", "path_b", "confidence"]
     joined = g[g.group_size > 1].groupby("group").path.apply(list)
-    a, b = joined.iloc[0][:2]                                   # a pair the run joined
-    apart = g.drop_duplicates("group").path.tolist()[:2]        # two images in different groups
+    a, b = joined.iloc[0][:2]  # a pair the run joined
+    apart = g.drop_duplicates("group").path.tolist()[:2]  # two images in different groups
     dec = tmp_path / "decisions.csv"
-    pd.DataFrame({"path_a": [a, apart[0]], "path_b": [b, apart[1]],
-                  "decision": ["different", "same"]}).to_csv(dec, index=False)
+    pd.DataFrame({"path_a": [a, apart[0]], "path_b": [b, apart[1]], "decision": ["different", "same"]}).to_csv(
+        dec, index=False
+    )
     second = run_cli("run", str(d), "--out", str(out), "--quiet", "--decisions", str(dec))
     assert second.returncode == 0, second.stderr
     g2 = pd.read_csv(out / "groups.csv").set_index("path")

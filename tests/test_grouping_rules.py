@@ -1,5 +1,6 @@
 """The grouping rules one by one, on small synthetic pair sets (the real-image
 behaviour is in test_grouping.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +16,19 @@ def pairs_of(ij, colour=None):
     ij = np.asarray(ij, np.int64).reshape(-1, 2)
     m = len(ij)
     z = np.zeros(m, np.float32)
-    return Pairs(ij, z.copy(), z[:, None].copy(), z.copy() if colour is None else np.asarray(colour, np.float32),
-                 z.copy(), z.copy(), np.zeros(m, np.int64), np.zeros(m, np.int64), z.copy(), np.zeros(m, np.int64),
-                 np.zeros(m, np.int64))
+    return Pairs(
+        ij,
+        z.copy(),
+        z[:, None].copy(),
+        z.copy() if colour is None else np.asarray(colour, np.float32),
+        z.copy(),
+        z.copy(),
+        np.zeros(m, np.int64),
+        np.zeros(m, np.int64),
+        z.copy(),
+        np.zeros(m, np.int64),
+        np.zeros(m, np.int64),
+    )
 
 
 NO_EXACT = {"sha256": np.zeros((0, 2), np.int64), "phash": np.zeros((0, 2), np.int64)}
@@ -61,9 +72,9 @@ def test_decisions_confirm_and_reject_pairs():
     pairs = pairs_of([(0, 1), (2, 3)])
     dec = pd.DataFrame({"i": [0, 3], "j": [1, 2], "same": [False, True]})
     g = group(4, pairs, np.array([0.99, 0.1]), NO_EXACT, decisions=dec)
-    assert g.labels[0] != g.labels[1]           # rejected, although the model was sure
+    assert g.labels[0] != g.labels[1]  # rejected, although the model was sure
     assert g.labels[2] == g.labels[3] and g.stage[2] == "reviewed" and g.confidence[2] == 1.0
-    assert len(g.review) == 0                   # decided pairs are not offered again
+    assert len(g.review) == 0  # decided pairs are not offered again
 
 
 def test_a_rejected_pair_is_never_in_one_group_even_through_others():
@@ -73,9 +84,17 @@ def test_a_rejected_pair_is_never_in_one_group_even_through_others():
     assert g.labels[0] != g.labels[2]
 
 
-@pytest.mark.parametrize("bad", [dict(min_confidence=1.5), dict(min_confidence=float("nan")),
-                                 dict(k_context=0), dict(colour_weight=-0.1), dict(k_context=2.5),
-                                 dict(min_confidence=0.4, review_confidence=0.6)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(min_confidence=1.5),
+        dict(min_confidence=float("nan")),
+        dict(k_context=0),
+        dict(colour_weight=-0.1),
+        dict(k_context=2.5),
+        dict(min_confidence=0.4, review_confidence=0.6),
+    ],
+)
 def test_settings_out_of_range_are_refused_with_the_range(bad):
     with pytest.raises(ValueError, match="must"):
         GroupingParams(**bad)
@@ -101,7 +120,7 @@ def test_score_pairs_ranks_and_hamming_bits():
     codes = np.array([0, 0b111, 1 << 63, 0], dtype=np.uint64)
     p = score_pairs(ij, [X], C, F, ids, codes, k_context=2)
     row = {tuple(r): k for k, r in enumerate(ij)}
-    assert p.rank_ij[row[(0, 1)]] == 0 and p.rank_ji[row[(0, 1)]] == 0      # mutual nearest
+    assert p.rank_ij[row[(0, 1)]] == 0 and p.rank_ji[row[(0, 1)]] == 0  # mutual nearest
     assert p.rank_ij[row[(0, 2)]] == 1 and p.rank_ji[row[(0, 2)]] == 1
     assert p.rank_ij[row[(1, 3)]] == 1 and p.rank_ji[row[(1, 3)]] == 1
     assert p.phash_bits[row[(0, 1)]] == 3 and p.phash_bits[row[(0, 2)]] == 1

@@ -1,4 +1,5 @@
 """The main job end to end: `python -m dedup run DIR` on real catalogue photos."""
+
 from __future__ import annotations
 
 import json
@@ -68,10 +69,10 @@ def test_exact_copies_grouped_and_distinct_objects_apart(tmp_path):
     originals = ["ukbench00000.jpg", "ukbench00100.jpg", "ukbench00200.jpg", "ukbench00300.jpg"]
     for name in originals:
         shutil.copy(src / name, d / name)
-    shutil.copy(src / "ukbench00100.jpg", d / "sub" / "copy-of-100.jpg")           # byte-identical
+    shutil.copy(src / "ukbench00100.jpg", d / "sub" / "copy-of-100.jpg")  # byte-identical
     im = Image.open(src / "ukbench00200.jpg")
-    im.resize((160, 120)).save(d / "sub" / "small-200.png")                       # resized, re-encoded
-    im.save(d / "sub" / "recompressed-200.jpg", quality=60)                        # recompressed
+    im.resize((160, 120)).save(d / "sub" / "small-200.png")  # resized, re-encoded
+    im.save(d / "sub" / "recompressed-200.jpg", quality=60)  # recompressed
     out = tmp_path / "out"
     proc = run_cli("run", str(d), "--out", str(out), "--quiet")
     assert proc.returncode == 0, proc.stderr

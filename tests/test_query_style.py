@@ -1,4 +1,5 @@
 """Query ("the N most similar") and style similarity, on real photos."""
+
 from __future__ import annotations
 
 import shutil
@@ -13,8 +14,8 @@ from dedup.query import Searcher
 from dedup.report import write_report
 
 FK = bench_set("products-flipkart") / "images"
-BLUE_SARI = sorted(FK.glob("free-hm-kash-*"))      # blue silk sari, 3 photos
-ORANGE_SARI = sorted(FK.glob("free-sari-5-*"))     # the same shape in another fabric, 3 photos
+BLUE_SARI = sorted(FK.glob("free-hm-kash-*"))  # blue silk sari, 3 photos
+ORANGE_SARI = sorted(FK.glob("free-sari-5-*"))  # the same shape in another fabric, 3 photos
 
 
 def fabric_crop(path, box=(0.40, 0.55, 0.62, 0.80)):

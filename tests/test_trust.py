@@ -1,5 +1,6 @@
 """Trust: never act on stale evidence, never half-write, never crash on a bad
 argument. Each case of the issue is reproduced on real photos."""
+
 from __future__ import annotations
 
 import json
@@ -42,6 +43,7 @@ def _distinct(folder: Path, n: int = 4) -> list[Path]:
 
 # -- files moved on wrong evidence ---------------------------------------------
 
+
 def test_same_size_same_mtime_overwrite_is_hashed_again_and_not_moved(tmp_path):
     d = tmp_path / "pics"
     d.mkdir()
@@ -58,8 +60,9 @@ def test_same_size_same_mtime_overwrite_is_hashed_again_and_not_moved(tmp_path):
     shutil.copyfile(other, d / "copy.bmp")
     os.utime(d / "copy.bmp", ns=(st.st_atime_ns, st.st_mtime_ns))
     before = checksums(d)
-    proc = run_cli("run", str(d), "--out", str(out), "-q", "--cache", str(cache),
-                   "--move-duplicates", str(tmp_path / "quarantine"))
+    proc = run_cli(
+        "run", str(d), "--out", str(out), "-q", "--cache", str(cache), "--move-duplicates", str(tmp_path / "quarantine")
+    )
     assert proc.returncode == 0, proc.stderr
     g = pd.read_csv(out / "groups.csv").set_index("path")
     assert g.loc["a.bmp", "group"] != g.loc["copy.bmp", "group"]
@@ -101,8 +104,19 @@ def test_moves_follow_duplicate_groups_never_a_view(tmp_path):
     d = tmp_path / "pics"
     _distinct(d, 5)
     before = checksums(d)
-    proc = run_cli("run", str(d), "--out", str(tmp_path / "out"), "-q", "--method", "kmeans", "--k", "1",
-                   "--move-duplicates", str(tmp_path / "quarantine"))
+    proc = run_cli(
+        "run",
+        str(d),
+        "--out",
+        str(tmp_path / "out"),
+        "-q",
+        "--method",
+        "kmeans",
+        "--k",
+        "1",
+        "--move-duplicates",
+        str(tmp_path / "quarantine"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert pd.read_csv(tmp_path / "out" / "groups.csv").group.nunique() == 1  # the view: one cluster
     assert checksums(d) == before  # but five products, no duplicates: nothing moved
@@ -132,6 +146,7 @@ def test_a_cache_path_that_is_not_a_cache_is_refused_untouched(tmp_path):
 
 # -- half-written results ----------------------------------------------------------
 
+
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 600 KiB tmpfs (root only; skipped where it cannot be mounted)."""
@@ -148,8 +163,7 @@ def test_full_disk_ends_in_one_line_and_query_refuses_the_half_run(tmp_path, tin
     small = tmp_path / "small"
     _distinct(small, 2)
     out = tiny_disk / "out"
-    first = run_cli("run", str(small), "--out", str(out), "-q", "--cache", str(tmp_path / "c.sqlite"),
-                    "--no-gallery")
+    first = run_cli("run", str(small), "--out", str(out), "-q", "--cache", str(tmp_path / "c.sqlite"), "--no-gallery")
     assert first.returncode == 0, first.stderr
     assert run_cli("query", str(PHOTOS[0]), "--index", str(out), "-n", "1").returncode == 0
     (tiny_disk / "filler").write_bytes(b"\0" * (tiny_disk.stat().st_size or 1))  # nearly nothing left
@@ -197,12 +211,27 @@ def test_a_read_only_cache_is_one_line_not_a_traceback(tmp_path):
     os.chmod(cache.parent, 0o555)
     os.chmod(cache, 0o444)
     try:
-        drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
-                "--inh-caps=-dac_override,-dac_read_search"]
+        drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"]
         if shutil.which("setpriv") is None:
             pytest.skip("setpriv missing: cannot drop root's permission bypass")
-        proc = subprocess.run([*drop, sys.executable, "-m", "dedup", "run", str(d), "--out", str(tmp_path / "o2"),
-                               "-q", "--cache", str(cache)], cwd=ROOT, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                *drop,
+                sys.executable,
+                "-m",
+                "dedup",
+                "run",
+                str(d),
+                "--out",
+                str(tmp_path / "o2"),
+                "-q",
+                "--cache",
+                str(cache),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 1, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
         assert str(cache) in proc.stderr
@@ -233,8 +262,18 @@ def test_a_move_with_an_undecodable_name_and_a_torn_manifest_is_undone(tmp_path)
 
 # -- crashes and unchecked values --------------------------------------------------
 
-@pytest.mark.parametrize("args", [("--phash-distance", "99"), ("--min-confidence", "nan"), ("--k-context", "0"),
-                                  ("--linkage-confidence", "-1"), ("--neighbours", "0"), ("--sim", "2")])
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--phash-distance", "99"),
+        ("--min-confidence", "nan"),
+        ("--k-context", "0"),
+        ("--linkage-confidence", "-1"),
+        ("--neighbours", "0"),
+        ("--sim", "2"),
+    ],
+)
 def test_out_of_range_options_are_refused_with_the_range(tmp_path, args):
     proc = run_cli("run", str(FK), "--out", str(tmp_path / "out"), *args)
     assert proc.returncode == 2 and "must lie in [" in proc.stderr, proc.stderr

@@ -1,6 +1,7 @@
 """Views on ukbench-dev: hierarchical clustering with a similarity cut,
 k-means, PCA, time, symlink folders, the HTML gallery (in headless
 Chromium when installed) and the 2-D map."""
+
 from __future__ import annotations
 
 import os
@@ -26,12 +27,27 @@ UKB = bench_set("ukbench-dev")
 def hier_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("views")
     out, links = tmp / "out", tmp / "links"
-    proc = run_cli("run", str(UKB / "images"), "--out", str(out), "--quiet", "--method", "hierarchical",
-                   "--sim", "0.7", "--min-size", "2", "--map", "--link-dir", str(links))
+    proc = run_cli(
+        "run",
+        str(UKB / "images"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--method",
+        "hierarchical",
+        "--sim",
+        "0.7",
+        "--min-size",
+        "2",
+        "--map",
+        "--link-dir",
+        str(links),
+    )
     assert proc.returncode == 0, proc.stderr
     return out, links
 
 
+@pytest.mark.slow
 def test_hierarchical_cut_groups_the_objects(hier_run):
     out, _ = hier_run
     g = pd.read_csv(out / "groups.csv")
@@ -43,6 +59,7 @@ def test_hierarchical_cut_groups_the_objects(hier_run):
     assert (out / "dendrogram.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_map_png_is_a_real_picture(hier_run):
     out, _ = hier_run
     im = Image.open(out / "map.png")
@@ -51,6 +68,7 @@ def test_map_png_is_a_real_picture(hier_run):
     assert len(np.unique(colours, axis=0)) > 20  # many group colours, not a blank canvas
 
 
+@pytest.mark.slow
 def test_link_dir_holds_symlinks_to_the_originals(hier_run):
     out, links = hier_run
     g = pd.read_csv(out / "groups.csv")
@@ -64,6 +82,7 @@ def test_link_dir_holds_symlinks_to_the_originals(hier_run):
         assert link.resolve().read_bytes()[:3] == b"\xff\xd8\xff"
 
 
+@pytest.mark.slow
 def test_sim_endpoints_kmeans_and_pca(hier_run):
     out, _ = hier_run
     X = np.load(out / "embeddings-efficientnet-lite0.npy")
@@ -100,10 +119,22 @@ def test_time_weight_separates_the_same_scene_shot_days_apart(tmp_path):
     assert abs(times[0] - now) < 2
     assert time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(times[1])) == "2020-01-02 03:04:05"
     (d / "with-exif.jpg").unlink()
-    without = run_cli("run", str(d), "--out", str(tmp_path / "a"), "--quiet", "--method", "hierarchical",
-                      "--sim", "0.5")
-    with_time = run_cli("run", str(d), "--out", str(tmp_path / "b"), "--quiet", "--method", "hierarchical",
-                        "--sim", "0.5", "--time-weight", "2")
+    without = run_cli(
+        "run", str(d), "--out", str(tmp_path / "a"), "--quiet", "--method", "hierarchical", "--sim", "0.5"
+    )
+    with_time = run_cli(
+        "run",
+        str(d),
+        "--out",
+        str(tmp_path / "b"),
+        "--quiet",
+        "--method",
+        "hierarchical",
+        "--sim",
+        "0.5",
+        "--time-weight",
+        "2",
+    )
     assert without.returncode == 0 and with_time.returncode == 0, without.stderr + with_time.stderr
     a = pd.read_csv(tmp_path / "a" / "groups.csv").set_index("path").group
     b = pd.read_csv(tmp_path / "b" / "groups.csv").set_index("path").group
@@ -112,6 +143,7 @@ def test_time_weight_separates_the_same_scene_shot_days_apart(tmp_path):
     assert b["view0.jpg"] != b["view2.jpg"]
 
 
+@pytest.mark.slow
 def test_gallery_lists_every_group_and_renders_in_chromium(hier_run, tmp_path):
     out, _ = hier_run
     g = pd.read_csv(out / "groups.csv")
@@ -123,15 +155,27 @@ def test_gallery_lists_every_group_and_renders_in_chromium(hier_run, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it); the static checks above ran")
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([chromium, *flags, "--dump-dom", (out / "gallery.html").as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", (out / "gallery.html").as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
     assert dom.count('<section class="group"') == n_groups
     shot = tmp_path / "gallery.png"
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,900",
-                    (out / "gallery.html").as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [chromium, *flags, f"--screenshot={shot}", "--window-size=1200,900", (out / "gallery.html").as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     im = Image.open(shot).convert("RGB")
     assert im.size == (1200, 900)
     assert len(np.unique(np.asarray(im).reshape(-1, 3), axis=0)) > 50  # thumbnails were drawn

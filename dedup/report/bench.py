@@ -9,6 +9,7 @@
 * ``sweep.png``: pairwise precision / recall / F1 against ``--min-confidence``,
   the default marked.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,6 @@ BENCH_MD = "bench.md"
 SWEEP_PNG = "sweep.png"
 
 
-
 def bench_markdown(d: dict) -> str:
     """``bench.md``: the headline metrics, per-stage numbers and the sweep."""
     pw, b3 = d["pairwise"], d["bcubed"]
@@ -37,9 +37,11 @@ def bench_markdown(d: dict) -> str:
         "",
         f"Backbones: {', '.join(d['backbones'])} ({d['backbone_selection']})",
         "",
-        "| images | true groups | predicted groups | pairwise P | pairwise R | pairwise F1 | B-cubed F1 | ARI | N-S (max 4) | images/s |",
+        "| images | true groups | predicted groups | pairwise P | pairwise R | pairwise F1 | B-cubed F1 | ARI "
+        "| N-S (max 4) | images/s |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        f"| {d['images']} | {d['true_groups']} | {d['predicted_groups']} | {pw['precision']:.3f} | {pw['recall']:.3f} | "
+        f"| {d['images']} | {d['true_groups']} | {d['predicted_groups']} | {pw['precision']:.3f} "
+        f"| {pw['recall']:.3f} | "
         f"{pw['f1']:.3f} | {b3['f1']:.3f} | {d['ari']:.3f} | {ns} | {d['images_per_second_end_to_end']} |",
         "",
         f"Missing from groups.csv (skipped or unreadable): {d['missing']}; expected skips: {d['expected_skipped']} "
@@ -53,8 +55,9 @@ def bench_markdown(d: dict) -> str:
     ]
     if "copies_found_by_edit" in d:
         lines += ["## Edited copies found", "", "| edit | copies | found | share |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['copies']} | {v['found']} | {v['share']:.3f} |"
-                  for k, v in d["copies_found_by_edit"].items()]
+        lines += [
+            f"| {k} | {v['copies']} | {v['found']} | {v['share']:.3f} |" for k, v in d["copies_found_by_edit"].items()
+        ]
         lines.append("")
     lines += [
         "## Precision/recall against --min-confidence",
@@ -64,10 +67,11 @@ def bench_markdown(d: dict) -> str:
     ]
     for r in d["sweep"]:
         mark = " **default**" if r["default"] else ""
-        lines.append(f"| {r['min_confidence']:.3f}{mark} | {r['precision']:.3f} | {r['recall']:.3f} | "
-                     f"{r['f1']:.3f} | {r['bcubed_f1']:.3f} | {r['predicted_groups']} |")
+        lines.append(
+            f"| {r['min_confidence']:.3f}{mark} | {r['precision']:.3f} | {r['recall']:.3f} | "
+            f"{r['f1']:.3f} | {r['bcubed_f1']:.3f} | {r['predicted_groups']} |"
+        )
     return "\n".join(lines) + "\n"
-
 
 
 def write_bench(data: dict, sweep: pd.DataFrame, default: float, out: str | os.PathLike) -> Path:

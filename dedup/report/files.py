@@ -15,6 +15,7 @@ Fixed names, so that a later ``query``, ``bench`` or ``evaluate`` finds them:
 * ``index-<backbone>.ann`` and ``embeddings-<backbone>.npy``: one Annoy index
   and one ``(n, d)`` float32 matrix per backbone, rows in ``groups.csv`` order.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -113,9 +114,14 @@ def write_report(result, out: str | os.PathLike) -> Path:
     for name, idx in result.indexes.items():
         atomic(f"index-{name}.ann", lambda p, idx=idx: idx.save(p))
     extra = [n for n in ("gallery.html", "map.png", "dendrogram.png") if (out / n).is_file()]
-    meta = {**result.meta, "run_id": uuid.uuid4().hex,
-            "files": {name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
-                      for name in sorted(written + extra)}}
+    meta = {
+        **result.meta,
+        "run_id": uuid.uuid4().hex,
+        "files": {
+            name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+            for name in sorted(written + extra)
+        },
+    }
     atomic(RUN_JSON, lambda p: p.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8"))
     return out
 
@@ -139,8 +145,9 @@ def read_run(out: str | os.PathLike, check: tuple[str, ...] = ()) -> dict:
     out = Path(out)
     path = out / RUN_JSON
     if not path.is_file():
-        raise FileNotFoundError(f"{out} holds no complete run ({RUN_JSON} missing): give the --out folder of a "
-                                "`dedup run` that finished")
+        raise FileNotFoundError(
+            f"{out} holds no complete run ({RUN_JSON} missing): give the --out folder of a `dedup run` that finished"
+        )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -150,8 +157,9 @@ def read_run(out: str | os.PathLike, check: tuple[str, ...] = ()) -> dict:
         rec = files.get(name) if isinstance(files, dict) else None
         f = out / name
         if rec is None or not f.is_file() or f.stat().st_size != rec["bytes"] or _sha256(f) != rec["sha256"]:
-            raise ValueError(f"{f} does not belong to the run recorded in {path} (missing or changed since); "
-                             "run `dedup run` again")
+            raise ValueError(
+                f"{f} does not belong to the run recorded in {path} (missing or changed since); run `dedup run` again"
+            )
     return meta
 
 
@@ -161,14 +169,15 @@ def summary(result, out: str | os.PathLike | None = None) -> str:
     nets = ", ".join(f"{b['name']} [{b['weights_id']}]" for b in result.meta["backbones"])
     lines = [
         f"backbones: {nets}",
-        f"images: {c['images']} read, {c['skipped']} skipped, {c['from_cache']} from cache, "
-        f"{c['embedded']} embedded",
+        f"images: {c['images']} read, {c['skipped']} skipped, {c['from_cache']} from cache, {c['embedded']} embedded",
         f"groups: {c['groups_of_2_or_more']} groups of 2+ holding {c['images_in_groups']} images; "
         f"{c['singletons']} singletons; {c.get('pairs_to_review', 0)} doubtful pairs to review",
         "joined by: " + ", ".join(f"{k} {v}" for k, v in c["joined_by_stage"].items()),
         f"time: {result.meta['seconds']['total']:.1f} s",
     ]
     if out is not None:
-        lines.append(f"report: {Path(out) / GROUPS_CSV}, {Path(out) / REVIEW_CSV}, {Path(out) / SKIPPED_CSV}, "
-                     f"{Path(out) / RUN_JSON}")
+        lines.append(
+            f"report: {Path(out) / GROUPS_CSV}, {Path(out) / REVIEW_CSV}, {Path(out) / SKIPPED_CSV}, "
+            f"{Path(out) / RUN_JSON}"
+        )
     return "\n".join(lines)

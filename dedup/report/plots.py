@@ -1,5 +1,6 @@
 """PNG pictures: the t-SNE map and the dendrogram of a collection, and the
 precision/recall sweep of a benchmark (matplotlib, Agg backend)."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,9 @@ def plot_map(X: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: 
 
     n = len(X)
     if n >= 4:
-        xy = TSNE(n_components=2, metric="cosine", init="pca", random_state=0,
-                  perplexity=float(min(30, max(2, (n - 1) // 3)))).fit_transform(np.asarray(X, np.float32))
+        xy = TSNE(
+            n_components=2, metric="cosine", init="pca", random_state=0, perplexity=float(min(30, max(2, (n - 1) // 3)))
+        ).fit_transform(np.asarray(X, np.float32))
     else:
         xy = np.c_[np.arange(n), np.zeros(n)]
     labels = np.asarray(labels)
@@ -53,8 +55,9 @@ def plot_dendrogram(Z: np.ndarray, path: str | os.PathLike, cut: float | None = 
     from scipy.cluster.hierarchy import dendrogram
 
     fig, ax = plt.subplots(figsize=(10, 5), dpi=100)
-    dendrogram(Z, ax=ax, truncate_mode="lastp" if len(Z) > 60 else None, p=60, no_labels=len(Z) > 60,
-               color_threshold=cut)
+    dendrogram(
+        Z, ax=ax, truncate_mode="lastp" if len(Z) > 60 else None, p=60, no_labels=len(Z) > 60, color_threshold=cut
+    )
     if cut is not None:
         ax.axhline(cut, color="k", linestyle="--", linewidth=1)
     ax.set_ylabel("merge distance")
@@ -62,7 +65,6 @@ def plot_dendrogram(Z: np.ndarray, path: str | os.PathLike, cut: float | None = 
     atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
     return Path(path)
-
 
 
 def plot_sweep(sweep: pd.DataFrame, default: float, path: str | os.PathLike, title: str = "") -> None:
@@ -85,4 +87,3 @@ def plot_sweep(sweep: pd.DataFrame, default: float, path: str | os.PathLike, tit
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
-
