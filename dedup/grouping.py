@@ -3,7 +3,7 @@
 Precision first: two products merged into one is the expensive error for a
 retailer, a missed duplicate the cheap one, and a doubtful pair goes to a
 person. How a run decides (every number is a documented default of
-:class:`GroupingParams`; ``benchmarks/precision.py`` measures them):
+:class:`GroupingParams`; ``benchmarks/run_all.py`` measures them per set):
 
 1. Candidates: each image's ``k`` nearest neighbours in every backbone's ANN
    index and in the colour-fused index (:func:`fused_vectors`: pooled CNN
@@ -17,7 +17,7 @@ person. How a run decides (every number is a documented default of
 3. Decision (:mod:`dedup.calibration`): a calibrated probability that the pair
    shows the same product. ``p >= min_confidence`` joins; ``review_confidence
    <= p < min_confidence`` is written to ``review.csv`` for a person.
-4. Exact pass: byte-identical files (SHA-256) always join; pHash
+4. Hash pass: byte-identical files (SHA-256) always join; pHash
    near-duplicates join when their colours agree too (pHash is computed on
    greyscale, so a recoloured copy has the same pHash).
 5. A person's decisions (``--decisions``) override: a confirmed pair joins,
@@ -370,6 +370,109 @@ class _Clusters:
         self.members[ra] += self.members.pop(rb)
 
 
+#: An edge of the join order: (stage, i, j, probability, pair row or -1).
+Edge = tuple[str, int, int, float, int]
+
+
+def _pair_rows(pairs: Pairs) -> dict[tuple[int, int], int]:
+    return {(int(a), int(b)): r for r, (a, b) in enumerate(pairs.ij.tolist())}
+
+
+def sha256_edges(hash_pairs: dict[str, np.ndarray], rows: dict[tuple[int, int], int]) -> list[Edge]:
+    """Rule 1: byte-identical files always join, with probability 1 (no check applies)."""
+    sha = np.asarray(hash_pairs.get("sha256", np.zeros((0, 2))), np.int64).reshape(-1, 2)
+    return [("sha256", int(a), int(b), 1.0, rows.get((min(a, b), max(a, b)), -1)) for a, b in sha.tolist()]
+
+
+def reviewed_edges(confirmed: list[tuple[int, int]], rows: dict[tuple[int, int], int]) -> list[Edge]:
+    """Rule 2: a pair a person confirmed joins, with probability 1 (unless a
+    rejected pair lies between the two groups)."""
+    return [("reviewed", a, b, 1.0, rows.get((a, b), -1)) for a, b in confirmed]
+
+
+def phash_edges(
+    hash_pairs: dict[str, np.ndarray],
+    rows: dict[tuple[int, int], int],
+    pairs: Pairs,
+    confidence: np.ndarray,
+    params: GroupingParams,
+) -> list[Edge]:
+    """Rule 3: a pHash near-duplicate joins when its colours agree too
+    (colour distance <= ``phash_colour_cutoff``): pHash is computed on
+    greyscale, so a recoloured copy, or a black and a navy dress in one
+    pose, share it."""
+    ph = np.sort(np.asarray(hash_pairs.get("phash", np.zeros((0, 2))), np.int64).reshape(-1, 2), axis=1)
+    out = []
+    for a, b in ph.tolist():
+        r = rows.get((a, b), -1)
+        if r >= 0 and pairs.colour[r] <= params.phash_colour_cutoff:
+            out.append(("phash", a, b, float(confidence[r]), r))
+    return out
+
+
+def classifier_edges(pairs: Pairs, confidence: np.ndarray, params: GroupingParams) -> list[Edge]:
+    """Rule 4: a candidate pair with calibrated P(same) >= ``min_confidence``
+    joins, strongest first (subject to the linkage check of :func:`group`)."""
+    join = np.nonzero(confidence >= params.min_confidence)[0]
+    join = join[np.argsort(-confidence[join], kind="stable")]
+    return [("classifier", int(pairs.ij[r, 0]), int(pairs.ij[r, 1]), float(confidence[r]), int(r)) for r in join]
+
+
+def _split_decisions(decisions: pd.DataFrame | None) -> tuple[list[tuple[int, int]], set[tuple[int, int]]]:
+    """A person's decisions as (confirmed pairs, rejected pairs), each ``(i, j)`` with i < j."""
+    confirmed: list[tuple[int, int]] = []
+    rejected: set[tuple[int, int]] = set()
+    if decisions is not None and len(decisions):
+        for a, b, same in zip(decisions.i, decisions.j, decisions.same):
+            key = (min(int(a), int(b)), max(int(a), int(b)))
+            if same:
+                confirmed.append(key)
+            else:
+                rejected.add(key)
+    return confirmed, rejected
+
+
+def _may_merge(cl: _Clusters, name: str, ra: int, rb: int, params: GroupingParams) -> bool:
+    """Rules 5 and 6 for joining two different groups: never across a pair a
+    person rejected (SHA-256 excepted), and a classifier join only when the
+    scored pairs between the groups average >= ``linkage_confidence``."""
+    if name == "sha256":
+        return True
+    total, count, veto = cl.cross(ra, rb)
+    weak = name == "classifier" and count > 0 and total / count < params.linkage_confidence
+    return not (veto or weak)
+
+
+class _Record:
+    """Per image: the strongest edge that joined it (stage, probability, partner, distance)."""
+
+    def __init__(self, n: int):
+        self.stage = np.full(n, "single", dtype=object)
+        self.best = np.full(n, -np.inf)
+        self.distance = np.full(n, np.nan, np.float32)
+        self.partner = np.full(n, -1, np.int64)
+
+    def note(self, edge: Edge, pairs: Pairs) -> None:
+        name, a, b, p, r = edge
+        for x, y in ((a, b), (b, a)):
+            current = self.stage[x]
+            stronger = current == "single" or STAGES.index(name) < STAGES.index(current)
+            if stronger or (name == current and p > self.best[x]):
+                self.stage[x], self.best[x], self.partner[x] = name, p, y
+                self.distance[x] = pairs.distance[r] if r >= 0 else np.nan
+
+
+def _renumber(labels: np.ndarray) -> np.ndarray:
+    """Group ids 0..G-1 in order of each group's first member (stable, readable)."""
+    if not len(labels):
+        return labels.astype(np.int64)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    remap = np.empty(len(order), np.int64)
+    remap[order] = np.arange(len(order))
+    return remap[inverse].astype(np.int64)
+
+
 def group(
     n: int,
     pairs: Pairs,
@@ -378,7 +481,10 @@ def group(
     params: GroupingParams | None = None,
     decisions: pd.DataFrame | None = None,
 ) -> Grouping:
-    """Decide the groups (see the module docstring for the rules).
+    """Decide the groups: the rules (:func:`sha256_edges`, :func:`reviewed_edges`,
+    :func:`phash_edges`, :func:`classifier_edges`) give edges in order of
+    strength; each is applied if :func:`_may_merge` allows (see the module
+    docstring).
 
     Args:
         n: number of images.
@@ -394,68 +500,40 @@ def group(
     """
     p = params or GroupingParams()
     conf = np.asarray(confidence, np.float64)
-    pos = {(int(a), int(b)): r for r, (a, b) in enumerate(pairs.ij.tolist())}
-    confirmed, rejected = [], set()
-    if decisions is not None and len(decisions):
-        for a, b, same in zip(decisions.i, decisions.j, decisions.same):
-            key = (min(int(a), int(b)), max(int(a), int(b)))
-            (confirmed.append(key) if same else rejected.add(key))
-    sha = np.asarray(hash_pairs.get("sha256", np.zeros((0, 2))), np.int64).reshape(-1, 2)
-    ph = np.sort(np.asarray(hash_pairs.get("phash", np.zeros((0, 2))), np.int64).reshape(-1, 2), axis=1)
-    ph_rows = np.array([pos.get((int(a), int(b)), -1) for a, b in ph], np.int64)
-    ph_ok = np.array([r >= 0 and pairs.colour[r] <= p.phash_colour_cutoff for r in ph_rows], bool)
-
-    # (stage, i, j, probability, pair row), strongest evidence first; sha256 and confirmed pairs bypass checks
-    edges: list[tuple[str, int, int, float, int]] = [
-        ("sha256", int(a), int(b), 1.0, pos.get((min(a, b), max(a, b)), -1)) for a, b in sha.tolist()
-    ]
-    edges += [("reviewed", a, b, 1.0, pos.get((a, b), -1)) for a, b in confirmed]
-    edges += [("phash", int(a), int(b), float(conf[r]), int(r)) for (a, b), r in zip(ph[ph_ok], ph_rows[ph_ok])]
-    join = np.nonzero(conf >= p.min_confidence)[0]
-    join = join[np.argsort(-conf[join], kind="stable")]
-    edges += [("classifier", int(pairs.ij[r, 0]), int(pairs.ij[r, 1]), float(conf[r]), int(r)) for r in join]
-
+    rows = _pair_rows(pairs)
+    confirmed, rejected = _split_decisions(decisions)
+    edges = (
+        sha256_edges(hash_pairs, rows)
+        + reviewed_edges(confirmed, rows)
+        + phash_edges(hash_pairs, rows, pairs, conf, p)
+        + classifier_edges(pairs, conf, p)
+    )
     cl = _Clusters(n, pairs.ij, conf, rejected)
-    stage = np.full(n, "single", dtype=object)
-    best = np.full(n, -np.inf)
-    dist = np.full(n, np.nan, np.float32)
-    partner = np.full(n, -1, np.int64)
-    for name, a, b, pp, r in edges:
-        if (min(a, b), max(a, b)) in rejected and name != "sha256":
+    record = _Record(n)
+    for edge in edges:
+        name, a, b = edge[:3]
+        if name != "sha256" and (min(a, b), max(a, b)) in rejected:
             continue
         ra, rb = cl.find(a), cl.find(b)
-        if ra != rb:
-            if name != "sha256":
-                total, count, veto = cl.cross(ra, rb)
-                weak = name == "classifier" and count and total / count < p.linkage_confidence
-                if veto or weak:
-                    continue  # left apart; a doubtful pair (p >= review_confidence) goes to review
-            cl.union(ra, rb)
-        elif name == "classifier":
+        if ra == rb and name == "classifier":
             continue  # already together: it adds no evidence of how the image joined
-        for x, y in ((a, b), (b, a)):
-            if (
-                stage[x] == "single"
-                or STAGES.index(name) < STAGES.index(stage[x])
-                or (name == stage[x] and pp > best[x])
-            ):
-                stage[x], best[x], partner[x] = name, pp, y
-                dist[x] = pairs.distance[r] if r >= 0 else np.nan
+        if ra != rb:
+            if not _may_merge(cl, name, ra, rb, p):
+                continue  # left apart; a doubtful pair (p >= review_confidence) goes to review
+            cl.union(ra, rb)
+        record.note(edge, pairs)
     labels = np.array([cl.find(i) for i in range(n)], np.int64)
-    confidence_out = np.where(stage == "single", np.nan, best).astype(np.float64)
+    review = _review_rows(labels, pairs, conf, p, {*rejected, *confirmed})
+    confidence_out = np.where(record.stage == "single", np.nan, record.best).astype(np.float64)
+    return Grouping(_renumber(labels), record.stage, confidence_out, record.distance, record.partner, review)
 
-    # Doubtful pairs left apart: for a person to decide.
+
+def _review_rows(
+    labels: np.ndarray, pairs: Pairs, conf: np.ndarray, params: GroupingParams, decided: set
+) -> np.ndarray:
+    """Doubtful pairs left apart (``p >= review_confidence``, not yet decided
+    by a person): rows into ``pairs``, strongest first."""
     apart = labels[pairs.ij[:, 0]] != labels[pairs.ij[:, 1]] if len(pairs.ij) else np.zeros(0, bool)
-    doubt = apart & (conf >= p.review_confidence)
-    decided = {*rejected, *confirmed}
-    review = np.array([r for r in np.nonzero(doubt)[0] if tuple(pairs.ij[r]) not in decided], np.int64)
-    review = review[np.argsort(-conf[review], kind="stable")] if len(review) else review
-
-    # Renumber by first member so labels are stable and readable.
-    if n:
-        _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-        order = np.argsort(first)
-        remap = np.empty(len(order), np.int64)
-        remap[order] = np.arange(len(order))
-        labels = remap[inverse].astype(np.int64)
-    return Grouping(labels, stage, confidence_out, dist, partner, review)
+    doubt = np.nonzero(apart & (conf >= params.review_confidence))[0]
+    review = np.array([r for r in doubt if tuple(pairs.ij[r]) not in decided], np.int64)
+    return review[np.argsort(-conf[review], kind="stable")] if len(review) else review

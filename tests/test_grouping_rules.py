@@ -9,7 +9,18 @@ import pytest
 from PIL import Image
 
 from dedup.colour import colour_descriptor, colour_distance
-from dedup.grouping import GroupingParams, Pairs, candidate_pairs, fused_vectors, group, score_pairs
+from dedup.grouping import (
+    GroupingParams,
+    Pairs,
+    candidate_pairs,
+    classifier_edges,
+    fused_vectors,
+    group,
+    phash_edges,
+    reviewed_edges,
+    score_pairs,
+    sha256_edges,
+)
 
 
 def pairs_of(ij, colour=None):
@@ -139,3 +150,35 @@ def test_colour_tells_black_from_navy_and_grey_from_any_hue():
     assert colour_distance(black, navy) > 0.5
     assert colour_distance(grey, rust) > 0.5
     assert colour_distance(black, colour_descriptor(_swatch((20, 20, 22)))) < 0.2
+
+
+# -- each rule alone ---------------------------------------------------------------
+
+
+def test_rule_sha256_edges_have_probability_one_and_their_pair_row():
+    pairs = pairs_of([(0, 1), (2, 3)])
+    rows = {(0, 1): 0, (2, 3): 1}
+    edges = sha256_edges({"sha256": np.array([[3, 2], [4, 5]])}, rows)
+    assert edges == [("sha256", 3, 2, 1.0, 1), ("sha256", 4, 5, 1.0, -1)]
+    assert pairs.ij.shape == (2, 2)
+
+
+def test_rule_reviewed_edges_follow_confirmed_pairs():
+    assert reviewed_edges([(0, 1), (5, 7)], {(0, 1): 0}) == [("reviewed", 0, 1, 1.0, 0), ("reviewed", 5, 7, 1.0, -1)]
+
+
+def test_rule_phash_edges_need_a_scored_pair_with_agreeing_colour():
+    pairs = pairs_of([(0, 1), (2, 3)], colour=[0.2, 0.5])
+    rows = {(0, 1): 0, (2, 3): 1}
+    hp = {"phash": np.array([[1, 0], [2, 3], [4, 5]])}  # (4, 5) was never scored: no colour evidence
+    edges = phash_edges(hp, rows, pairs, np.array([0.4, 0.6]), GroupingParams(phash_colour_cutoff=0.35))
+    assert edges == [("phash", 0, 1, 0.4, 0)]
+    loose = phash_edges(hp, rows, pairs, np.array([0.4, 0.6]), GroupingParams(phash_colour_cutoff=0.6))
+    assert [e[1:3] for e in loose] == [(0, 1), (2, 3)]
+
+
+def test_rule_classifier_edges_are_the_confident_pairs_strongest_first():
+    pairs = pairs_of([(0, 1), (1, 2), (2, 3), (3, 4)])
+    edges = classifier_edges(pairs, np.array([0.91, 0.5, 0.99, 0.9]), GroupingParams(min_confidence=0.9))
+    assert [(e[1], e[2]) for e in edges] == [(2, 3), (0, 1), (3, 4)]
+    assert [e[3] for e in edges] == [0.99, 0.91, 0.9]
