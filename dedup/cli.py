@@ -417,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dedup: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except sqlite3.Error as exc:  # the cache failed mid-run (disk full, I/O error)
-        where = getattr(args, "cache", None) or Path(getattr(args, "out", ".")) / "cache.sqlite"
-        print(f"dedup: error: cache {where}: {exc}", file=sys.stderr)
+        cache = getattr(args, "cache", None) or Path(getattr(args, "out", ".")) / "cache.sqlite"
+        print(f"dedup: error: cache {cache}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("dedup: interrupted; finished batches are in the cache, run again to resume", file=sys.stderr)
