@@ -226,6 +226,23 @@ class Cache:
             return row[4]
         return None
 
+    def get_digests(self, paths: list[bytes], stats: list[os.stat_result | None]) -> list[str | None]:
+        """:meth:`get_digest` for many paths, 500 per query: the stored digest
+        where the file is unchanged, else ``None`` (also where ``stats`` is)."""
+        stored: dict[bytes, tuple] = {}
+        for start in range(0, len(paths), 500):
+            chunk = paths[start : start + 500]
+            q = "SELECT path, size, mtime_ns, ctime_ns, inode, digest FROM stats WHERE path IN (%s)" % ",".join(
+                "?" * len(chunk)
+            )
+            for row in self._db.execute(q, chunk):
+                stored[bytes(row[0])] = row[1:]
+        out: list[str | None] = []
+        for p, st in zip(paths, stats):
+            row = stored.get(p)
+            out.append(row[4] if row is not None and st is not None and tuple(row[:4]) == _stat_key(st) else None)
+        return out
+
     def put_digest(self, path: bytes, stat: os.stat_result, digest: str) -> None:
         """Remember the SHA-256 of ``path`` (bytes) for this ``os.stat`` result."""
         self._db.execute("INSERT OR REPLACE INTO stats VALUES (?,?,?,?,?,?)", (path, *_stat_key(stat), digest))
@@ -249,6 +266,25 @@ class Cache:
         self._db.execute("INSERT OR REPLACE INTO failed VALUES (?,?,?)", (digest, decoder, reason))
 
     # -- per-file facts ----------------------------------------------------
+    def get_files(self, digests: list[str]) -> dict[str, dict]:
+        """:meth:`get_file` for many digests, 500 per query (misses are absent)."""
+        out: dict[str, dict] = {}
+        uniq = sorted(set(digests))
+        for start in range(0, len(uniq), 500):
+            chunk = uniq[start : start + 500]
+            q = "SELECT digest, phash, width, height, colour, note FROM files WHERE digest IN (%s)" % ",".join(
+                "?" * len(chunk)
+            )
+            for d, ph, w, h, colour, note in self._db.execute(q, chunk):
+                out[d] = {
+                    "phash": _to_unsigned(ph),
+                    "width": w,
+                    "height": h,
+                    "colour": np.frombuffer(colour, dtype=np.float32).copy(),
+                    "note": note,
+                }
+        return out
+
     def get_file(self, digest: str) -> dict | None:
         """``{"phash": int, "width", "height", "colour": (k,) float32, "note"}`` or ``None``."""
         row = self._db.execute(

@@ -50,9 +50,11 @@ def digest_files(
             stats[i] = p.stat()
         except OSError as exc:
             out[i] = exc
-            continue
-        if cache is not None:
-            out[i] = cache.get_digest(cache_key(p), stats[i])  # type: ignore[arg-type]
+    if cache is not None:
+        keys = [cache_key(p) if st is not None else b"" for p, st in zip(paths, stats)]
+        for i, digest in enumerate(cache.get_digests(keys, stats)):
+            if digest is not None:
+                out[i] = digest
     todo = [i for i in range(len(paths)) if out[i] is None]
 
     def one(i: int) -> str | OSError:

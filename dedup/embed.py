@@ -64,7 +64,9 @@ class Embedded:
 
     Attributes:
         facts: per item, its :class:`Facts` (``None`` where it failed).
-        vectors: per backbone, per item, a ``(dim,)`` float32 embedding.
+        vectors: per backbone, one preallocated ``(n, dim)`` float32 matrix
+            (rows in input order; memory-flat at any n: no per-image arrays).
+        have: per backbone, ``(n,)`` bool, True where the row is filled.
         failed: item index -> one-line skip reason.
         from_cache: items needing no decoding at all (files the cache
             knows to be undecodable not counted).
@@ -73,7 +75,8 @@ class Embedded:
     """
 
     facts: list[Facts | None]
-    vectors: list[list[np.ndarray | None]]
+    vectors: list[np.ndarray]
+    have: list[np.ndarray]
     failed: dict[int, str] = field(default_factory=dict)
     from_cache: int = 0
     embedded: int = 0
@@ -134,6 +137,7 @@ class _Batcher:
             self.out.inference_seconds += time.perf_counter() - t0
             for r, e in zip(rows, emb):
                 self.out.vectors[b][self.items[r]] = e
+                self.out.have[b][self.items[r]] = True
             if self.cache is not None:
                 self.cache.put_embeddings([self.digests[self.items[r]] for r in rows], net.name, net.weights_id, emb)
         self.out.embedded += len(self.items)
@@ -150,15 +154,19 @@ def _executor(workers: int, processes: int) -> Executor:
 
 def _from_cache(digests: list[str], nets: list[Backbone], cache: Cache, decoder: str, out: Embedded) -> None:
     """Fill ``out`` with what the cache holds for these digests."""
+    rows = cache.get_files(digests)
     for i, d in enumerate(digests):
-        row = cache.get_file(d)
+        row = rows.get(d)
         if row is not None and len(row["colour"]) == COLOUR_DIM:  # else stored by another descriptor version
             out.facts[i] = Facts(row["phash"], row["width"], row["height"], row["colour"], row["note"])
     uniq = sorted(set(digests))
     for b, net in enumerate(nets):
         got = cache.get_embeddings(uniq, net.name, net.weights_id, net.dim)
         for i, d in enumerate(digests):
-            out.vectors[b][i] = got.get(d)
+            vec = got.get(d)
+            if vec is not None:
+                out.vectors[b][i] = vec
+                out.have[b][i] = True
     known_bad = cache.get_failed(uniq, decoder)
     for i, d in enumerate(digests):
         if d in known_bad:
@@ -194,7 +202,7 @@ def decode_and_embed(
         their results.
     """
     n = len(paths)
-    out = Embedded([None] * n, [[None] * n for _ in nets])
+    out = Embedded([None] * n, [np.zeros((n, net.dim), np.float32) for net in nets], [np.zeros(n, bool) for _ in nets])
     decoder = f"{DECODER_ID}/max{max_pixels}"
     if cache is not None:
         _from_cache(digests, nets, cache, decoder, out)
@@ -202,7 +210,7 @@ def decode_and_embed(
     todo = []
     for i, d in enumerate(digests):
         if first_of.setdefault(d, i) == i and i not in out.failed:
-            if out.facts[i] is None or any(v[i] is None for v in out.vectors):
+            if out.facts[i] is None or not all(h[i] for h in out.have):
                 todo.append(i)
     out.from_cache = n - len(todo) - len(out.failed)
     if todo:
@@ -215,8 +223,8 @@ def decode_and_embed(
             if src in out.failed:
                 out.failed[i] = out.failed[src]
             out.facts[i] = out.facts[src]
-            for v in out.vectors:
-                v[i] = v[src]
+            for v, h in zip(out.vectors, out.have):
+                v[i], h[i] = v[src], h[src]
     return out
 
 
@@ -236,7 +244,7 @@ def _decode_window(
         def submit_next() -> None:
             i = next(it, None)
             if i is not None:
-                need = [v[i] is None for v in out.vectors]
+                need = [not h[i] for h in out.have]
                 pending.append((i, ex.submit(decode_task, paths[i], nets, need, max_pixels)))
 
         for _ in range(window):

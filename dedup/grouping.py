@@ -216,6 +216,9 @@ def _ranks(ij: np.ndarray, fused_ids: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return lookup(ij[:, 0], ij[:, 1]), lookup(ij[:, 1], ij[:, 0])
 
 
+#: Pairs scored at once; memory 2 x _PAIR_BLOCK x d float32 (70 MB at d = 2144).
+_PAIR_BLOCK = 8192
+
 #: Fused-space radius assumed for neighbours a small collection lacks: the
 #: median mean distance to the 10 nearest on ``inshop-women``, the densest
 #: shared set (ukbench-dev: 0.26, products-flipkart: 0.34). Conservative: in
@@ -254,8 +257,8 @@ def score_pairs(
     a, c = ij[:, 0], ij[:, 1]
     per = np.zeros((m, len(embeddings)), np.float32)
     fd = np.zeros(m, np.float32)
-    for s in range(0, m, 65536):
-        sl = slice(s, s + 65536)
+    for s in range(0, m, _PAIR_BLOCK):  # gathered rows: _PAIR_BLOCK x d floats at a time
+        sl = slice(s, s + _PAIR_BLOCK)
         for b, X in enumerate(embeddings):
             per[sl, b] = 1.0 - np.einsum("ij,ij->i", X[a[sl]], X[c[sl]])
         fd[sl] = 1.0 - np.einsum("ij,ij->i", fused[a[sl]], fused[c[sl]])
@@ -332,15 +335,20 @@ class Grouping:
 
 
 class _Clusters:
-    """Union-find with member lists and a cross-pair check (small-to-large)."""
+    """Union-find with member lists and a cross-pair check (small-to-large).
+
+    The scored pairs are held as a CSR adjacency (NumPy arrays, both
+    directions), built without a Python loop over the pairs.
+    """
 
     def __init__(self, n: int, ij: np.ndarray, p: np.ndarray, rejected: set):
         self.parent = np.arange(n)
         self.members: dict[int, list[int]] = {i: [i] for i in range(n)}
-        self.adj: dict[int, list[tuple[int, float]]] = {}
-        for (i, j), pp in zip(ij.tolist(), p.tolist()):
-            self.adj.setdefault(i, []).append((j, pp))
-            self.adj.setdefault(j, []).append((i, pp))
+        src = np.concatenate([ij[:, 0], ij[:, 1]]).astype(np.int64)
+        order = np.argsort(src, kind="stable")
+        self.nbr = np.concatenate([ij[:, 1], ij[:, 0]]).astype(np.int64)[order]
+        self.nbr_p = np.concatenate([p, p]).astype(np.float64)[order]
+        self.start = np.searchsorted(src[order], np.arange(n + 1))
         self.rejected = rejected
 
     def find(self, i: int) -> int:
@@ -356,7 +364,8 @@ class _Clusters:
         small, other = (ra, rb) if len(self.members[ra]) <= len(self.members[rb]) else (rb, ra)
         total, count, veto = 0.0, 0, False
         for i in self.members[small]:
-            for j, pp in self.adj.get(i, ()):
+            lo, hi = self.start[i], self.start[i + 1]
+            for j, pp in zip(self.nbr[lo:hi].tolist(), self.nbr_p[lo:hi].tolist()):
                 if self.find(j) == other:
                     total += pp
                     count += 1
@@ -374,17 +383,29 @@ class _Clusters:
 Edge = tuple[str, int, int, float, int]
 
 
-def _pair_rows(pairs: Pairs) -> dict[tuple[int, int], int]:
-    return {(int(a), int(b)): r for r, (a, b) in enumerate(pairs.ij.tolist())}
+class _PairRows:
+    """``(i, j) -> row of pairs`` (``i < j``; -1 when not a scored pair), as a
+    sorted key array: no dict of millions of tuples."""
+
+    def __init__(self, pairs: Pairs, n: int):
+        self.n = max(n, 1)
+        keys = pairs.ij[:, 0].astype(np.int64) * self.n + pairs.ij[:, 1]
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+
+    def get(self, key: tuple[int, int], default: int = -1) -> int:
+        q = int(key[0]) * self.n + int(key[1])
+        at = int(np.searchsorted(self.keys, q))
+        return int(self.order[at]) if at < len(self.keys) and self.keys[at] == q else default
 
 
-def sha256_edges(hash_pairs: dict[str, np.ndarray], rows: dict[tuple[int, int], int]) -> list[Edge]:
+def sha256_edges(hash_pairs: dict[str, np.ndarray], rows: _PairRows) -> list[Edge]:
     """Rule 1: byte-identical files always join, with probability 1 (no check applies)."""
     sha = np.asarray(hash_pairs.get("sha256", np.zeros((0, 2))), np.int64).reshape(-1, 2)
     return [("sha256", int(a), int(b), 1.0, rows.get((min(a, b), max(a, b)), -1)) for a, b in sha.tolist()]
 
 
-def reviewed_edges(confirmed: list[tuple[int, int]], rows: dict[tuple[int, int], int]) -> list[Edge]:
+def reviewed_edges(confirmed: list[tuple[int, int]], rows: _PairRows) -> list[Edge]:
     """Rule 2: a pair a person confirmed joins, with probability 1 (unless a
     rejected pair lies between the two groups)."""
     return [("reviewed", a, b, 1.0, rows.get((a, b), -1)) for a, b in confirmed]
@@ -392,7 +413,7 @@ def reviewed_edges(confirmed: list[tuple[int, int]], rows: dict[tuple[int, int],
 
 def phash_edges(
     hash_pairs: dict[str, np.ndarray],
-    rows: dict[tuple[int, int], int],
+    rows: _PairRows,
     pairs: Pairs,
     confidence: np.ndarray,
     params: GroupingParams,
@@ -500,7 +521,7 @@ def group(
     """
     p = params or GroupingParams()
     conf = np.asarray(confidence, np.float64)
-    rows = _pair_rows(pairs)
+    rows = _PairRows(pairs, n)
     confirmed, rejected = _split_decisions(decisions)
     edges = (
         sha256_edges(hash_pairs, rows)

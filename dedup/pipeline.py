@@ -461,11 +461,8 @@ class Deduplicator:
         files, dig = [items[i][0] for i in ok], [items[i][1] for i in ok]
         rel = [_shown(f, root) for f in files]
         facts = [f for i in ok if (f := got.facts[i]) is not None]
-        assert len(facts) == len(ok), "every image not failed has its facts"
-        emb = {
-            net.name: np.asarray([got.vectors[b][i] for i in ok], np.float32).reshape(len(ok), net.dim)
-            for b, net in enumerate(nets)
-        }
+        assert len(facts) == len(ok) and all(h[ok].all() for h in got.have), "every image not failed is complete"
+        emb = {net.name: got.vectors[b] if len(ok) == len(items) else got.vectors[b][ok] for b, net in enumerate(nets)}
         colours = np.asarray([f.colour for f in facts], np.float32).reshape(len(ok), COLOUR_DIM)
         codes = np.array([f.phash for f in facts], dtype=np.uint64)
 

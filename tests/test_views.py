@@ -179,3 +179,23 @@ def test_gallery_lists_every_group_and_renders_in_chromium(hier_run, tmp_path):
     im = Image.open(shot).convert("RGB")
     assert im.size == (1200, 900)
     assert len(np.unique(np.asarray(im).reshape(-1, 3), axis=0)) > 50  # thumbnails were drawn
+
+
+def test_gallery_pages_hold_every_group_once_and_link_each_other(flipkart_run, tmp_path):
+    from dedup.report import write_gallery
+
+    _, out = flipkart_run
+    groups = pd.read_csv(out / "groups.csv", keep_default_na=False)
+    groups["confidence"] = pd.to_numeric(groups.confidence)
+    multi = sorted(groups[groups.group_size > 1].group.unique())
+    (tmp_path / "gallery-9.html").write_text("a page of an earlier, larger run")
+    first = write_gallery(groups, bench_set("products-flipkart") / "images", tmp_path / "gallery.html", page_groups=2)
+    pages = sorted(tmp_path.glob("gallery*.html"))
+    assert first == tmp_path / "gallery.html" and len(pages) == -(-len(multi) // 2) >= 2
+    seen = []
+    for page in pages:
+        text = page.read_text()
+        seen += re.findall(r"<section class='group' id='([^']+)'", text)
+        assert all(f"href='{p.name}'" in text for p in pages if p != page)  # links to every other page
+    assert sorted(seen) == multi  # every group exactly once
+    assert "singletons" in pages[0].read_text()

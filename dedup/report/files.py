@@ -113,7 +113,8 @@ def write_report(result, out: str | os.PathLike) -> Path:
         atomic(f"embeddings-{name}.npy", lambda p, X=X: save_npy(p, X))
     for name, idx in result.indexes.items():
         atomic(f"index-{name}.ann", lambda p, idx=idx: idx.save(p))
-    extra = [n for n in ("gallery.html", "map.png", "dendrogram.png") if (out / n).is_file()]
+    pages = sorted(f.name for f in out.glob("gallery*.html"))
+    extra = pages + [n for n in ("map.png", "dendrogram.png") if (out / n).is_file()]
     meta = {
         **result.meta,
         "run_id": uuid.uuid4().hex,

@@ -62,12 +62,17 @@ function downloadDecisions() {
 </script>"""
 
 
-def _review_section(review: pd.DataFrame, groups: pd.DataFrame, real: list[Path], cache) -> list[str]:
-    """The "to review" section: each doubtful pair side by side with same/different buttons."""
+def _review_section(
+    review: pd.DataFrame, groups: pd.DataFrame, real: list[Path], cache, total: int | None = None
+) -> list[str]:
+    """The "to review" section: each doubtful pair side by side with same/different buttons
+    (``total``: how many there are in all, when ``review`` holds only the first)."""
     where = {p: k for k, p in enumerate(groups.path)}
     digest = groups["sha256"].tolist() if "sha256" in groups.columns else [None] * len(groups)
     parts = [
-        f"<section id='review'><h2>To review ({len(review)} doubtful pairs)</h2>"
+        f"<section id='review'><h2>To review ({total or len(review)} doubtful pairs"
+        + (f", the {len(review)} strongest shown; all are in review.csv" if total and total > len(review) else "")
+        + ")</h2>"
         "<p>Mark each pair, then <button id='download' onclick='downloadDecisions()'>download decisions.csv"
         "</button> (<span id='decided'>0</span> decided) and run again with <code>--decisions "
         "decisions.csv</code>: confirmed pairs join, rejected pairs never join.</p>"
@@ -92,6 +97,18 @@ def _review_section(review: pd.DataFrame, groups: pd.DataFrame, real: list[Path]
     return parts
 
 
+#: Groups per gallery page: a page stays a few MB whatever the catalogue's size.
+PAGE_GROUPS = 200
+#: Doubtful pairs shown in the review section (the rest are in review.csv).
+MAX_REVIEW = 300
+#: Singletons listed by name (all are in groups.csv).
+MAX_SINGLETONS = 2000
+
+
+def _page_name(path: Path, k: int) -> str:
+    return path.name if k == 1 else f"{path.stem}-{k}{path.suffix}"
+
+
 def write_gallery(
     groups: pd.DataFrame,
     root: str | os.PathLike,
@@ -100,12 +117,17 @@ def write_gallery(
     files: list | None = None,
     cache=None,
     review: pd.DataFrame | None = None,
+    page_groups: int = PAGE_GROUPS,
 ) -> Path:
-    """A self-contained HTML gallery (thumbnails inlined as data URIs).
+    """A self-contained HTML gallery (thumbnails inlined as data URIs), in pages.
 
     One ``<section class="group">`` per group of >= 2 images, with
     thumbnails, file names, pixel size, file size and the stage and distance
-    that joined each image; singletons are counted and listed in a folded
+    that joined each image, ``page_groups`` groups a page (``path``, then
+    ``NAME-2.html``, ``NAME-3.html``, ... with links between them; pages of
+    an earlier, larger run are removed). The first page also holds the review
+    section (the :data:`MAX_REVIEW` strongest pairs) and the singletons,
+    counted and listed (the first :data:`MAX_SINGLETONS`) in a folded
     ``<details>`` without thumbnails. Opens in a browser with no server.
     ``files``: the real path of each row (``Result.files``); default ``root / path``.
     ``cache``: an open :class:`dedup.cache.Cache` to keep thumbnails in
@@ -118,12 +140,14 @@ def write_gallery(
     Returns:
         The written path.
     """
-    root = Path(root)
+    root, path = Path(root), Path(path)
     real = [Path(f) for f in files] if files is not None else [root / p for p in groups.path]
     groups = groups.assign(real_file=real)
     multi = groups[groups.group_size > 1]
     singles = groups[groups.group_size == 1]
-    parts = [
+    ids = list(dict.fromkeys(multi.group))
+    n_pages = max(1, -(-len(ids) // max(1, page_groups)))
+    head = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
         "body{font-family:sans-serif;margin:1em;background:#fafafa}"
         "section.group{background:#fff;border:1px solid #ddd;margin:0 0 1em;padding:.5em}"
@@ -137,28 +161,59 @@ def write_gallery(
         f"<p id='summary'>{multi.group.nunique()} groups of 2 or more holding {len(multi)} images; "
         f"{len(singles)} singletons.</p>",
     ]
-    if review is not None and len(review):
-        parts += _review_section(review, groups, real, cache)
-    for gid, members in multi.groupby("group", sort=False):
-        parts.append(
-            f"<section class='group' id='{html.escape(str(gid))}'><h2>{html.escape(str(gid))} "
-            f"({len(members)} images)</h2>"
-        )
-        for r in members.itertuples():
-            p = r.real_file
-            size = p.stat().st_size if p.exists() else 0
-            conf = getattr(r, "confidence", np.nan)
-            dist = "" if pd.isna(conf) else f"confidence {conf:.2f}"
-            uri = _thumb_data_uri(p, getattr(r, "sha256", None), cache)
-            parts.append(
-                f"<figure><img src='{uri}' alt='{html.escape(r.path)}'>"
-                f"<figcaption>{html.escape(r.path)}<br>{r.width}x{r.height} px, {size / 1024:.0f} KB"
-                f"<br>{html.escape(str(r.stage))} {dist}</figcaption></figure>"
-            )
-        parts.append("</section>")
-    parts.append(f"<details><summary>{len(singles)} singletons</summary><ul>")
-    parts += [f"<li>{html.escape(p)}</li>" for p in singles.path]
-    parts.append("</ul></details></body></html>")
-    path = Path(path)
-    atomic_write(path, lambda p: p.write_text("\n".join(parts), encoding="utf-8"))
+    by_group = dict(list(multi.groupby("group", sort=False)))
+    for k in range(1, n_pages + 1):
+        nav = _nav(path, k, n_pages)
+        parts = [*head, nav]
+        if k == 1 and review is not None and len(review):
+            parts += _review_section(review.head(MAX_REVIEW), groups, real, cache, total=len(review))
+        for gid in ids[(k - 1) * page_groups : k * page_groups]:
+            parts += _group_section(gid, by_group[gid], cache)
+        if k == 1:
+            parts.append(f"<details><summary>{len(singles)} singletons</summary><ul>")
+            parts += [f"<li>{html.escape(p)}</li>" for p in singles.path[:MAX_SINGLETONS]]
+            if len(singles) > MAX_SINGLETONS:
+                parts.append(f"<li>... {len(singles) - MAX_SINGLETONS} more in groups.csv</li>")
+            parts.append("</ul></details>")
+        parts.append(nav + "</body></html>")
+        _write_page(path.with_name(_page_name(path, k)), "\n".join(parts))
+    for stale in path.parent.glob(f"{path.stem}-*{path.suffix}"):
+        suffix = stale.stem[len(path.stem) + 1 :]
+        if suffix.isdigit() and int(suffix) > n_pages:
+            stale.unlink(missing_ok=True)
     return path
+
+
+def _write_page(path: Path, text: str) -> None:
+    atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def _nav(path: Path, k: int, n_pages: int) -> str:
+    """Links to every page of the gallery (empty for a single page)."""
+    if n_pages == 1:
+        return ""
+    links = [
+        f"<b>{j}</b>" if j == k else f"<a href='{html.escape(_page_name(path, j))}'>{j}</a>"
+        for j in range(1, n_pages + 1)
+    ]
+    return f"<nav class='pages'>page {k} of {n_pages}: " + " ".join(links) + "</nav>"
+
+
+def _group_section(gid, members: pd.DataFrame, cache) -> list[str]:
+    """One group's section: a captioned thumbnail per image."""
+    parts = [
+        f"<section class='group' id='{html.escape(str(gid))}'><h2>{html.escape(str(gid))} ({len(members)} images)</h2>"
+    ]
+    for r in members.itertuples():
+        p = r.real_file
+        size = p.stat().st_size if p.exists() else 0
+        conf = getattr(r, "confidence", np.nan)
+        dist = "" if pd.isna(conf) else f"confidence {conf:.2f}"
+        uri = _thumb_data_uri(p, getattr(r, "sha256", None), cache)
+        parts.append(
+            f"<figure><img src='{uri}' alt='{html.escape(r.path)}'>"
+            f"<figcaption>{html.escape(r.path)}<br>{r.width}x{r.height} px, {size / 1024:.0f} KB"
+            f"<br>{html.escape(str(r.stage))} {dist}</figcaption></figure>"
+        )
+    parts.append("</section>")
+    return parts
