@@ -199,3 +199,17 @@ def test_gallery_pages_hold_every_group_once_and_link_each_other(flipkart_run, t
         assert all(f"href='{p.name}'" in text for p in pages if p != page)  # links to every other page
     assert sorted(seen) == multi  # every group exactly once
     assert "singletons" in pages[0].read_text()
+
+
+def test_map_of_a_large_run_is_drawn_from_a_reproducible_subsample(flipkart_run, tmp_path):
+    from dedup.report import plot_map
+
+    _, out = flipkart_run
+    X = np.load(out / "embeddings-efficientnet-lite0.npy")
+    labels = pd.read_csv(out / "groups.csv").group.to_numpy()
+    a = plot_map(X, labels, tmp_path / "a.png", max_points=12)
+    b = plot_map(X, labels, tmp_path / "b.png", max_points=12)
+    full = plot_map(X, labels, tmp_path / "full.png")
+    assert Image.open(a).size[0] >= 500
+    assert a.read_bytes() == b.read_bytes()  # the same subsample every time
+    assert a.read_bytes() != full.read_bytes()

@@ -11,11 +11,19 @@ import pandas as pd
 
 from .files import atomic_write
 
+#: Images drawn on a map at most: t-SNE's cost grows faster than n, and a
+#: picture shows no more (a uniform random subsample, seed 0, beyond it).
+MAP_MAX_POINTS = 10_000
 
-def plot_map(X: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
+
+def plot_map(
+    X: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: str = "", max_points: int = MAP_MAX_POINTS
+) -> Path:
     """A 2-D t-SNE map (scikit-learn; cosine metric, PCA init) coloured by group.
 
-    Images in groups of >= 2 get their group's colour; singletons are grey dots.
+    Images in groups of >= 2 get their group's colour; singletons are grey
+    dots. Above ``max_points`` images, a uniform random subsample of that
+    many is drawn (the title says so).
     """
     import matplotlib
 
@@ -23,6 +31,12 @@ def plot_map(X: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: 
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
+    total = len(X)
+    labels = np.asarray(labels)
+    sizes_all = pd.Series(labels).map(pd.Series(labels).value_counts()).to_numpy()
+    if total > max_points:
+        keep = np.sort(np.random.default_rng(0).choice(total, max_points, replace=False))
+        X, labels, sizes_all = np.asarray(X)[keep], labels[keep], sizes_all[keep]
     n = len(X)
     if n >= 4:
         xy = TSNE(
@@ -30,14 +44,14 @@ def plot_map(X: np.ndarray, labels: np.ndarray, path: str | os.PathLike, title: 
         ).fit_transform(np.asarray(X, np.float32))
     else:
         xy = np.c_[np.arange(n), np.zeros(n)]
-    labels = np.asarray(labels)
-    sizes = pd.Series(labels).map(pd.Series(labels).value_counts()).to_numpy()
+    sizes = sizes_all  # group sizes in the whole run, not in the subsample
     fig, ax = plt.subplots(figsize=(7, 7), dpi=100)
     alone = sizes < 2
     ax.scatter(xy[alone, 0], xy[alone, 1], s=8, c="lightgrey", label="singletons")
     _, codes = np.unique(labels[~alone], return_inverse=True)
     ax.scatter(xy[~alone, 0], xy[~alone, 1], s=14, c=codes, cmap="tab20")
-    ax.set_title(title or f"t-SNE map of {n} images, coloured by group")
+    shown = f"{n} of {total} images (random subsample)" if n < total else f"{n} images"
+    ax.set_title(title or f"t-SNE map of {shown}, coloured by group")
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
