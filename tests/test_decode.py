@@ -111,6 +111,17 @@ def test_a_jpeg_named_svg_is_found_by_content(tmp_path):
     assert sniff_format(PHOTO.read_bytes()[:32]) == "JPEG"
 
 
+def test_the_threaded_walk_gives_what_one_thread_gives(tmp_path):
+    d = tmp_path / "pics"
+    shutil.copytree(bench_set("robustness") / "images", d)
+    (d / "sub" / ".cache").mkdir(parents=True)
+    (d / "sub" / "notes.txt").write_text("not an image")
+    os.symlink(d, d / "sub" / "loop")
+    one, many = discover(d, workers=1), discover(d, workers=8)
+    assert one == many and len(one[0]) >= 25
+    assert {s.reason for s in one[1]} >= {"folder already visited (symlink loop or duplicate link)"}
+
+
 def test_messy_folder_runs_and_reports_every_bad_file(tmp_path, photo):
     d = tmp_path / "messy"
     (d / "nested" / "deeper").mkdir(parents=True)
