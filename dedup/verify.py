@@ -24,6 +24,7 @@ pair model (:mod:`dedup.calibration`) weighs it with everything else.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
@@ -48,9 +49,11 @@ class GeometricVerifier:
         ratio: Lowe's ratio-test threshold.
         reprojection_px: RANSAC inlier threshold in pixels at ``MAX_SIDE``.
 
-    Features are computed once per image (both orientations) and kept for
-    the object's lifetime (about 2 x 500 x 128 float32, 0.5 MB, per image at
-    most); so is each pair's count.
+        max_images: images whose features are kept at once (least recently
+            used dropped first): memory stays under about ``max_images`` x
+            0.5 MB (2 x 500 x 128 float32 per image) at any catalogue size.
+            Pairs are verified grouped by their first image, so most
+            features are reused while they are kept.
     """
 
     def __init__(
@@ -59,14 +62,15 @@ class GeometricVerifier:
         n_features: int = 500,
         ratio: float = 0.8,
         reprojection_px: float = 5.0,
+        max_images: int = 2048,
     ):
         self.load = load
         self.n_features = n_features
         self.ratio = ratio
         self.reprojection_px = reprojection_px
-        self._feats: dict[int, list[tuple[np.ndarray, np.ndarray | None]]] = {}
+        self.max_images = max_images
+        self._feats: OrderedDict[int, list[tuple[np.ndarray, np.ndarray | None]]] = OrderedDict()
         self._lab: dict[int, tuple[np.ndarray, np.ndarray, int] | None] = {}
-        self._done: dict[tuple[int, int], tuple[int, float]] = {}
         self.pairs_checked = 0
         #: show a tqdm bar in :meth:`__call__`
         self.progress = False
@@ -80,7 +84,12 @@ class GeometricVerifier:
         )
 
     def _features(self, i: int):
-        if i not in self._feats:
+        if i in self._feats:
+            self._feats.move_to_end(i)
+        else:
+            while len(self._feats) >= max(2, self.max_images):
+                old, _ = self._feats.popitem(last=False)
+                self._lab.pop(old, None)
             import cv2
 
             from .colour import foreground_mask, srgb_to_lab
@@ -118,13 +127,8 @@ class GeometricVerifier:
         """``(inliers, mismatch)`` between images ``i`` and ``j``: RANSAC
         homography inliers (0 if too few matches), the better of ``j`` as it
         is and mirrored, and the colour mismatch after alignment in [0, 1]
-        (``-1`` when fewer than ``MIN_ALIGN_INLIERS`` support the homography).
-
-        Each pair is computed once per verifier (a sweep asks again)."""
-        key = (int(i), int(j))
-        if key not in self._done:
-            self._done[key] = self._compute(*key)
-        return self._done[key]
+        (``-1`` when fewer than ``MIN_ALIGN_INLIERS`` support the homography)."""
+        return self._compute(int(i), int(j))
 
     def _match(self, a, b) -> tuple[int, np.ndarray | None]:
         import cv2
@@ -176,5 +180,10 @@ class GeometricVerifier:
         """``(m, 2)`` int64 pairs -> ``(m, 2)`` float64 ``(inliers, mismatch)`` rows."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(ij, desc="verify (RootSIFT+RANSAC)", unit="pair", disable=not self.progress or len(ij) < 50)
-        return np.array([self.inliers(i, j) for i, j in bar], dtype=np.float64).reshape(-1, 2)
+        ij = np.asarray(ij, np.int64).reshape(-1, 2)
+        out = np.zeros((len(ij), 2), np.float64)
+        order = np.lexsort((ij[:, 1], ij[:, 0]))  # by first image: its features stay warm
+        bar = tqdm(order, desc="verify (RootSIFT+RANSAC)", unit="pair", disable=not self.progress or len(ij) < 50)
+        for r in bar:
+            out[r] = self.inliers(ij[r, 0], ij[r, 1])
+        return out

@@ -56,3 +56,21 @@ def test_threaded_ann_queries_equal_one_thread_and_keep_recall_against_exact_sea
     np.testing.assert_array_equal(one[1], many[1])
     exact_ids, _ = exact_knn(X, X, 10)
     assert recall_at_k(many[0], exact_ids) >= 0.99
+
+
+def test_verification_with_bounded_feature_memory_gives_the_same_counts():
+    from itertools import combinations
+
+    from dedup.verify import MAX_SIDE, GeometricVerifier
+
+    paths = [bench_set("ukbench-dev") / "images" / f"ukbench{i:05d}.jpg" for i in (0, 1, 2, 3, 4, 5)]
+
+    def load(i):
+        return load_image(paths[i], target_size=MAX_SIDE).image
+
+    ij = np.array(list(combinations(range(len(paths)), 2)), np.int64)[::-1]
+    small, large = GeometricVerifier(load, max_images=2), GeometricVerifier(load, max_images=100)
+    got, want = small(ij), large(ij)
+    np.testing.assert_array_equal(got, want)
+    assert len(small._feats) <= 2 and len(large._feats) == len(paths)
+    assert tuple(ij[-1]) == (0, 1) and want[-1, 0] >= 12  # photos 0 and 1 show one object: aligned
