@@ -257,13 +257,14 @@ def score_pairs(
     a, c = ij[:, 0], ij[:, 1]
     per = np.zeros((m, len(embeddings)), np.float32)
     fd = np.zeros(m, np.float32)
+    col = np.zeros(m, np.float32)
     for s in range(0, m, _PAIR_BLOCK):  # gathered rows: _PAIR_BLOCK x d floats at a time
         sl = slice(s, s + _PAIR_BLOCK)
         for b, X in enumerate(embeddings):
             per[sl, b] = 1.0 - np.einsum("ij,ij->i", X[a[sl]], X[c[sl]])
         fd[sl] = 1.0 - np.einsum("ij,ij->i", fused[a[sl]], fused[c[sl]])
+        col[sl] = colour_distance(colours[a[sl]], colours[c[sl]])
     dist = per.mean(axis=1) if len(embeddings) else np.zeros(m, np.float32)
-    col = colour_distance(colours[a], colours[c]) if m else np.zeros(0, np.float32)
     # neighbourhood radii in the fused space: mean distance to the k_context nearest, and to the nearest
     k = fused_ids.shape[1] if fused_ids.ndim == 2 else 0
     r = np.ones(n, np.float32)
@@ -272,8 +273,11 @@ def score_pairs(
         others = np.where(fused_ids == np.arange(n)[:, None], -1, fused_ids)
         dd = np.full(others.shape, np.nan, np.float32)
         ok = others >= 0
-        rows = np.nonzero(ok)[0]
-        dd[ok] = 1.0 - np.einsum("ij,ij->i", fused[rows], fused[others[ok]])
+        rows, cols = np.nonzero(ok)
+        for s in range(0, len(rows), _PAIR_BLOCK):  # gathered in blocks, as above
+            sl = slice(s, s + _PAIR_BLOCK)
+            i, j = rows[sl], others[rows[sl], cols[sl]]
+            dd[rows[sl], cols[sl]] = 1.0 - np.einsum("ij,ij->i", fused[i], fused[j])
         dd = np.sort(np.where(ok, dd, np.inf), axis=1)
         near = dd[:, :k_context]
         finite = np.isfinite(near)
