@@ -169,6 +169,7 @@ class Cache:
 
     def _open(self) -> sqlite3.Connection:
         self._refuse_foreign_file()
+        db: sqlite3.Connection | None = None
         try:
             db = self._connect()
             if self._prepare(db):
@@ -176,10 +177,16 @@ class Cache:
             db.close()
             reason = "failed SQLite's integrity check"
         except CacheError:
+            if db is not None:
+                db.close()
             raise
         except sqlite3.OperationalError as exc:  # full disk, read-only, permissions, busy: not corruption
+            if db is not None:
+                db.close()
             raise CacheError(f"cannot open cache {self.path}: {exc}; it was left untouched") from None
         except sqlite3.DatabaseError as exc:  # malformed pages behind a valid SQLite header
+            if db is not None:
+                db.close()
             reason = f"is corrupt ({exc})"
         aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
         log.warning("cache %s %s; moved aside to %s and rebuilt", self.path, reason, aside)

@@ -146,6 +146,7 @@ def run_job(
     Raises:
         NotADirectoryError: ``root`` is not a folder.
         ValueError: an output location inside ``root``, or a bad option.
+        FileExistsError: ``view.link_dir`` exists and is not empty (checked first).
         dedup.lock.BusyError: another run holds ``out`` (or the cache).
         OSError: the output folder cannot be written.
     """
@@ -157,6 +158,8 @@ def run_job(
     view = (view or ViewOptions()).validate()
     cache = dedup.cache if dedup.cache not in (None, False) else None
     check_outside(root, out=out, cache=cache, link_dir=view.link_dir, move_duplicates=move_duplicates)
+    if view.link_dir and Path(view.link_dir).is_dir() and any(Path(view.link_dir).iterdir()):
+        raise FileExistsError(f"--link-dir {view.link_dir} exists and is not empty; choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     with Lock(out / OUT_LOCK, f"output folder {out}"):
         result = dedup.run(root, backbones=backbones)

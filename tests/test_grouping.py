@@ -159,3 +159,26 @@ def test_a_decisions_file_is_honoured_and_kept(tmp_path):
     bad.write_text("path_a,path_b,decision\nx.jpg,y.jpg,maybe\n")
     proc = run_cli("run", str(d), "--out", str(out), "--quiet", "--decisions", str(bad))
     assert proc.returncode == 1 and "same" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_small_folder_keeps_look_alikes_apart_and_still_joins_views(dd, tmp_path):
+    """Fewer images than a neighbourhood: two black dresses and a black shirt of
+    different products once merged at confidence 0.98 because 'the rest' were
+    few and far; the views of one product must still join."""
+    fk = bench_set("products-flipkart")
+    lab = labels_of("products-flipkart")
+    distinct = tmp_path / "distinct"
+    distinct.mkdir()
+    for p in lab.drop_duplicates("group").path[:5]:
+        shutil.copy(fk / p, distinct)
+    res = dd.run(distinct)
+    assert res.groups.group.nunique() == 5, res.groups[["path", "group", "confidence"]]
+    views = tmp_path / "views"
+    views.mkdir()
+    chosen = lab[lab.group.isin(["hm-kash-1023-m-s-retail", "sari-5-mithark", "pr343white-prakhya"])]
+    for p in chosen.path:
+        shutil.copy(fk / p, views)
+    res = dd.run(views)
+    truth = chosen.assign(name=chosen.path.str.split("/").str[-1]).set_index("name").group
+    pw = pairwise_scores(res.groups.group.to_numpy(), truth.reindex(res.groups.path).to_numpy())
+    assert pw["precision"] == 1.0 and pw["recall"] >= 0.6
