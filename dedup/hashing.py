@@ -170,7 +170,7 @@ def _all_pairs_within(
 def hash_pass(
     digests: list[str], codes: np.ndarray, max_distance: int = DEFAULT_PHASH_MAX_DISTANCE
 ) -> dict[str, np.ndarray]:
-    """The exact and near-exact pass: byte-identical files and pHash matches.
+    """The hash pass: byte-identical files and pHash near-duplicates.
 
     Args:
         digests: ``n`` SHA-256 hex digests; codes: ``(n,)`` uint64 pHashes.

@@ -70,7 +70,7 @@ class Result:
         embeddings: backbone name -> ``(n, d)`` float32 L2-normalised, rows
             in ``groups`` order.
         indexes: backbone name -> :class:`AnnIndex` over those rows.
-        colours: ``(n, 116)`` float32 colour descriptors.
+        colours: ``(n, dedup.colour.DIM)`` float32 colour descriptors.
         pairs: the scored candidate pairs (:class:`dedup.grouping.Pairs`).
         confidence: ``(m,)`` float64 calibrated P(same product) of each pair.
         review: the doubtful pairs left apart (``review.csv``, see
