@@ -6,8 +6,9 @@ manifest; ``undo`` reads the manifest and puts every file back. Nothing is
 ever deleted or overwritten: a move whose target exists is refused and
 reported, and undo checks each file's SHA-256 before moving it back.
 
-Which image is kept: the largest resolution (width x height in pixels), then
-the largest file (bytes), then the first path in sort order.
+Which image is kept: a regular file before a symbolic link, then the largest
+resolution (width x height in pixels), then the largest file (bytes), then
+the first path in sort order.
 """
 
 from __future__ import annotations
@@ -41,12 +42,16 @@ def choose_keepers(groups: pd.DataFrame, root: str | os.PathLike, files: list | 
 
     Returns:
         Boolean Series aligned with ``groups``: True for the one kept image of
-        each group (and for every singleton).
+        each group (and for every singleton). A regular file is kept before a
+        symbolic link (moving the file a kept link points to would break it),
+        then the largest resolution, the largest file, the first path.
     """
     df = groups.copy()
+    sources = _sources(groups, Path(root), files)
+    df["_link"] = [f.is_symlink() for f in sources]
     df["_pixels"] = df.width.astype("int64") * df.height.astype("int64")
-    df["_bytes"] = [f.stat().st_size if f.exists() else -1 for f in _sources(groups, Path(root), files)]
-    df = df.sort_values(["group", "_pixels", "_bytes", "path"], ascending=[True, False, False, True])
+    df["_bytes"] = [f.stat().st_size if f.exists() else -1 for f in sources]
+    df = df.sort_values(["group", "_link", "_pixels", "_bytes", "path"], ascending=[True, True, False, False, True])
     keep = ~df.duplicated("group", keep="first")
     return keep.reindex(groups.index)
 

@@ -88,16 +88,16 @@ def test_a_file_replaced_between_hashing_and_decoding_is_skipped_and_never_cache
 def test_a_symlinked_duplicate_moves_as_a_link_and_the_keeper_stays(tmp_path):
     d = tmp_path / "pics"
     keeper = _distinct(d, 3)[0]
-    os.symlink(keeper.name, d / "link-to-keeper.jpg")
+    os.symlink(keeper.name, d / "0-link-to-keeper.jpg")  # sorts first: still the file is kept, not the link
     quarantine = tmp_path / "quarantine"
     proc = run_cli("run", str(d), "--out", str(tmp_path / "out"), "-q", "--move-duplicates", str(quarantine))
     assert proc.returncode == 0, proc.stderr
     assert keeper.is_file() and not keeper.is_symlink()
-    assert os.path.islink(quarantine / "link-to-keeper.jpg")
-    assert not os.path.lexists(d / "link-to-keeper.jpg")
+    assert os.path.islink(quarantine / "0-link-to-keeper.jpg")
+    assert not os.path.lexists(d / "0-link-to-keeper.jpg")
     undo = run_cli("undo", str(quarantine / "moved-manifest.jsonl"))
     assert undo.returncode == 0, undo.stdout
-    assert os.readlink(d / "link-to-keeper.jpg") == keeper.name
+    assert os.readlink(d / "0-link-to-keeper.jpg") == keeper.name
 
 
 def test_moves_follow_duplicate_groups_never_a_view(tmp_path):
