@@ -180,7 +180,8 @@ def main() -> None:
     md += [
         "",
         "End to end includes process-level work that model-only does not: decoding, hashing, colour, ANN "
-        "index, grouping, geometric verification of every candidate pair (about 12 a photo), and building the model once.",
+        "index, grouping, geometric verification of every candidate pair (about 12 a photo), and building the "
+        "model once.",
         "",
         "| whole ukbench-dev (600 images) | CLI wall seconds (with Python start-up and report) | "
         "`Deduplicator.run` seconds |",
