@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .discover import printable
 from .hashing import sha256_file
 
 MANIFEST = "moved-manifest.jsonl"
@@ -54,11 +55,6 @@ def choose_keepers(groups: pd.DataFrame, root: str | os.PathLike, files: list | 
     df = df.sort_values(["group", "_link", "_pixels", "_bytes", "path"], ascending=[True, True, False, False, True])
     keep = ~df.duplicated("group", keep="first")
     return keep.reindex(groups.index)
-
-
-def _display(path: Path | str) -> str:
-    """A path string that can always be written as UTF-8 (undecodable bytes escaped)."""
-    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _plan_one(src: Path, root: Path, dest: Path, dest_dev: int) -> tuple[Path | None, str, int]:
@@ -210,7 +206,7 @@ def move_duplicates(
     return pd.DataFrame(
         {
             "path": plan.path,
-            "moved_to": [_display(t) if t is not None else "" for t in plan.target],
+            "moved_to": [printable(t) if t is not None else "" for t in plan.target],
             "kept": plan.kept,
             "status": [status[i] for i in plan.index],
         },
@@ -298,7 +294,7 @@ def undo(manifest: str | os.PathLike) -> pd.DataFrame:
                 status = "restored"
             except OSError as exc:
                 status = f"failed: {exc.strerror or exc}"
-        rows.append({"original": _display(original), "status": status})
+        rows.append({"original": printable(original), "status": status})
     if torn:
         rows.append({"original": str(manifest), "status": f"ignored: {torn} torn manifest lines"})
     return pd.DataFrame(rows, columns=["original", "status"])

@@ -223,19 +223,10 @@ class Cache:
         self._db.commit()
 
     # -- path -> digest --------------------------------------------------
-    def get_digest(self, path: bytes, stat: os.stat_result) -> str | None:
-        """The SHA-256 stored for ``path`` (``os.fsencode`` bytes, so any file
-        name works) if its size, mtime, ctime (ns) and inode are all unchanged."""
-        row = self._db.execute(
-            "SELECT size, mtime_ns, ctime_ns, inode, digest FROM stats WHERE path=?", (path,)
-        ).fetchone()
-        if row and tuple(row[:4]) == _stat_key(stat):
-            return row[4]
-        return None
-
     def get_digests(self, paths: list[bytes], stats: list[os.stat_result | None]) -> list[str | None]:
-        """:meth:`get_digest` for many paths, 500 per query: the stored digest
-        where the file is unchanged, else ``None`` (also where ``stats`` is)."""
+        """The SHA-256 stored for each path (``os.fsencode`` bytes, so any file
+        name works) where its size, mtime, ctime (ns) and inode are all
+        unchanged, else ``None`` (also where ``stats`` is); 500 paths per query."""
         stored: dict[bytes, tuple] = {}
         for start in range(0, len(paths), 500):
             chunk = paths[start : start + 500]
@@ -294,18 +285,7 @@ class Cache:
 
     def get_file(self, digest: str) -> dict | None:
         """``{"phash": int, "width", "height", "colour": (k,) float32, "note"}`` or ``None``."""
-        row = self._db.execute(
-            "SELECT phash, width, height, colour, note FROM files WHERE digest=?", (digest,)
-        ).fetchone()
-        if row is None:
-            return None
-        return {
-            "phash": _to_unsigned(row[0]),
-            "width": row[1],
-            "height": row[2],
-            "colour": np.frombuffer(row[3], dtype=np.float32).copy(),
-            "note": row[4],
-        }
+        return self.get_files([digest]).get(digest)
 
     def put_file(self, digest: str, phash: int, width: int, height: int, colour: np.ndarray, note: str) -> None:
         """Store one file's pHash (uint64), size in pixels, colour descriptor and decode note."""

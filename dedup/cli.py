@@ -236,6 +236,7 @@ def cmd_run(args) -> int:
     from .job import ViewOptions, check_outside, run_job
     from .report import summary
 
+    # run_job checks these too; checked here first so that a bad path fails before weights are loaded
     root = Path(args.dir)
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")

@@ -48,6 +48,14 @@ class Skipped:
     reason: str
 
 
+def printable(path: str | os.PathLike) -> str:
+    """A path as a string that can always be written as UTF-8: bytes of a
+    name that is not valid UTF-8 (surrogate-escaped by ``os.fsdecode``) are
+    shown as backslash escapes. For reports only; act on files through the
+    original ``Path``."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def sniff_format(head: bytes) -> str | None:
     """Name the image format of a file from its first bytes, or ``None``.
 

@@ -39,7 +39,7 @@ from .calibration import PairModel, pair_features
 from .colour import DIM as COLOUR_DIM
 from .decode import DEFAULT_MAX_PIXELS, load_image
 from .digest import digest_files
-from .discover import Skipped, discover
+from .discover import Skipped, discover, printable
 from .embed import decode_and_embed
 from .grouping import STAGES, Grouping, GroupingParams, Pairs, candidate_pairs, fused_vectors, group, score_pairs
 from .hashing import DEFAULT_PHASH_MAX_DISTANCE, hash_pass
@@ -118,14 +118,9 @@ def _rel(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def _safe_str(s: str) -> str:
-    """A path string that can always be written as UTF-8 (surrogates escaped)."""
-    return s.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _shown(path: Path, root: Path) -> str:
     """``path`` relative to ``root``, printable (what groups.csv and skipped.csv show)."""
-    return _safe_str(_rel(path, root))
+    return printable(_rel(path, root))
 
 
 @contextmanager
@@ -405,7 +400,7 @@ class Deduplicator:
         result.meta.update(
             {
                 "dedup_version": __version__,
-                "root": _safe_str(str(root.resolve())),
+                "root": printable(root.resolve()),
                 "settings": self.settings(),
                 "backbones": [b.describe() for b in nets],
                 "backbone_selection": backbone_note,

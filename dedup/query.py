@@ -19,7 +19,7 @@ import pandas as pd
 from .backbones import make_backbone
 from .decode import DecodeError, load_image
 from .index import AnnIndex
-from .report import GROUPS_CSV, read_run
+from .report import GROUPS_CSV, check_files, read_run
 
 
 class Searcher:
@@ -39,13 +39,13 @@ class Searcher:
 
     def __init__(self, out: str | os.PathLike, weights_dir: str | None = None):
         self.out = Path(out)
-        names = [GROUPS_CSV]
-        probe = read_run(self.out)
-        for desc in probe.get("backbones", []):
-            names += [f"embeddings-{desc['name']}.npy", f"index-{desc['name']}.ann"]
-        if probe.get("counts", {}).get("images", 0) == 0:
+        self.meta = read_run(self.out)
+        if self.meta.get("counts", {}).get("images", 0) == 0:
             raise ValueError(f"the run in {self.out} found no images to search; run it on a folder of images")
-        self.meta = read_run(self.out, check=tuple(names))
+        names = [GROUPS_CSV]
+        for desc in self.meta.get("backbones", []):
+            names += [f"embeddings-{desc['name']}.npy", f"index-{desc['name']}.ann"]
+        check_files(self.out, self.meta, names)
         self.groups = pd.read_csv(self.out / GROUPS_CSV, keep_default_na=False)
         self.root = Path(self.meta["root"])
         self.backbones, self.indexes, self.embeddings = [], [], []
@@ -73,13 +73,18 @@ class Searcher:
         Raises:
             DecodeError: a query file cannot be decoded.
         """
-        pil = [
-            load_image(im, target_size=max(b.input_size for b in self.backbones)).image
-            if isinstance(im, (str, os.PathLike))
-            else im.convert("RGB")
-            for im in images
-        ]
+        pil = [self._image(im) for im in images]
         return [b.embed(np.stack([b.prepare(im) for im in pil])) for b in self.backbones]
+
+    def _image(self, image):
+        """A path decoded (large enough for every backbone), or a PIL image, as RGB.
+
+        Raises:
+            DecodeError: the file cannot be decoded.
+        """
+        if isinstance(image, (str, os.PathLike)):
+            return load_image(image, target_size=max(b.input_size for b in self.backbones)).image
+        return image.convert("RGB")
 
     def query(self, images: list, n: int = 10) -> pd.DataFrame:
         """The ``n`` nearest catalogue images of each query.
@@ -103,11 +108,7 @@ class Searcher:
         good = []
         for image in images:
             try:
-                good.append(
-                    load_image(image, target_size=max(b.input_size for b in self.backbones)).image
-                    if isinstance(image, (str, os.PathLike))
-                    else image
-                )
+                good.append(self._image(image))
             except DecodeError as exc:
                 self.skipped.append((str(image), str(exc)))
                 good.append(None)

@@ -123,13 +123,6 @@ class GeometricVerifier:
                 self._lab[i] = None
         return self._feats[i]
 
-    def inliers(self, i: int, j: int) -> tuple[int, float]:
-        """``(inliers, mismatch)`` between images ``i`` and ``j``: RANSAC
-        homography inliers (0 if too few matches), the better of ``j`` as it
-        is and mirrored, and the colour mismatch after alignment in [0, 1]
-        (``-1`` when fewer than ``MIN_ALIGN_INLIERS`` support the homography)."""
-        return self._compute(int(i), int(j))
-
     def _match(self, a, b) -> tuple[int, np.ndarray | None]:
         import cv2
 
@@ -167,7 +160,12 @@ class GeometricVerifier:
         diff = np.linalg.norm(lab_a[ys[ok], xs[ok]] - lab_b[yb[ok], xb[ok]], axis=1)
         return float((diff > MISMATCH_DELTA_E).mean())
 
-    def _compute(self, i: int, j: int) -> tuple[int, float]:
+    def inliers(self, i: int, j: int) -> tuple[int, float]:
+        """``(inliers, mismatch)`` between images ``i`` and ``j``: RANSAC
+        homography inliers (0 if too few matches), the better of ``j`` as it
+        is and mirrored, and the colour mismatch after alignment in [0, 1]
+        (``-1`` when fewer than ``MIN_ALIGN_INLIERS`` support the homography)."""
+        i, j = int(i), int(j)
         fa, fb = self._features(i), self._features(j)
         self.pairs_checked += 1
         (n0, H0), (n1, H1) = self._match(fa[0], fb[0]), self._match(fa[0], fb[1])

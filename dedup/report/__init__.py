@@ -8,7 +8,18 @@
 """
 
 from .bench import BENCH_JSON, BENCH_MD, SWEEP_PNG, bench_markdown, write_bench
-from .files import GROUPS_CSV, REVIEW_CSV, RUN_JSON, SKIPPED_CSV, atomic_write, read_run, retract, summary, write_report
+from .files import (
+    GROUPS_CSV,
+    REVIEW_CSV,
+    RUN_JSON,
+    SKIPPED_CSV,
+    atomic_write,
+    check_files,
+    read_run,
+    retract,
+    summary,
+    write_report,
+)
 from .gallery import THUMB_SIDE, write_gallery
 from .plots import plot_dendrogram, plot_map, plot_sweep
 
@@ -22,6 +33,7 @@ __all__ = [
     "SKIPPED_CSV",
     "THUMB_SIDE",
     "atomic_write",
+    "check_files",
     "bench_markdown",
     "plot_dendrogram",
     "plot_map",

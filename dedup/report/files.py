@@ -18,7 +18,6 @@ Fixed names, so that a later ``query``, ``bench`` or ``evaluate`` finds them:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -27,6 +26,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+
+from ..hashing import sha256_file
 
 GROUPS_CSV = "groups.csv"
 SKIPPED_CSV = "skipped.csv"
@@ -70,14 +71,6 @@ def retract(out: str | os.PathLike) -> None:
     (Path(out) / RUN_JSON).unlink(missing_ok=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_report(result, out: str | os.PathLike) -> Path:
     """Write a :class:`dedup.pipeline.Result` into folder ``out`` (created).
 
@@ -119,7 +112,7 @@ def write_report(result, out: str | os.PathLike) -> Path:
         **result.meta,
         "run_id": uuid.uuid4().hex,
         "files": {
-            name: {"bytes": (out / name).stat().st_size, "sha256": _sha256(out / name)}
+            name: {"bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
             for name in sorted(written + extra)
         },
     }
@@ -153,15 +146,26 @@ def read_run(out: str | os.PathLike, check: tuple[str, ...] = ()) -> dict:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path} is unreadable ({exc}); run `dedup run` again") from None
-    files = meta.get("files")
-    for name in check:
-        rec = files.get(name) if isinstance(files, dict) else None
-        f = out / name
-        if rec is None or not f.is_file() or f.stat().st_size != rec["bytes"] or _sha256(f) != rec["sha256"]:
-            raise ValueError(
-                f"{f} does not belong to the run recorded in {path} (missing or changed since); run `dedup run` again"
-            )
+    check_files(out, meta, check)
     return meta
+
+
+def check_files(out: str | os.PathLike, meta: dict, names: tuple[str, ...] | list[str]) -> None:
+    """Check that files of ``out`` are those its ``run.json`` (parsed: ``meta``) recorded.
+
+    Raises:
+        ValueError: a file not listed, missing, or of another size or SHA-256
+            than recorded (another run half-replaced it).
+    """
+    files = meta.get("files")
+    for name in names:
+        rec = files.get(name) if isinstance(files, dict) else None
+        f = Path(out) / name
+        if rec is None or not f.is_file() or f.stat().st_size != rec["bytes"] or sha256_file(f) != rec["sha256"]:
+            raise ValueError(
+                f"{f} does not belong to the run recorded in {Path(out) / RUN_JSON} (missing or changed since); "
+                "run `dedup run` again"
+            )
 
 
 def summary(result, out: str | os.PathLike | None = None) -> str:
