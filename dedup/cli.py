@@ -4,6 +4,7 @@
     python -m dedup query IMAGE [IMAGE...] --index OUT [-n 10]
     python -m dedup undo MANIFEST
     python -m dedup bench LABELS.csv [run options] [--out OUT]
+    python -m dedup fit LABELS.csv --out MODEL [--root DIR]      (or: fit DIR --self-supervised --out MODEL)
     python -m dedup evaluate GROUPS.csv LABELS.csv
     python -m dedup weights [--weights-dir DIR]
     python -m dedup weights import DIR
@@ -90,6 +91,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="a pair model fitted by benchmarks/calibrate.py (default: the one shipped in dedup)",
     )
     p.add_argument(
+        "--model",
+        default=None,
+        metavar="MODEL",
+        help="a folder written by `dedup fit`: the fused kNN search runs in its learned projection, "
+        "with its pair model (default: none, ImageNet features as they are)",
+    )
+    p.add_argument(
         "--no-verify",
         action="store_true",
         help="skip geometric verification (RootSIFT + RANSAC; faster, finds fewer edited copies)",
@@ -123,6 +131,49 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="let Keras download missing ImageNet weights of named backbones (needs network)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars, only errors")
+
+
+def _add_fit_parser(sub) -> None:
+    from .adapt import DEFAULT_DIM, DEFAULT_FOLDS, DEFAULT_SHRINKAGE, DEFAULT_VIEWS
+
+    f = sub.add_parser(
+        "fit",
+        help="learn features adapted to your catalogue, from labels (LABELS.csv: path,group) "
+        "or from the photos alone (DIR --self-supervised)",
+    )
+    f.add_argument(
+        "source",
+        help="LABELS.csv (columns path,group; paths relative to its folder or --root), "
+        "or a folder of images with --self-supervised",
+    )
+    f.add_argument("--out", required=True, help="the model folder to write (use it with `run --model`)")
+    f.add_argument("--self-supervised", action="store_true", help="SOURCE is a folder of unlabelled images")
+    f.add_argument("--root", default=None, help="folder the label paths are relative to (default: its folder)")
+    f.add_argument("--backbones", default="auto", help="as for `run` (default auto)")
+    f.add_argument("--dim", type=_ranged(int, 1, 8192), default=DEFAULT_DIM, help=f"output dimensions ({DEFAULT_DIM})")
+    f.add_argument(
+        "--shrinkage",
+        type=_ranged(float, 0.0, 1e6),
+        default=DEFAULT_SHRINKAGE,
+        help=f"identity shrinkage of the matching covariance ({DEFAULT_SHRINKAGE})",
+    )
+    f.add_argument(
+        "--folds", type=_ranged(int, 2, 20), default=DEFAULT_FOLDS, help="folds of the out-of-fold calibration"
+    )
+    f.add_argument(
+        "--views", type=_ranged(int, 1, 8), default=DEFAULT_VIEWS, help="augmented views per photo (self-supervised)"
+    )
+    f.add_argument("--no-verify", action="store_true", help="do not verify the calibration pairs geometrically")
+    f.add_argument("--batch-size", type=_ranged(int, 1, 4096), default=32)
+    f.add_argument("--workers", type=_ranged(int, 1, 256), default=2, help="decoding threads (default 2)")
+    f.add_argument(
+        "--cache",
+        default=None,
+        help="SQLite cache file (default OUT/cache.sqlite; pass a run's cache to reuse its embeddings)",
+    )
+    f.add_argument("--no-cache", action="store_true", help="do not read or write a cache")
+    f.add_argument("--weights-dir", default=None, help="extra folder searched for weights files")
+    f.add_argument("--quiet", "-q", action="store_true", help="no progress bars, only errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(b)
     b.set_defaults(out="dedup-bench")
 
+    _add_fit_parser(sub)
+
     e = sub.add_parser("evaluate", help="compare an existing groups.csv with a labels.csv")
     e.add_argument("groups", help="GROUPS.csv (path,group)")
     e.add_argument("labels", help="LABELS.csv (path,group)")
@@ -218,6 +271,7 @@ def _make(args) -> P.Deduplicator:
         verify=not args.no_verify,
         n_neighbours=args.neighbours,
         model_path=args.pair_model,
+        model=args.model,
         decisions=args.decisions,
         phash_max_distance=DEFAULT_PHASH_MAX_DISTANCE if args.phash_distance is None else args.phash_distance,
         batch_size=args.batch_size,
@@ -333,6 +387,39 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_fit(args) -> int:
+    """`fit LABELS.csv --out MODEL` (or `fit DIR --self-supervised`): write an adapted model."""
+    from .adapt import check_model_folder
+    from .fit import fit_self_supervised, fit_supervised
+
+    check_model_folder(args.out)
+    cache = False if args.no_cache else (args.cache or str(Path(args.out) / "cache.sqlite"))
+    dd = P.Deduplicator(
+        backbones=args.backbones,
+        verify=not args.no_verify,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        cache=cache,
+        weights_dir=args.weights_dir,
+        progress=not args.quiet,
+    )
+    if args.self_supervised:
+        model = fit_self_supervised(args.source, args.out, dd, dim=args.dim, shrinkage=args.shrinkage, views=args.views)
+    else:
+        model = fit_supervised(
+            args.source, args.out, dd, root=args.root, dim=args.dim, shrinkage=args.shrinkage, n_folds=args.folds
+        )
+    i = model.info
+    what = f"{i['images']} images of {i['groups']} products" if i["mode"] == "supervised" else f"{i['images']} images"
+    print(
+        f"fitted a {i['mode']} model on {what} ({i['matching_pairs']} matching pairs, "
+        f"{i['skipped']} files skipped) in {i['seconds']} s; pair model: "
+        f"{'refitted' if model.pair_model is not None else 'shipped'}"
+    )
+    print(f"model: {args.out}; use it with: python -m dedup run DIR --model {args.out}")
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     """`evaluate GROUPS.csv LABELS.csv`: print the metrics of an existing run."""
     import json
@@ -403,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         "query": cmd_query,
         "undo": cmd_undo,
         "bench": cmd_bench,
+        "fit": cmd_fit,
         "evaluate": cmd_evaluate,
     }
     try:

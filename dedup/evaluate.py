@@ -207,7 +207,12 @@ def _labels_frame(result, grouping) -> pd.DataFrame:
 
 
 def run_bench(
-    labels_csv: str | os.PathLike, dedup, out: str | os.PathLike, sweep: np.ndarray | None = None, backbones=None
+    labels_csv: str | os.PathLike,
+    dedup,
+    out: str | os.PathLike,
+    sweep: np.ndarray | None = None,
+    backbones=None,
+    root: str | os.PathLike | None = None,
 ) -> dict:
     """Run ``dedup`` on the images of a labelled set, score it, write reports.
 
@@ -218,13 +223,15 @@ def run_bench(
         sweep: ``--min-confidence`` levels for the sweep; default 0.5..0.99 in
             steps of 0.05 plus the configured level.
         backbones: the output of ``dedup.check()`` when already called.
+        root: the folder the label paths are relative to (default: the
+            labels file's folder).
 
     Returns:
         The dict written to ``bench.json``.
     """
     labels_csv = Path(labels_csv)
     labels = read_labels(labels_csv)
-    result = dedup.run(labels_csv.parent, files=list(labels.path), backbones=backbones)
+    result = dedup.run(labels_csv.parent if root is None else root, files=list(labels.path), backbones=backbones)
     write_report(result, out)
     out = Path(out)
     emb = result.ensemble_embeddings()
@@ -274,6 +281,7 @@ def run_bench(
         "backbones": [b["name"] for b in result.meta["backbones"]],
         "backbone_selection": result.meta["backbone_selection"],
         "pair_model": result.meta["pair_model"],
+        "adapted_model": result.meta.get("adapted_model"),
         "settings": result.meta["settings"],
         "counts": result.meta["counts"],
     }

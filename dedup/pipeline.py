@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .adapt import AdaptedModel
 from .backbones import Backbone, select_backbones
 from .cache import Cache
 from .calibration import PairModel, pair_features
@@ -109,6 +110,24 @@ class Result:
         if not mats:
             return np.zeros((len(self.groups), 0), np.float32)
         return (np.hstack(mats) / np.sqrt(len(mats))).astype(np.float32)
+
+
+@dataclass
+class Scored:
+    """The candidate pairs of a run with their evidence (:meth:`Deduplicator.score`).
+
+    Attributes:
+        indexes: backbone name -> :class:`AnnIndex`.
+        fused_ids: ``(n, k+1)`` int64 kNN ids in the fused space (adapted
+            when a model is used).
+        pairs: :class:`dedup.grouping.Pairs`, inliers filled in when verified.
+        verifier: the geometric verifier, or ``None`` when disabled.
+    """
+
+    indexes: dict[str, AnnIndex]
+    fused_ids: np.ndarray
+    pairs: Pairs
+    verifier: GeometricVerifier | None
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -239,7 +258,12 @@ class Deduplicator:
             alignment for every candidate pair (the pair model's strongest
             evidence of an edited copy and against a recoloured look-alike;
             without it copies are found less often).
-        model_path: a pair-model JSON (``None``: the one shipped in the package).
+        model_path: a pair-model JSON (``None``: the adapted model's refitted
+            one when ``model`` has one, else the one shipped in the package).
+        model: a folder written by ``dedup fit`` (or a loaded
+            :class:`dedup.adapt.AdaptedModel`): the fused kNN search runs in
+            its learned projection, with its colour weight and its pair model;
+            ``backbones="auto"`` then means the model's backbones.
         decisions: a reviewer's decisions CSV (``path_a, path_b, decision``);
             stored in the cache, so later runs keep them.
         n_neighbours: neighbours per image taken from each ANN index as
@@ -268,6 +292,7 @@ class Deduplicator:
         verify: bool = True,
         n_neighbours: int = DEFAULT_K,
         model_path: str | os.PathLike | None = None,
+        model=None,
         decisions: str | os.PathLike | None = None,
         phash_max_distance: int = DEFAULT_PHASH_MAX_DISTANCE,
         batch_size: int = 32,
@@ -285,6 +310,7 @@ class Deduplicator:
         self.grouping = grouping
         self.verify = verify
         self.model_path = model_path
+        self.model = model
         self.decisions = decisions
         self.n_neighbours = n_neighbours
         self.phash_max_distance = phash_max_distance
@@ -303,8 +329,12 @@ class Deduplicator:
         """The constructor's settings as a JSON-able dict."""
         out = {}
         for key, value in vars(self).items():
+            if key.startswith("_"):
+                continue
             if key == "backbones" and not isinstance(value, str):
                 value = [b.name if isinstance(b, Backbone) else str(b) for b in value]
+            if key == "model" and isinstance(value, AdaptedModel):
+                value = "(an AdaptedModel object)"
             if isinstance(value, GroupingParams):
                 value = dataclasses.asdict(value)
             out[key] = str(value) if isinstance(value, Path) else value
@@ -345,10 +375,18 @@ class Deduplicator:
             ValueError: bad settings.
         """
         self.validate()
+        model = self.adapted_model()
         self.pair_model()
         if self.decisions is not None:
             read_decisions(self.decisions)
-        return select_backbones(self.backbones, self.weights_dir, self.allow_download)
+        spec = self.backbones
+        if model is not None and isinstance(spec, str) and spec.strip().lower() == "auto":
+            spec = [b["name"] for b in model.backbones]
+        nets, note = select_backbones(spec, self.weights_dir, self.allow_download)
+        if model is not None:
+            model.check_backbones(nets)
+            note += "; the adapted model's backbones" if spec is not self.backbones else ""
+        return nets, note
 
     # ------------------------------------------------------------------
     def run(
@@ -464,14 +502,9 @@ class Deduplicator:
         with _timed(timings, "hash_pass"):
             exact = hash_pass(dig, codes, self.phash_max_distance)
         params = self.grouping_params()
-        with _timed(timings, "index"):
-            fused = fused_vectors(list(emb.values()), colours, params.colour_weight)
-            indexes, neighbour_ids = build_indexes(emb, self.n_neighbours, self.n_trees, self.search_k_factor)
-            fused_ids = build_indexes({"fused": fused}, self.n_neighbours, self.n_trees, self.search_k_factor)[1][0]
+        scored = self.score(emb, colours, codes, files, dig, cache, exact["phash"], timings)
+        indexes, fused_ids, pairs, verifier = scored.indexes, scored.fused_ids, scored.pairs, scored.verifier
         with _timed(timings, "group"):
-            ij = candidate_pairs(neighbour_ids + [fused_ids], extra=exact["phash"])
-            pairs = score_pairs(ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context)
-            verifier = self._verify(pairs, files, dig, cache)
             model = self.pair_model()
             confidence = model.predict(pair_features(pairs))
             decisions = self._decisions(rel, dig, cache)
@@ -495,6 +528,7 @@ class Deduplicator:
         meta = {
             "counts": counts,
             "pair_model": _model_info(model, self.model_path, nets),
+            "adapted_model": None if (am := self.adapted_model()) is None else am.describe(self.model),
             "images_per_second_inference": (
                 round(got.embedded / got.inference_seconds, 2) if got.inference_seconds > 0 else None
             ),
@@ -516,6 +550,44 @@ class Deduplicator:
             codes=codes,
             fused_ids=fused_ids,
         )
+
+    def score(
+        self,
+        emb: dict[str, np.ndarray],
+        colours: np.ndarray,
+        codes: np.ndarray,
+        files: list[Path],
+        digests: list[str],
+        cache: Cache | None,
+        phash_pairs: np.ndarray | None = None,
+        timings: dict | None = None,
+    ) -> "Scored":
+        """Stages 5 and the evidence of stage 6: the ANN indexes, the candidate
+        pairs and their evidence (geometric verification included, cached
+        by content), before any decision.
+
+        Args:
+            emb: backbone name -> ``(n, d)`` float32 L2-normalised embeddings.
+            colours: ``(n, dedup.colour.DIM)`` float32; codes: ``(n,)`` uint64 pHashes.
+            files, digests: each row's file and SHA-256 (for verification).
+            cache: where verification results are kept, or ``None``.
+            phash_pairs: ``(e, 2)`` int64 pHash near-duplicate pairs, also candidates.
+            timings: seconds per stage are added to it (``index``, ``group``).
+
+        Returns:
+            A :class:`Scored`.
+        """
+        timings = {} if timings is None else timings
+        params = self.grouping_params()
+        with _timed(timings, "index"):
+            fused = self.fused_space(list(emb.values()), colours)
+            indexes, neighbour_ids = build_indexes(emb, self.n_neighbours, self.n_trees, self.search_k_factor)
+            fused_ids = build_indexes({"fused": fused}, self.n_neighbours, self.n_trees, self.search_k_factor)[1][0]
+        with _timed(timings, "group"):
+            ij = candidate_pairs(neighbour_ids + [fused_ids], extra=phash_pairs)
+            pairs = score_pairs(ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context)
+            verifier = self._verify(pairs, files, digests, cache)
+        return Scored(indexes, fused_ids, pairs, verifier)
 
     def _verify(self, pairs: Pairs, files: list[Path], digests: list[str], cache: Cache | None):
         """Fill ``pairs.inliers`` and ``pairs.mismatch`` by geometric verification
@@ -543,8 +615,39 @@ class Deduplicator:
         return dataclasses.replace(base, **overrides)
 
     def pair_model(self) -> PairModel:
-        """The pair model: ``model_path`` when given, else the one shipped in the package."""
+        """The pair model: ``model_path`` when given, else the adapted model's
+        refitted one when it has one, else the one shipped in the package."""
+        model = self.adapted_model()
+        if self.model_path is None and model is not None and model.pair_model is not None:
+            return model.pair_model
         return PairModel.load(self.model_path)
+
+    def adapted_model(self) -> AdaptedModel | None:
+        """The adapted model (``model``), loaded once; ``None`` without one.
+
+        Raises:
+            ModelError: the folder is not a usable model.
+        """
+        if self.model is None or isinstance(self.model, AdaptedModel):
+            return self.model
+        cached = getattr(self, "_loaded_model", None)
+        if cached is None or cached[0] != self.model:
+            cached = (self.model, AdaptedModel.load(self.model))
+            self._loaded_model = cached
+        return cached[1]
+
+    def fused_space(self, embeddings: list[np.ndarray], colours: np.ndarray) -> np.ndarray:
+        """The vectors of the fused kNN search: :func:`dedup.grouping.fused_vectors`,
+        then the adapted model's projection when there is one.
+
+        Returns:
+            ``(n, D)`` float32 with unit rows (``D`` = the projection's ``dim``
+            with a model, else ``sum d_b + colour.DIM``).
+        """
+        model = self.adapted_model()
+        if model is None:
+            return fused_vectors(embeddings, colours, self.grouping_params().colour_weight)
+        return model.projection.transform(fused_vectors(embeddings, colours, model.colour_weight))
 
     def _decisions(self, rel: list[str], digests: list[str], cache: Cache | None) -> pd.DataFrame:
         """A person's decisions as ``i, j, same`` rows: the ``decisions`` file
