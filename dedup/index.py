@@ -1,4 +1,7 @@
-"""Stage 5, index: approximate nearest neighbours (ANN) with Annoy.
+"""Stage 5, index: each image's nearest neighbours, and Annoy indexes for ``query``.
+
+Up to :data:`EXACT_KNN_MAX` images the neighbour lists are exact (blocked
+matrix products); above, they come from the Annoy index.
 
 Annoy (Bernhardsson, Spotify; random-projection trees) with the ``angular``
 metric, whose distance is ``sqrt(2 - 2 cos)``; on L2-normalised embeddings
@@ -117,26 +120,55 @@ class AnnIndex:
         return ids, dists
 
 
+#: Up to this many rows each row's nearest neighbours are found exactly
+#: (blocked matrix products, :func:`exact_knn`) instead of by Annoy's
+#: search: on 2 cores that is 5x faster at 20,000 rows and has recall 1; the
+#: cost grows as n^2, and Annoy's search is the faster from about 70,000
+#: rows (``benchmarks/scale.py`` measures both).
+EXACT_KNN_MAX: int = 50_000
+
+
 def build_indexes(
-    vectors: dict[str, np.ndarray], k: int, n_trees: int = DEFAULT_N_TREES, search_k_factor: int = SEARCH_K_FACTOR
+    vectors: dict[str, np.ndarray],
+    k: int,
+    n_trees: int = DEFAULT_N_TREES,
+    search_k_factor: int = SEARCH_K_FACTOR,
+    keep: bool = True,
+    exact_max: int = EXACT_KNN_MAX,
 ) -> tuple[dict[str, AnnIndex], list[np.ndarray]]:
-    """Stage 5, index: one Annoy index per matrix and each row's ``k`` nearest.
+    """Stage 5, index: each row's ``k`` nearest and, with ``keep``, one Annoy
+    index per matrix (saved in OUT for ``query``).
+
+    The neighbours are exact up to ``exact_max`` rows (:func:`exact_knn`)
+    and Annoy's above (:meth:`AnnIndex.query`).
 
     Args:
         vectors: name -> ``(n, d)`` float32 L2-normalised rows.
         k: neighbours per row (the row itself comes first, so ``k + 1`` ids).
+        keep: return the Annoy indexes (``False``: only the neighbour lists,
+            as for the fused vectors, which no later command searches; no
+            index is then built up to ``exact_max`` rows).
 
     Returns:
-        ``(indexes, neighbour_ids)``: name -> :class:`AnnIndex` (empty when
-        ``n == 0``) and, per matrix, ``(n, k + 1)`` int64 ids (-1 padded).
+        ``(indexes, neighbour_ids)``: name -> :class:`AnnIndex` (none when
+        ``n == 0`` or not ``keep``) and, per matrix, ``(n, k + 1)`` int64 ids
+        (-1 padded).
     """
     indexes, ids = {}, []
     for name, X in vectors.items():
         if len(X) == 0:
             ids.append(np.zeros((0, k + 1), np.int64))
             continue
-        indexes[name] = AnnIndex(n_trees, search_k_factor).build(X)
-        ids.append(indexes[name].query(X, k + 1)[0])
+        index = AnnIndex(n_trees, search_k_factor).build(X) if keep or len(X) > exact_max else None
+        if keep and index is not None:
+            indexes[name] = index
+        if len(X) <= exact_max or index is None:
+            found = exact_knn(np.asarray(X, np.float32), np.asarray(X, np.float32), k + 1)[0]
+            out = np.full((len(X), k + 1), -1, np.int64)
+            out[:, : found.shape[1]] = found
+            ids.append(out)
+        else:
+            ids.append(index.query(X, k + 1)[0])
     return indexes, ids
 
 
@@ -152,6 +184,8 @@ def exact_knn(X: np.ndarray, Q: np.ndarray, k: int, block: int = 1024) -> tuple[
         ``(ids, dists)`` as in :meth:`AnnIndex.query`.
     """
     k = min(k, len(X))
+    if len(Q) == 0 or k == 0:
+        return np.zeros((len(Q), k), np.int64), np.zeros((len(Q), k), np.float32)
     ids_out, d_out = [], []
     for s in range(0, len(Q), block):
         sim = Q[s : s + block] @ X.T

@@ -582,7 +582,7 @@ class Deduplicator:
         with _timed(timings, "index"):
             fused = self.fused_space(list(emb.values()), colours)
             indexes, neighbour_ids = build_indexes(emb, self.n_neighbours, self.n_trees, self.search_k_factor)
-            fused_ids = build_indexes({"fused": fused}, self.n_neighbours, self.n_trees, self.search_k_factor)[1][0]
+            fused_ids = build_indexes({"fused": fused}, self.n_neighbours, keep=False)[1][0]
         with _timed(timings, "group"):
             ij = candidate_pairs(neighbour_ids + [fused_ids], extra=phash_pairs)
             pairs = score_pairs(ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context)
