@@ -98,6 +98,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "with its pair model (default: none, ImageNet features as they are)",
     )
     p.add_argument(
+        "--force-model",
+        action="store_true",
+        help="apply --model even to images unlike those it was fitted on (by default it is then not used)",
+    )
+    p.add_argument(
         "--no-verify",
         action="store_true",
         help="skip geometric verification (RootSIFT + RANSAC; faster, finds fewer edited copies)",
@@ -272,6 +277,7 @@ def _make(args) -> P.Deduplicator:
         n_neighbours=args.neighbours,
         model_path=args.pair_model,
         model=args.model,
+        force_model=args.force_model,
         decisions=args.decisions,
         phash_max_distance=DEFAULT_PHASH_MAX_DISTANCE if args.phash_distance is None else args.phash_distance,
         batch_size=args.batch_size,

@@ -37,6 +37,8 @@ from .adapt import (
     DEFAULT_VIEWS,
     VIEW_KINDS,
     AdaptedModel,
+    check_model_folder,
+    fit_domain,
     fitted_info,
     learned_whitening,
     matching_pairs,
@@ -124,6 +126,8 @@ def fit_supervised(
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or not 2 <= n_folds <= 20:
         raise ValueError(f"n_folds must be an integer in [2, 20], got {n_folds!r}")
     labels, root = read_fit_labels(labels_csv, root)
+    if out is not None:
+        check_model_folder(out)  # before the work, not after it
     res, nets = embedding_run(dedup, root, list(labels.path))
     truth = labels.drop_duplicates("path").set_index("path").group.reindex(res.groups.path).to_numpy()
     known = pd.notna(truth)
@@ -139,6 +143,7 @@ def fit_supervised(
 
     X, y = out_of_fold_pairs(dedup, res, truth, known, nets, cw, dim, shrinkage, n_folds)
     pair_model = refit_pair_model(X, y, dedup.pair_model(), [n.name for n in nets], bool(dedup.verify))
+    domain = fit_domain(F[rows])
     info = fitted_info(
         "supervised",
         labels_csv,
@@ -151,7 +156,7 @@ def fit_supervised(
         skipped=int(len(res.skipped)),
         seconds=round(time.perf_counter() - t0, 1),
     )
-    model = AdaptedModel(projection, _backbone_record(nets), cw, pair_model, info)
+    model = AdaptedModel(projection, _backbone_record(nets), cw, pair_model, info, *domain)
     if out is not None:
         model.save(out)
     return model
@@ -229,12 +234,14 @@ def out_of_fold_pairs(
                 continue
             proj = learned_whitening(F[tr], fit_pairs, dim, shrinkage)
             dd = copy.copy(dedup)
-            dd.model, dd.decisions = AdaptedModel(proj, _backbone_record(nets), cw), None
+            dd.model, dd.decisions = None, None
             dd.n_neighbours = min(dedup.n_neighbours, len(te) - 1)
             emb = {name: E[te] for name, E in res.embeddings.items()}
             dig = [digests[i] for i in te]
             phash = hash_pass(dig, res.codes[te], dedup.phash_max_distance)["phash"]
-            scored = dd.score(emb, res.colours[te], res.codes[te], [res.files[i] for i in te], dig, cache, phash)
+            fold_model = AdaptedModel(proj, _backbone_record(nets), cw)
+            files = [res.files[i] for i in te]
+            scored = dd.score(emb, res.colours[te], res.codes[te], files, dig, cache, phash, adapted=fold_model)
             ij = scored.pairs.ij
             X.append(pair_features(scored.pairs))
             y.append(truth[te][ij[:, 0]] == truth[te][ij[:, 1]])
@@ -369,6 +376,8 @@ def fit_self_supervised(
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder}: not a folder")
+    if out is not None:
+        check_model_folder(out)
     res, nets = embedding_run(dedup, folder, files)
     n = len(res.groups)
     if n < 2:
@@ -404,7 +413,7 @@ def fit_self_supervised(
         skipped=int(len(res.skipped)),
         seconds=round(time.perf_counter() - t0, 1),
     )
-    model = AdaptedModel(projection, _backbone_record(nets), cw, None, info)
+    model = AdaptedModel(projection, _backbone_record(nets), cw, None, info, *fit_domain(F[:n]))
     if out is not None:
         model.save(out)
     return model

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .adapt import AdaptedModel
+from .adapt import MAX_OUT_OF_DOMAIN, AdaptedModel
 from .backbones import Backbone, select_backbones
 from .cache import Cache
 from .calibration import PairModel, pair_features
@@ -263,7 +263,11 @@ class Deduplicator:
         model: a folder written by ``dedup fit`` (or a loaded
             :class:`dedup.adapt.AdaptedModel`): the fused kNN search runs in
             its learned projection, with its colour weight and its pair model;
-            ``backbones="auto"`` then means the model's backbones.
+            ``backbones="auto"`` then means the model's backbones. A model is
+            not used on a collection outside its domain (see
+            :meth:`dedup.adapt.AdaptedModel.out_of_domain_share`; ``run.json``
+            says so) unless ``force_model``.
+        force_model: apply ``model`` even to a collection it finds foreign.
         decisions: a reviewer's decisions CSV (``path_a, path_b, decision``);
             stored in the cache, so later runs keep them.
         n_neighbours: neighbours per image taken from each ANN index as
@@ -293,6 +297,7 @@ class Deduplicator:
         n_neighbours: int = DEFAULT_K,
         model_path: str | os.PathLike | None = None,
         model=None,
+        force_model: bool = False,
         decisions: str | os.PathLike | None = None,
         phash_max_distance: int = DEFAULT_PHASH_MAX_DISTANCE,
         batch_size: int = 32,
@@ -311,6 +316,7 @@ class Deduplicator:
         self.verify = verify
         self.model_path = model_path
         self.model = model
+        self.force_model = force_model
         self.decisions = decisions
         self.n_neighbours = n_neighbours
         self.phash_max_distance = phash_max_distance
@@ -385,7 +391,8 @@ class Deduplicator:
         nets, note = select_backbones(spec, self.weights_dir, self.allow_download)
         if model is not None:
             model.check_backbones(nets)
-            note += "; the adapted model's backbones" if spec is not self.backbones else ""
+            if spec is not self.backbones:
+                note = "the adapted model's backbones: " + ", ".join(n.name for n in nets)
         return nets, note
 
     # ------------------------------------------------------------------
@@ -502,10 +509,11 @@ class Deduplicator:
         with _timed(timings, "hash_pass"):
             exact = hash_pass(dig, codes, self.phash_max_distance)
         params = self.grouping_params()
-        scored = self.score(emb, colours, codes, files, dig, cache, exact["phash"], timings)
+        adapted, adapted_info = self._applicable_model(list(emb.values()), colours)
+        scored = self.score(emb, colours, codes, files, dig, cache, exact["phash"], timings, adapted)
         indexes, fused_ids, pairs, verifier = scored.indexes, scored.fused_ids, scored.pairs, scored.verifier
         with _timed(timings, "group"):
-            model = self.pair_model()
+            model = self.pair_model(adapted)
             confidence = model.predict(pair_features(pairs))
             decisions = self._decisions(rel, dig, cache)
             grouping = group(len(ok), pairs, confidence, exact, params, decisions)
@@ -528,7 +536,7 @@ class Deduplicator:
         meta = {
             "counts": counts,
             "pair_model": _model_info(model, self.model_path, nets),
-            "adapted_model": None if (am := self.adapted_model()) is None else am.describe(self.model),
+            "adapted_model": adapted_info,
             "images_per_second_inference": (
                 round(got.embedded / got.inference_seconds, 2) if got.inference_seconds > 0 else None
             ),
@@ -561,6 +569,7 @@ class Deduplicator:
         cache: Cache | None,
         phash_pairs: np.ndarray | None = None,
         timings: dict | None = None,
+        adapted: AdaptedModel | None = None,
     ) -> "Scored":
         """Stages 5 and the evidence of stage 6: the ANN indexes, the candidate
         pairs and their evidence (geometric verification included, cached
@@ -573,6 +582,7 @@ class Deduplicator:
             cache: where verification results are kept, or ``None``.
             phash_pairs: ``(e, 2)`` int64 pHash near-duplicate pairs, also candidates.
             timings: seconds per stage are added to it (``index``, ``group``).
+            adapted: search the fused space in this model's projection.
 
         Returns:
             A :class:`Scored`.
@@ -580,7 +590,7 @@ class Deduplicator:
         timings = {} if timings is None else timings
         params = self.grouping_params()
         with _timed(timings, "index"):
-            fused = self.fused_space(list(emb.values()), colours)
+            fused = self.fused_space(list(emb.values()), colours, adapted)
             indexes, neighbour_ids = build_indexes(emb, self.n_neighbours, self.n_trees, self.search_k_factor)
             fused_ids = build_indexes({"fused": fused}, self.n_neighbours, keep=False)[1][0]
         with _timed(timings, "group"):
@@ -614,12 +624,12 @@ class Deduplicator:
         base = self.grouping if self.grouping is not None else GroupingParams()
         return dataclasses.replace(base, **overrides)
 
-    def pair_model(self) -> PairModel:
-        """The pair model: ``model_path`` when given, else the adapted model's
-        refitted one when it has one, else the one shipped in the package."""
-        model = self.adapted_model()
-        if self.model_path is None and model is not None and model.pair_model is not None:
-            return model.pair_model
+    def pair_model(self, adapted: AdaptedModel | None = None) -> PairModel:
+        """The pair model: ``model_path`` when given, else the refitted one of
+        ``adapted`` (the adapted model in use) when it has one, else the one
+        shipped in the package."""
+        if self.model_path is None and adapted is not None and adapted.pair_model is not None:
+            return adapted.pair_model
         return PairModel.load(self.model_path)
 
     def adapted_model(self) -> AdaptedModel | None:
@@ -636,18 +646,42 @@ class Deduplicator:
             self._loaded_model = cached
         return cached[1]
 
-    def fused_space(self, embeddings: list[np.ndarray], colours: np.ndarray) -> np.ndarray:
+    def fused_space(
+        self, embeddings: list[np.ndarray], colours: np.ndarray, adapted: AdaptedModel | None = None
+    ) -> np.ndarray:
         """The vectors of the fused kNN search: :func:`dedup.grouping.fused_vectors`,
-        then the adapted model's projection when there is one.
+        then ``adapted``'s projection when given.
 
         Returns:
             ``(n, D)`` float32 with unit rows (``D`` = the projection's ``dim``
             with a model, else ``sum d_b + colour.DIM``).
         """
+        if adapted is None:
+            return fused_vectors(embeddings, colours, self.grouping_params().colour_weight)
+        return adapted.projection.transform(fused_vectors(embeddings, colours, adapted.colour_weight))
+
+    def _applicable_model(
+        self, embeddings: list[np.ndarray], colours: np.ndarray
+    ) -> tuple[AdaptedModel | None, dict | None]:
+        """The adapted model to use on this collection (``None`` without one,
+        or when it finds the collection foreign and ``force_model`` is off),
+        and run.json's record of it."""
         model = self.adapted_model()
         if model is None:
-            return fused_vectors(embeddings, colours, self.grouping_params().colour_weight)
-        return model.projection.transform(fused_vectors(embeddings, colours, model.colour_weight))
+            return None, None
+        share = model.out_of_domain_share(fused_vectors(embeddings, colours, model.colour_weight))
+        applied = self.force_model or share <= MAX_OUT_OF_DOMAIN
+        if not applied:
+            log.warning(
+                "the adapted model %s is not used: %.0f%% of these images lie outside the photos it was "
+                "fitted on (over %.0f%%), where it measured worse than no model (README, dedup fit); "
+                "--force-model applies it anyway",
+                self.model if not isinstance(self.model, AdaptedModel) else "(given)",
+                100 * share,
+                100 * MAX_OUT_OF_DOMAIN,
+            )
+        info = {**model.describe(self.model), "applied": bool(applied), "out_of_domain_share": round(share, 4)}
+        return (model if applied else None), info
 
     def _decisions(self, rel: list[str], digests: list[str], cache: Cache | None) -> pd.DataFrame:
         """A person's decisions as ``i, j, same`` rows: the ``decisions`` file

@@ -66,6 +66,7 @@ def test_a_supervised_model_separates_products_of_cuts_it_never_saw(tmp_path):
         r1[name] = recall_at_1(res.fused_ids, truth)
         if m is not None:
             assert res.meta["adapted_model"]["fitted_on"] == str((tmp_path / "train.csv").resolve())
+            assert res.meta["adapted_model"]["applied"], res.meta["adapted_model"]  # same shop: in its domain
             assert res.fused_ids.shape[0] == len(test)
     print("R@1 on unseen cuts", r1)
     # measured 0.869 -> 0.947 on this split
@@ -114,6 +115,7 @@ def test_a_self_supervised_model_learns_seller_edits_from_unlabelled_photos(tmp_
     for name, m in (("default", None), ("adapted", tmp_path / "model")):
         res = _dd(cache, model=m).run(tmp_path / "test")
         truth = test.set_index("path").group.reindex(res.groups.path).to_numpy()
+        assert m is None or res.meta["adapted_model"]["applied"], res.meta["adapted_model"]
         found[name] = pairwise_scores(res.groups.group.to_numpy(), truth)
         found[name]["r1"] = recall_at_1(res.fused_ids, truth)
     print("edited copies", found)
@@ -188,6 +190,33 @@ def test_a_damaged_or_mismatched_model_is_refused_in_one_line(flipkart_model, tm
     r = run_cli("fit", labels, "--out", str(other), "-q")
     assert r.returncode == 1 and "no dedup model" in r.stderr
     assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
+
+def test_a_model_is_not_used_on_photos_unlike_those_it_was_fitted_on(flipkart_model, tmp_path):
+    """A model fitted on fashion catalogue photos, run on UKBench objects: it
+    says so and searches without it, unless forced."""
+    proc, model = flipkart_model
+    assert proc.returncode == 0, proc.stderr
+    objects = tmp_path / "objects"
+    objects.mkdir()
+    for p in labels_of("ukbench-dev").sort_values("path").path[:24]:
+        (objects / p.split("/")[-1]).write_bytes((bench_set("ukbench-dev") / p).read_bytes())
+    cache = str(tmp_path / "cache.sqlite")
+    r = run_cli("run", str(objects), "--out", str(tmp_path / "o1"), "--model", str(model), "--cache", cache, "-q")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "o1" / "run.json").read_text())["adapted_model"]
+    assert info["applied"] is False and info["out_of_domain_share"] > 0.5, info
+    assert "adapted model: " in r.stdout and "NOT used: " in r.stdout, r.stdout
+    forced = ("--model", str(model), "--cache", cache, "--force-model", "-q")
+    r = run_cli("run", str(objects), "--out", str(tmp_path / "o2"), *forced)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "o2" / "run.json").read_text())["adapted_model"]["applied"] is True
+    # on the photos it was fitted on, it is used
+    images = str(bench_set("products-flipkart") / "images")
+    r = run_cli("run", images, "--out", str(tmp_path / "o3"), "--model", str(model), "-q")
+    assert r.returncode == 0, r.stderr
+    info = json.loads((tmp_path / "o3" / "run.json").read_text())["adapted_model"]
+    assert info["applied"] is True and info["out_of_domain_share"] <= 0.1, info
 
 
 @pytest.mark.parametrize(

@@ -180,6 +180,13 @@ def summary(result, out: str | os.PathLike | None = None) -> str:
         "joined by: " + ", ".join(f"{k} {v}" for k, v in c["joined_by_stage"].items()),
         f"time: {result.meta['seconds']['total']:.1f} s",
     ]
+    adapted = result.meta.get("adapted_model")
+    if adapted:
+        share = f"{100 * adapted['out_of_domain_share']:.0f}% of the images outside its domain"
+        lines.append(
+            f"adapted model: {adapted['path']} ({adapted['mode']}) "
+            + (f"used; {share}" if adapted["applied"] else f"NOT used: {share} (--force-model applies it)")
+        )
     if out is not None:
         lines.append(
             f"report: {Path(out) / GROUPS_CSV}, {Path(out) / REVIEW_CSV}, {Path(out) / SKIPPED_CSV}, "
