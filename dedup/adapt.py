@@ -43,6 +43,11 @@ What counts as *matching* is the only difference between the two modes:
   and distance ratios), and ``benchmarks/adapt.py`` measures its calibration
   error after the projection.
 
+A model is used only on photos like those it was fitted on: it keeps
+:data:`DOMAIN_CELLS` k-means centres of its fit photos, and a collection of
+which more than :data:`MAX_OUT_OF_DOMAIN` lies farther from them than 99 %
+of the fit photos is searched without it (:meth:`AdaptedModel.out_of_domain_share`).
+
 ``benchmarks/adapt.py`` measures where each kind of model helps and where it
 hurts, on sets it was not fitted on, and chose ``DEFAULT_DIM`` and
 ``DEFAULT_SHRINKAGE``.

@@ -286,7 +286,7 @@ def embed_views(
         ``(embeddings, colours)``: per backbone ``(n * views, d)`` float32
         and ``(n * views, colour.DIM)`` float32; row ``i * views + v`` is view
         ``v`` of image ``i``. A view that fails to decode keeps its image's
-        own vectors (it then adds nothing to the fit).
+        own vectors (a zero difference in the fit).
     """
     n = len(res.groups)
     digests = list(res.groups.sha256)

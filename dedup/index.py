@@ -122,9 +122,10 @@ class AnnIndex:
 
 #: Up to this many rows each row's nearest neighbours are found exactly
 #: (blocked matrix products, :func:`exact_knn`) instead of by Annoy's
-#: search: on 2 cores that is 5x faster at 20,000 rows and has recall 1; the
-#: cost grows as n^2, and Annoy's search is the faster from about 70,000
-#: rows (``benchmarks/scale.py`` measures both).
+#: search: on 2 cores that took 1/6 of Annoy's time at 20,000 rows and 1/3
+#: at 50,000, with recall 1 where Annoy's was 0.95 and 0.90
+#: (``benchmarks/knn_speed.py``). Its cost grows as n^2, so larger
+#: collections use Annoy.
 EXACT_KNN_MAX: int = 50_000
 
 

@@ -9,8 +9,9 @@ of its own module, usable alone:
    one embedding per backbone, cached by content;
 4. hash pass (:func:`dedup.hashing.hash_pass`): byte-identical files and
    pHash near-duplicates;
-5. index (:func:`dedup.index.build_indexes`): Annoy per backbone and over the
-   colour-fused vectors, each image's nearest neighbours;
+5. index (:func:`dedup.index.build_indexes`): Annoy per backbone, and each
+   image's nearest neighbours by every backbone and by the colour-fused
+   vectors (in an adapted model's projection, :mod:`dedup.adapt`);
 6. group (:mod:`dedup.grouping`, :mod:`dedup.verify`, :mod:`dedup.calibration`):
    candidate pairs, their evidence, the calibrated decision, the groups;
 7. report (:mod:`dedup.report`), written by :func:`dedup.job.run_job` or the caller.
@@ -535,7 +536,7 @@ class Deduplicator:
         }
         meta = {
             "counts": counts,
-            "pair_model": _model_info(model, self.model_path, nets),
+            "pair_model": _model_info(model, self._pair_model_source(adapted), nets),
             "adapted_model": adapted_info,
             "images_per_second_inference": (
                 round(got.embedded / got.inference_seconds, 2) if got.inference_seconds > 0 else None
@@ -632,6 +633,15 @@ class Deduplicator:
             return adapted.pair_model
         return PairModel.load(self.model_path)
 
+    def _pair_model_source(self, adapted: AdaptedModel | None) -> str | None:
+        """Where :meth:`pair_model` took the model from (``None``: shipped)."""
+        if self.model_path is None and adapted is not None and adapted.pair_model is not None:
+            return f"the adapted model {self._model_name()}"
+        return None if self.model_path is None else str(self.model_path)
+
+    def _model_name(self) -> str:
+        return "(given as an object)" if isinstance(self.model, AdaptedModel) else str(self.model)
+
     def adapted_model(self) -> AdaptedModel | None:
         """The adapted model (``model``), loaded once; ``None`` without one.
 
@@ -676,11 +686,11 @@ class Deduplicator:
                 "the adapted model %s is not used: %.0f%% of these images lie outside the photos it was "
                 "fitted on (over %.0f%%), where it measured worse than no model (README, dedup fit); "
                 "--force-model applies it anyway",
-                self.model if not isinstance(self.model, AdaptedModel) else "(given)",
+                self._model_name(),
                 100 * share,
                 100 * MAX_OUT_OF_DOMAIN,
             )
-        info = {**model.describe(self.model), "applied": bool(applied), "out_of_domain_share": round(share, 4)}
+        info = {**model.describe(self._model_name()), "applied": bool(applied), "out_of_domain_share": round(share, 4)}
         return (model if applied else None), info
 
     def _decisions(self, rel: list[str], digests: list[str], cache: Cache | None) -> pd.DataFrame:

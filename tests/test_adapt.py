@@ -5,6 +5,7 @@ folder are refused in one line."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 
 from dedup.adapt import MODEL_JSON, PROJECTION_NPZ, AdaptedModel, ModelError, learned_whitening, matching_pairs
 from dedup.augment import KINDS, apply_edit
+from dedup.backbones import select_backbones
 from dedup.cache import Cache
 from dedup.evaluate import pairwise_scores, recall_at_1
 from dedup.fit import fit_self_supervised, fit_supervised, view_key
@@ -88,9 +90,9 @@ def _edited_set(folder, sources):
 
 @pytest.mark.slow
 def test_a_self_supervised_model_learns_seller_edits_from_unlabelled_photos(tmp_path):
-    """Fitted on 150 unlabelled UKBench photos (one per object), run on 60
-    other objects' photos with an edited copy each: copies still find their
-    originals, and every view of the fit is cached for the next fit."""
+    """Fitted on 200 unlabelled UKBench photos (2 of each of 100 objects), run
+    on the 50 other objects' photos with an edited copy each: copies still
+    find their originals, and every view of the fit is cached for the next fit."""
     uk = labels_of("ukbench-dev").sort_values("path")
     per_object = uk.groupby("group").path.apply(list)
     fit_dir = tmp_path / "fit"
@@ -102,8 +104,6 @@ def test_a_self_supervised_model_learns_seller_edits_from_unlabelled_photos(tmp_
     model = fit_self_supervised(fit_dir, tmp_path / "model", _dd(cache), views=2)
     assert model.info["mode"] == "self-supervised" and model.pair_model is None
     with Cache(cache) as c:
-        from dedup.backbones import select_backbones
-
         net = select_backbones("efficientnet-lite0")[0][0]
         rec = json.loads((tmp_path / "model" / MODEL_JSON).read_text())
         assert rec["info"]["images"] == 200
@@ -125,8 +125,6 @@ def test_a_self_supervised_model_learns_seller_edits_from_unlabelled_photos(tmp_
 
 
 def _digests(folder):
-    import hashlib
-
     return [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())]
 
 
@@ -145,8 +143,6 @@ def test_fit_then_run_with_the_model_records_where_it_came_from(flipkart_model, 
     rec = json.loads((model / MODEL_JSON).read_text())
     labels = bench_set("products-flipkart") / "labels.csv"
     assert rec["info"]["fitted_on"] == str(labels.resolve())
-    import hashlib
-
     assert rec["info"]["fitted_on_sha256"] == hashlib.sha256(labels.read_bytes()).hexdigest()
     out = tmp_path / "out"
     run = run_cli("run", str(bench_set("products-flipkart") / "images"), "--out", str(out), "--model", str(model), "-q")
@@ -154,6 +150,7 @@ def test_fit_then_run_with_the_model_records_where_it_came_from(flipkart_model, 
     meta = json.loads((out / "run.json").read_text())
     assert meta["adapted_model"]["mode"] == "supervised"
     assert meta["adapted_model"]["pair_model"] == "refitted on its labels"
+    assert meta["pair_model"]["source"] == f"the adapted model {model}"
     assert meta["settings"]["model"] == str(model)
     groups = pd.read_csv(out / "groups.csv")
     truth = labels_of("products-flipkart").set_index("path").group
