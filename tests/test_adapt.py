@@ -216,6 +216,21 @@ def test_a_model_is_not_used_on_photos_unlike_those_it_was_fitted_on(flipkart_mo
     assert info["applied"] is True and info["out_of_domain_share"] <= 0.1, info
 
 
+def test_self_supervised_fit_through_the_cli(tmp_path):
+    images = bench_set("products-flipkart") / "images"
+    r = run_cli("fit", str(images), "--self-supervised", "--views", "1", "--out", str(tmp_path / "m"), "-q")
+    assert r.returncode == 0, r.stderr
+    assert "self-supervised model on 20 images (20 matching pairs" in r.stdout, r.stdout
+    rec = json.loads((tmp_path / "m" / MODEL_JSON).read_text())
+    assert rec["info"]["views"] == 1 and rec["info"]["fitted_on_sha256"] is None
+    assert not (tmp_path / "m" / "pair_model.json").exists()  # no labels: the shipped pair model is kept
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.jpg").write_bytes(next(iter(sorted(images.iterdir()))).read_bytes())
+    r = run_cli("fit", str(one), "--self-supervised", "--out", str(tmp_path / "m2"), "-q")
+    assert r.returncode == 1 and "at least two" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize(
     "rows, message",
     [
