@@ -397,7 +397,14 @@ def cmd_fit(args) -> int:
     """`fit LABELS.csv --out MODEL` (or `fit DIR --self-supervised`): write an adapted model."""
     from .adapt import check_model_folder
     from .fit import fit_self_supervised, fit_supervised
+    from .job import check_outside
 
+    source = Path(args.source)
+    if args.self_supervised and not source.is_dir():
+        raise NotADirectoryError(f"{source}: not a folder (--self-supervised fits on a folder of images)")
+    if not args.self_supervised and not source.is_file():
+        raise FileNotFoundError(f"{source}: no such labels file")
+    check_outside(source if args.self_supervised else Path(args.root or source.parent), out=args.out, cache=args.cache)
     check_model_folder(args.out)
     cache = False if args.no_cache else (args.cache or str(Path(args.out) / "cache.sqlite"))
     dd = P.Deduplicator(

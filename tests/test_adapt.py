@@ -229,6 +229,9 @@ def test_self_supervised_fit_through_the_cli(tmp_path):
     (one / "a.jpg").write_bytes(next(iter(sorted(images.iterdir()))).read_bytes())
     r = run_cli("fit", str(one), "--self-supervised", "--out", str(tmp_path / "m2"), "-q")
     assert r.returncode == 1 and "at least two" in r.stderr, r.stderr
+    r = run_cli("fit", str(one), "--self-supervised", "--out", str(one / "model"), "-q")
+    assert r.returncode == 1 and "never writes inside the input folder" in r.stderr, r.stderr
+    assert [p.name for p in one.iterdir()] == ["a.jpg"]
 
 
 @pytest.mark.parametrize(
