@@ -45,6 +45,7 @@ from dedup.adapt import DEFAULT_DIM, DEFAULT_SHRINKAGE, read_fit_labels  # noqa:
 from dedup.calibration import PairModel  # noqa: E402
 from dedup.evaluate import run_bench  # noqa: E402
 from dedup.fit import embedding_run, fit_self_supervised, fit_supervised, out_of_fold_pairs  # noqa: E402
+from dedup.grouping import fused_vectors  # noqa: E402
 from dedup.pipeline import Deduplicator  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
@@ -128,8 +129,10 @@ def prior_sweep(tmp: Path, strengths=(0.0, 10.0, 30.0, 100.0, 300.0, 1000.0)) ->
     dd = _dd("inshop-women")
     labels, root = read_fit_labels(tmp / "train.csv", INSHOP)
     res, nets = embedding_run(dd, root, list(labels.path))
-    truth = labels.set_index("path").group.reindex(res.groups.path).to_numpy()
-    X, y = out_of_fold_pairs(dd, res, truth, pd.notna(truth), nets, 0.75, DEFAULT_DIM, DEFAULT_SHRINKAGE, 4)
+    truth = labels.set_index("path").group.reindex(res.paths).to_numpy()
+    cw = dd.grouping_params().colour_weight
+    F = fused_vectors(list(res.embeddings.values()), res.colours, cw)
+    X, y = out_of_fold_pairs(dd, res, F, truth, pd.notna(truth), nets, cw, DEFAULT_DIM, DEFAULT_SHRINKAGE, 4)
     shipped = PairModel.load()
     out = []
     for strength in strengths:

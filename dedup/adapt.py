@@ -68,6 +68,7 @@ import pandas as pd
 
 from . import __version__
 from .calibration import PairModel
+from .hashing import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,21 @@ def matching_pairs(groups, max_per_group: int = MAX_PAIRS_PER_GROUP, seed: int =
     return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), np.int64)
 
 
+def check_whitening_settings(dim: int, shrinkage: float) -> None:
+    """Check the settings of :func:`learned_whitening` before any work.
+
+    Raises:
+        ValueError: ``dim`` not an integer >= 1, or ``shrinkage`` not a
+            finite number >= 0.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
+    if isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float, np.number)):
+        raise ValueError(f"shrinkage must be a number >= 0, got {shrinkage!r}")
+    if not np.isfinite(shrinkage) or shrinkage < 0:
+        raise ValueError(f"shrinkage must be a number >= 0, got {shrinkage!r}")
+
+
 def learned_whitening(
     X: np.ndarray, pairs: np.ndarray, dim: int = DEFAULT_DIM, shrinkage: float = DEFAULT_SHRINKAGE
 ) -> Projection:
@@ -186,10 +202,9 @@ def learned_whitening(
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     if len(pairs) == 0:
         raise ValueError("learned whitening needs at least one matching pair")
-    if not 1 <= dim <= D:
+    check_whitening_settings(dim, shrinkage)
+    if dim > D:
         raise ValueError(f"dim must lie in [1, {D}], got {dim}")
-    if not (np.isfinite(shrinkage) and shrinkage >= 0):
-        raise ValueError(f"shrinkage must be >= 0, got {shrinkage}")
     mu = X.mean(axis=0)
     diff = X[pairs[:, 0]] - X[pairs[:, 1]]
     cs = diff.T @ diff / len(diff)
@@ -290,11 +305,11 @@ class AdaptedModel:
             p.write_bytes(buf.getvalue())
 
         atomic_write(folder / PROJECTION_NPZ, npz)
-        files[PROJECTION_NPZ] = _sha256(folder / PROJECTION_NPZ)
+        files[PROJECTION_NPZ] = sha256_file(folder / PROJECTION_NPZ)
         if self.pair_model is not None:
             text = self.pair_model.to_json() + "\n"
             atomic_write(folder / PAIR_MODEL_JSON, lambda p: p.write_text(text, encoding="utf-8"))
-            files[PAIR_MODEL_JSON] = _sha256(folder / PAIR_MODEL_JSON)
+            files[PAIR_MODEL_JSON] = sha256_file(folder / PAIR_MODEL_JSON)
         else:
             (folder / PAIR_MODEL_JSON).unlink(missing_ok=True)
         record = {
@@ -335,7 +350,7 @@ class AdaptedModel:
                 f"this dedup reads {MODEL_VERSION}; fit it again"
             )
         for name, digest in record.get("files", {}).items():
-            if not (folder / name).is_file() or _sha256(folder / name) != digest:
+            if not (folder / name).is_file() or sha256_file(folder / name) != digest:
                 raise ModelError(f"{folder / name} is missing or differs from the model's record; fit it again")
         with np.load(folder / PROJECTION_NPZ) as z:
             projection = Projection(z["mean"].astype(np.float32), z["matrix"].astype(np.float32))
@@ -392,12 +407,6 @@ def check_model_folder(folder: str | os.PathLike) -> Path:
         if other:
             raise ModelError(f"{folder} holds other files ({other[0]}, ...) and no dedup model; choose another --out")
     return folder
-
-
-def _sha256(path: Path) -> str:
-    from .hashing import sha256_file
-
-    return sha256_file(path)
 
 
 # ---------------------------------------------------------------------------
@@ -458,7 +467,7 @@ def fitted_info(mode: str, source: str | os.PathLike, n_images: int, n_groups: i
     return {
         "mode": mode,
         "fitted_on": str(source.resolve()),
-        "fitted_on_sha256": _sha256(source) if source.is_file() else None,
+        "fitted_on_sha256": sha256_file(source) if source.is_file() else None,
         "images": int(n_images),
         "groups": int(n_groups),
         "matching_pairs": int(n_pairs),

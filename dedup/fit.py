@@ -38,6 +38,7 @@ from .adapt import (
     VIEW_KINDS,
     AdaptedModel,
     check_model_folder,
+    check_whitening_settings,
     fit_domain,
     fitted_info,
     learned_whitening,
@@ -52,7 +53,7 @@ from .colour import colour_descriptor
 from .decode import load_image
 from .grouping import fused_vectors
 from .hashing import hash_pass
-from .pipeline import Deduplicator, Result
+from .pipeline import Deduplicator, Embeddings
 
 log = logging.getLogger(__name__)
 
@@ -61,30 +62,23 @@ log = logging.getLogger(__name__)
 PRIOR_STRENGTH = 100.0
 
 
-def embedding_run(dedup: Deduplicator, root: Path, files: list | None) -> tuple[Result, list]:
-    """A plain run with ``dedup``'s settings but no adapted model, no
-    decisions and no verification: it yields the embeddings, colours and
-    pHashes a fit learns from (cached as in any run).
+def embedding_run(dedup: Deduplicator, root: Path, files: list | None) -> tuple[Embeddings, list]:
+    """Stages 1-3 with ``dedup``'s settings but no adapted model
+    (:meth:`~dedup.pipeline.Deduplicator.embed`): the embeddings, colours
+    and pHashes a fit learns from, cached as in any run.
 
     Returns:
-        ``(result, backbones)``: the :class:`~dedup.pipeline.Result` and the
-        checked :class:`~dedup.backbones.Backbone` list.
+        ``(embedded, backbones)``: the :class:`~dedup.pipeline.Embeddings`
+        and the checked :class:`~dedup.backbones.Backbone` list.
     """
     base = copy.copy(dedup)
-    base.model, base.model_path, base.decisions, base.verify = None, None, None, False
+    base.model, base.model_path, base.decisions = None, None, None
     nets, note = base.check()
-    return base.run(root, files=files, backbones=(nets, note)), nets
+    return base.embed(root, files=files, backbones=(nets, note)), nets
 
 
 def _backbone_record(nets) -> list[dict]:
     return [{"name": n.name, "weights_id": n.weights_id, "dim": int(n.dim)} for n in nets]
-
-
-def _check_fit_settings(dim: int, shrinkage: float) -> None:
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
-        raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
-    if not isinstance(shrinkage, (int, float)) or not np.isfinite(shrinkage) or shrinkage < 0:
-        raise ValueError(f"shrinkage must be a number >= 0, got {shrinkage!r}")
 
 
 def fit_supervised(
@@ -122,14 +116,14 @@ def fit_supervised(
     """
     t0 = time.perf_counter()
     dedup = dedup or Deduplicator()
-    _check_fit_settings(dim, shrinkage)
+    check_whitening_settings(dim, shrinkage)
     if isinstance(n_folds, bool) or not isinstance(n_folds, (int, np.integer)) or not 2 <= n_folds <= 20:
         raise ValueError(f"n_folds must be an integer in [2, 20], got {n_folds!r}")
     labels, root = read_fit_labels(labels_csv, root)
     if out is not None:
         check_model_folder(out)  # before the work, not after it
     res, nets = embedding_run(dedup, root, list(labels.path))
-    truth = labels.drop_duplicates("path").set_index("path").group.reindex(res.groups.path).to_numpy()
+    truth = labels.drop_duplicates("path").set_index("path").group.reindex(res.paths).to_numpy()
     known = pd.notna(truth)
     if len(pd.unique(truth[known])) < 2:
         raise ValueError(f"{labels_csv}: fewer than two labelled products could be read (see the skipped files)")
@@ -141,7 +135,7 @@ def fit_supervised(
     pairs = matching_pairs(truth[rows])
     projection = learned_whitening(F[rows], pairs, dim, shrinkage)
 
-    X, y = out_of_fold_pairs(dedup, res, truth, known, nets, cw, dim, shrinkage, n_folds)
+    X, y = out_of_fold_pairs(dedup, res, F, truth, known, nets, cw, dim, shrinkage, n_folds)
     pair_model = refit_pair_model(X, y, dedup.pair_model(), [n.name for n in nets], bool(dedup.verify))
     domain = fit_domain(F[rows])
     info = fitted_info(
@@ -199,7 +193,8 @@ def _folds(groups: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
 
 def out_of_fold_pairs(
     dedup: Deduplicator,
-    res: Result,
+    res: Embeddings,
+    F: np.ndarray,
     truth: np.ndarray,
     known: np.ndarray,
     nets,
@@ -215,6 +210,14 @@ def out_of_fold_pairs(
     are indexed, paired and scored as in a run (verification included when
     ``dedup.verify``).
 
+    Args:
+        dedup: the settings of the scoring (its ``model`` is not used).
+        res: the embedding run (:func:`embedding_run`); F: its ``(n, D)``
+            fused vectors at colour weight ``cw``.
+        truth: ``(n,)`` group per row; known: ``(n,)`` bool, labelled rows.
+        nets: the backbones; dim, shrinkage: of each fold's projection;
+        n_folds: folds (fewer when there are fewer groups).
+
     Returns:
         ``(X, y)``: ``(m, len(calibration.FEATURES))`` float64 evidence and
         ``(m,)`` bool "same group".
@@ -222,8 +225,7 @@ def out_of_fold_pairs(
     rows = np.flatnonzero(known)
     n_folds = min(n_folds, len(pd.unique(truth[rows])))
     fold = _folds(truth[rows], n_folds)
-    F = fused_vectors(list(res.embeddings.values()), res.colours, cw)
-    digests = list(res.groups.sha256)
+    digests = res.digests
     X, y = [np.zeros((0, len(FEATURES)))], [np.zeros(0, bool)]
     cache = None if dedup.cache in (None, False) else Cache(dedup.cache)
     try:
@@ -277,7 +279,7 @@ def augmented_view(path: Path, digest: str, v: int, side: int, max_pixels: int |
 
 
 def embed_views(
-    res: Result, nets, views: int, cache: Cache | None, batch_size: int, workers: int, progress: bool, max_pixels
+    res: Embeddings, nets, views: int, cache: Cache | None, batch_size: int, workers: int, progress: bool, max_pixels
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """Embeddings and colour descriptors of ``views`` augmented views of every
     image of a run, cached by :func:`view_key`.
@@ -288,8 +290,8 @@ def embed_views(
         ``v`` of image ``i``. A view that fails to decode keeps its image's
         own vectors (a zero difference in the fit).
     """
-    n = len(res.groups)
-    digests = list(res.groups.sha256)
+    n = len(res.paths)
+    digests = res.digests
     keys = [view_key(d, v) for d in digests for v in range(views)]
     embs = [np.repeat(res.embeddings[net.name], views, axis=0) for net in nets]
     cols = np.repeat(res.colours, views, axis=0)
@@ -311,7 +313,7 @@ def embed_views(
         try:
             im = augmented_view(res.files[i], digests[i], v, side, max_pixels)
         except Exception as exc:  # noqa: BLE001 - a view that fails only adds nothing
-            log.warning("view %d of %s skipped: %s", v, res.groups.path[i], exc)
+            log.warning("view %d of %s skipped: %s", v, res.paths[i], exc)
             return r, None, None
         return r, [net.prepare(im) for net in nets], colour_descriptor(im)
 
@@ -370,7 +372,7 @@ def fit_self_supervised(
     """
     t0 = time.perf_counter()
     dedup = dedup or Deduplicator()
-    _check_fit_settings(dim, shrinkage)
+    check_whitening_settings(dim, shrinkage)
     if isinstance(views, bool) or not isinstance(views, (int, np.integer)) or not 1 <= views <= 8:
         raise ValueError(f"views must be an integer in [1, 8], got {views!r}")
     folder = Path(folder)
@@ -379,7 +381,7 @@ def fit_self_supervised(
     if out is not None:
         check_model_folder(out)
     res, nets = embedding_run(dedup, folder, files)
-    n = len(res.groups)
+    n = len(res.paths)
     if n < 2:
         raise ValueError(f"{folder}: {n} readable photos; fitting needs at least two")
     cache = None if dedup.cache in (None, False) else Cache(dedup.cache)

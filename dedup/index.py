@@ -164,7 +164,8 @@ def build_indexes(
         if keep and index is not None:
             indexes[name] = index
         if len(X) <= exact_max or index is None:
-            found = exact_knn(np.asarray(X, np.float32), np.asarray(X, np.float32), k + 1)[0]
+            X32 = np.asarray(X, np.float32)
+            found = exact_knn(X32, X32, k + 1)[0]
             out = np.full((len(X), k + 1), -1, np.int64)
             out[:, : found.shape[1]] = found
             ids.append(out)

@@ -16,7 +16,8 @@ of its own module, usable alone:
    candidate pairs, their evidence, the calibrated decision, the groups;
 7. report (:mod:`dedup.report`), written by :func:`dedup.job.run_job` or the caller.
 
-:func:`dedup.job.run_job` adds the guards, the output lock, views, the
+:meth:`Deduplicator.embed` runs stages 1-3 alone (what ``dedup fit`` learns
+from). :func:`dedup.job.run_job` adds the guards, the output lock, views, the
 gallery and moving duplicates; the CLI only parses arguments and calls it.
 """
 
@@ -111,6 +112,51 @@ class Result:
         if not mats:
             return np.zeros((len(self.groups), 0), np.float32)
         return (np.hstack(mats) / np.sqrt(len(mats))).astype(np.float32)
+
+
+@dataclass
+class Embeddings:
+    """Stages 1-3 of a run (:meth:`Deduplicator.embed`): the decoded images.
+
+    Attributes:
+        paths: each image's path relative to the root, printable (as in
+            ``groups.csv``); files: its real path; digests: its SHA-256.
+        facts: per image :class:`dedup.embed.Facts` (pHash, size, colour, note).
+        embeddings: backbone name -> ``(n, d)`` float32 L2-normalised.
+        colours: ``(n, dedup.colour.DIM)`` float32; codes: ``(n,)`` uint64 pHashes.
+        skipped: DataFrame ``path, reason`` of every file not used.
+        found: files discovered; from_cache, embedded: images whose
+            embeddings came from the cache or were computed;
+        inference_seconds: seconds spent in the networks.
+    """
+
+    paths: list[str]
+    files: list[Path]
+    digests: list[str]
+    facts: list
+    embeddings: dict[str, np.ndarray]
+    colours: np.ndarray
+    codes: np.ndarray
+    skipped: pd.DataFrame
+    found: int = 0
+    from_cache: int = 0
+    embedded: int = 0
+    inference_seconds: float = 0.0
+
+
+def _discover(root: Path, files: list | None) -> tuple[list[Path], list[Skipped]]:
+    """Stage 1: the image files under ``root``, or among ``files`` (absolute or
+    relative to ``root``; a missing one is skipped as "file not found")."""
+    if files is None:
+        return discover(root)
+    paths: list[Path] = []
+    skipped: list[Skipped] = []
+    for f in files:
+        p = Path(f) if Path(f).is_absolute() else root / f
+        found, sk = discover(p) if p.exists() else ([], [Skipped(p, "file not found")])
+        paths += found
+        skipped += sk
+    return paths, skipped
 
 
 @dataclass
@@ -423,23 +469,15 @@ class Deduplicator:
         nets, backbone_note = backbones or self.check()
         root = Path(root)
 
-        t = time.perf_counter()
-        if files is None:
-            paths, skipped = discover(root)
-        else:
-            paths, skipped = [], []
-            for f in files:
-                p = Path(f) if Path(f).is_absolute() else root / f
-                found, sk = discover(p) if p.exists() else ([], [Skipped(p, "file not found")])
-                paths += found
-                skipped += sk
-        timings["discover"] = time.perf_counter() - t
+        with _timed(timings, "discover"):
+            paths, skipped = _discover(root, files)
 
         cache = None
         if self.cache not in (None, False):
             cache = Cache(self.cache)
         try:
-            result = self._run(root, paths, skipped, nets, cache, timings)
+            inputs = self._embed(root, paths, skipped, nets, cache, timings)
+            result = self._run(root, inputs, nets, cache, timings)
         finally:
             if cache is not None:
                 cache.close()
@@ -465,7 +503,31 @@ class Deduplicator:
         return result
 
     # ------------------------------------------------------------------
-    def _run(
+    def embed(
+        self,
+        root: str | os.PathLike,
+        files: list[str | os.PathLike] | None = None,
+        backbones: tuple[list[Backbone], str] | None = None,
+    ) -> "Embeddings":
+        """Stages 1-3 only (discover, digest, decode + embed, cached as in
+        :meth:`run`): what ``dedup fit`` learns from.
+
+        Args, Raises: as for :meth:`run`.
+
+        Returns:
+            :class:`Embeddings`.
+        """
+        nets, _ = backbones or self.check()
+        root = Path(root)
+        paths, skipped = _discover(root, files)
+        cache = None if self.cache in (None, False) else Cache(self.cache)
+        try:
+            return self._embed(root, paths, skipped, nets, cache, {})
+        finally:
+            if cache is not None:
+                cache.close()
+
+    def _embed(
         self,
         root: Path,
         paths: list[Path],
@@ -473,8 +535,8 @@ class Deduplicator:
         nets: list[Backbone],
         cache: Cache | None,
         timings: dict,
-    ) -> Result:
-        """The stages in order; each is a function of its own module."""
+    ) -> "Embeddings":
+        """Stages 2 and 3 on discovered files."""
         skipped_rows = [(_shown(s.path, root), s.reason) for s in skipped]
         with _timed(timings, "sha256"):
             digests = digest_files(paths, cache, self.workers, self.progress)
@@ -499,13 +561,32 @@ class Deduplicator:
         timings["inference_only"] = got.inference_seconds
         skipped_rows += [(_shown(items[i][0], root), reason) for i, reason in got.failed.items()]
         ok = [i for i in range(len(items)) if i not in got.failed]
-        files, dig = [items[i][0] for i in ok], [items[i][1] for i in ok]
-        rel = [_shown(f, root) for f in files]
         facts = [f for i in ok if (f := got.facts[i]) is not None]
         assert len(facts) == len(ok) and all(h[ok].all() for h in got.have), "every image not failed is complete"
-        emb = {net.name: got.vectors[b] if len(ok) == len(items) else got.vectors[b][ok] for b, net in enumerate(nets)}
-        colours = np.asarray([f.colour for f in facts], np.float32).reshape(len(ok), COLOUR_DIM)
-        codes = np.array([f.phash for f in facts], dtype=np.uint64)
+        files = [items[i][0] for i in ok]
+        return Embeddings(
+            paths=[_shown(f, root) for f in files],
+            files=files,
+            digests=[items[i][1] for i in ok],
+            facts=facts,
+            embeddings={
+                net.name: got.vectors[b] if len(ok) == len(items) else got.vectors[b][ok] for b, net in enumerate(nets)
+            },
+            colours=np.asarray([f.colour for f in facts], np.float32).reshape(len(ok), COLOUR_DIM),
+            codes=np.array([f.phash for f in facts], dtype=np.uint64),
+            skipped=pd.DataFrame(skipped_rows, columns=["path", "reason"]).sort_values("path", ignore_index=True),
+            found=len(paths),
+            from_cache=got.from_cache,
+            embedded=got.embedded,
+            inference_seconds=got.inference_seconds,
+        )
+
+    def _run(
+        self, root: Path, inputs: "Embeddings", nets: list[Backbone], cache: Cache | None, timings: dict
+    ) -> Result:
+        """Stages 4-6 on the embedded images; each is a function of its own module."""
+        files, dig, rel, facts = inputs.files, inputs.digests, inputs.paths, inputs.facts
+        emb, colours, codes = inputs.embeddings, inputs.colours, inputs.codes
 
         with _timed(timings, "hash_pass"):
             exact = hash_pass(dig, codes, self.phash_max_distance)
@@ -517,17 +598,16 @@ class Deduplicator:
             model = self.pair_model(adapted)
             confidence = model.predict(pair_features(pairs))
             decisions = self._decisions(rel, dig, cache)
-            grouping = group(len(ok), pairs, confidence, exact, params, decisions)
+            grouping = group(len(files), pairs, confidence, exact, params, decisions)
 
         df = groups_table(rel, grouping, facts, dig)
         review = review_table(grouping.review, pairs, confidence, rel)
-        skipped_df = pd.DataFrame(skipped_rows, columns=["path", "reason"]).sort_values("path", ignore_index=True)
         counts = {
-            "found": len(paths),
-            "images": len(ok),
-            "skipped": len(skipped_df),
-            "from_cache": got.from_cache,
-            "embedded": got.embedded,
+            "found": inputs.found,
+            "images": len(files),
+            "skipped": len(inputs.skipped),
+            "from_cache": inputs.from_cache,
+            "embedded": inputs.embedded,
             **group_counts(df),
             "candidate_pairs": int(len(pairs.ij)),
             "pairs_to_review": int(len(review)),
@@ -539,13 +619,13 @@ class Deduplicator:
             "pair_model": _model_info(model, self._pair_model_source(adapted), nets),
             "adapted_model": adapted_info,
             "images_per_second_inference": (
-                round(got.embedded / got.inference_seconds, 2) if got.inference_seconds > 0 else None
+                round(inputs.embedded / inputs.inference_seconds, 2) if inputs.inference_seconds > 0 else None
             ),
         }
         return Result(
             root,
             df,
-            skipped_df,
+            inputs.skipped,
             emb,
             indexes,
             colours,
