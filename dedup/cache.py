@@ -2,7 +2,9 @@
 
 Keys are content digests (SHA-256 of the file's bytes), so a renamed or moved
 file is still a hit and a changed file is a miss. Embeddings are keyed by
-``(digest, backbone, weights_id)``: other weights never reuse a vector.
+``(digest, backbone, weights_id)``, where the stored ``weights_id`` is the
+backbone's :attr:`~dedup.backbones.base.Backbone.cache_id` (weights and
+inference runtime): other weights, or another runtime, never reuse a vector.
 
 Results are committed after every batch, so a run killed mid-way (even by
 SIGKILL) keeps what it had finished, and the next run starts from there

@@ -64,6 +64,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (default), or a comma-separated list of: vgg16, resnet50, inceptionv3, efficientnet-lite0",
     )
+    _add_runtime_option(p)
     from dataclasses import fields
 
     from .grouping import GroupingParams
@@ -138,6 +139,19 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars, only errors")
 
 
+def _add_runtime_option(p: argparse.ArgumentParser) -> None:
+    from .backbones.runtime import RUNTIMES
+
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="auto",
+        help="inference runtime of the backbones: auto (default: the fastest installed, measured by "
+        "benchmarks/speed.py: ONNX Runtime for efficientnet-lite0, OpenVINO for the Keras trio), "
+        "native (PyTorch/TensorFlow), onnxruntime, openvino",
+    )
+
+
 def _add_fit_parser(sub) -> None:
     from .adapt import DEFAULT_DIM, DEFAULT_FOLDS, DEFAULT_SHRINKAGE, DEFAULT_VIEWS
 
@@ -155,6 +169,7 @@ def _add_fit_parser(sub) -> None:
     f.add_argument("--self-supervised", action="store_true", help="SOURCE is a folder of unlabelled images")
     f.add_argument("--root", default=None, help="folder the label paths are relative to (default: its folder)")
     f.add_argument("--backbones", default="auto", help="as for `run` (default auto)")
+    _add_runtime_option(f)
     f.add_argument("--dim", type=_ranged(int, 1, 8192), default=DEFAULT_DIM, help=f"output dimensions ({DEFAULT_DIM})")
     f.add_argument(
         "--shrinkage",
@@ -287,6 +302,7 @@ def _make(args) -> P.Deduplicator:
         weights_dir=args.weights_dir,
         allow_download=args.download_weights,
         progress=not args.quiet,
+        runtime=args.runtime,
     )
 
 
@@ -415,6 +431,7 @@ def cmd_fit(args) -> int:
         cache=cache,
         weights_dir=args.weights_dir,
         progress=not args.quiet,
+        runtime=args.runtime,
     )
     if args.self_supervised:
         model = fit_self_supervised(args.source, args.out, dd, dim=args.dim, shrinkage=args.shrinkage, views=args.views)

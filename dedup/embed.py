@@ -139,7 +139,7 @@ class _Batcher:
                 self.out.vectors[b][self.items[r]] = e
                 self.out.have[b][self.items[r]] = True
             if self.cache is not None:
-                self.cache.put_embeddings([self.digests[self.items[r]] for r in rows], net.name, net.weights_id, emb)
+                self.cache.put_embeddings([self.digests[self.items[r]] for r in rows], net.name, net.cache_id, emb)
         self.out.embedded += len(self.items)
         self.items.clear()
         for x in self.inputs:
@@ -161,7 +161,7 @@ def _from_cache(digests: list[str], nets: list[Backbone], cache: Cache, decoder:
             out.facts[i] = Facts(row["phash"], row["width"], row["height"], row["colour"], row["note"])
     uniq = sorted(set(digests))
     for b, net in enumerate(nets):
-        got = cache.get_embeddings(uniq, net.name, net.weights_id, net.dim)
+        got = cache.get_embeddings(uniq, net.name, net.cache_id, net.dim)
         for i, d in enumerate(digests):
             vec = got.get(d)
             if vec is not None:

@@ -298,7 +298,7 @@ def embed_views(
     have = np.ones(len(keys), bool)
     colour_name, colour_id = "view-colour", f"{AUGMENT_ID} colour"
     if cache is not None:
-        got = [cache.get_embeddings(keys, net.name, net.weights_id + " " + AUGMENT_ID, net.dim) for net in nets]
+        got = [cache.get_embeddings(keys, net.name, net.cache_id + " " + AUGMENT_ID, net.dim) for net in nets]
         got_c = cache.get_embeddings(keys, colour_name, colour_id, COLOUR_DIM)
         have = np.array([all(k in g for g in got) and k in got_c for k in keys], bool)
         for r in np.flatnonzero(have):
@@ -329,7 +329,7 @@ def embed_views(
                 e = net.embed(np.stack([d[1][b] for d in done]))
                 embs[b][rr] = e
                 if cache is not None:
-                    cache.put_embeddings([keys[r] for r in rr], net.name, net.weights_id + " " + AUGMENT_ID, e)
+                    cache.put_embeddings([keys[r] for r in rr], net.name, net.cache_id + " " + AUGMENT_ID, e)
             c = np.stack([d[2] for d in done]).astype(np.float32)
             cols[rr] = c
             if cache is not None:

@@ -334,6 +334,9 @@ class Deduplicator:
         n_trees, search_k_factor: Annoy settings (see :mod:`dedup.index`).
         max_pixels: decompression-bomb guard in pixels.
         progress: show tqdm progress bars.
+        runtime: the backbones' inference runtime (one of
+            :data:`dedup.backbones.runtime.RUNTIMES`; ``auto``: the fastest
+            installed, measured per backbone by ``benchmarks/speed.py``).
     """
 
     def __init__(
@@ -357,6 +360,7 @@ class Deduplicator:
         search_k_factor: int = SEARCH_K_FACTOR,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         progress: bool = True,
+        runtime: str = "auto",
     ):
         self.backbones = backbones
         self.grouping = grouping
@@ -377,6 +381,7 @@ class Deduplicator:
         self.search_k_factor = search_k_factor
         self.max_pixels = max_pixels
         self.progress = progress
+        self.runtime = runtime
 
     def settings(self) -> dict:
         """The constructor's settings as a JSON-able dict."""
@@ -402,6 +407,10 @@ class Deduplicator:
             ValueError: one line naming the setting and its accepted range.
         """
         self.grouping_params()
+        from .backbones.runtime import RUNTIMES
+
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         ints = {
             "n_neighbours": (self.n_neighbours, 1),
             "batch_size": (self.batch_size, 1),
@@ -435,7 +444,7 @@ class Deduplicator:
         spec = self.backbones
         if model is not None and isinstance(spec, str) and spec.strip().lower() == "auto":
             spec = [b["name"] for b in model.backbones]
-        nets, note = select_backbones(spec, self.weights_dir, self.allow_download)
+        nets, note = select_backbones(spec, self.weights_dir, self.allow_download, self.runtime)
         if model is not None:
             model.check_backbones(nets)
             if spec is not self.backbones:

@@ -24,6 +24,7 @@ pair model (:mod:`dedup.calibration`) weighs it with everything else.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from typing import Callable
 
@@ -54,6 +55,8 @@ class GeometricVerifier:
             0.5 MB (2 x 500 x 128 float32 per image) at any catalogue size.
             Pairs are verified grouped by their first image, so most
             features are reused while they are kept.
+        threads: threads computing features and matching pairs (default:
+            the CPU count, at most 8).
     """
 
     def __init__(
@@ -63,12 +66,14 @@ class GeometricVerifier:
         ratio: float = 0.8,
         reprojection_px: float = 5.0,
         max_images: int = 2048,
+        threads: int | None = None,
     ):
         self.load = load
         self.n_features = n_features
         self.ratio = ratio
         self.reprojection_px = reprojection_px
         self.max_images = max_images
+        self.threads = threads or min(8, os.cpu_count() or 1)
         self._feats: OrderedDict[int, list[tuple[np.ndarray, np.ndarray | None]]] = OrderedDict()
         self._lab: dict[int, tuple[np.ndarray, np.ndarray, int] | None] = {}
         self.pairs_checked = 0
@@ -84,44 +89,56 @@ class GeometricVerifier:
         )
 
     def _features(self, i: int):
+        """Image ``i``'s keypoints and RootSIFT descriptors (as it is and
+        mirrored), computed once and kept while recently used."""
         if i in self._feats:
             self._feats.move_to_end(i)
         else:
-            while len(self._feats) >= max(2, self.max_images):
-                old, _ = self._feats.popitem(last=False)
-                self._lab.pop(old, None)
-            import cv2
-
-            from .colour import foreground_mask, srgb_to_lab
-
-            try:
-                rgb = self.load(i).convert("RGB")
-                s = MAX_SIDE / max(rgb.size)
-                if s < 1:
-                    rgb = rgb.resize(
-                        (max(1, round(rgb.width * s)), max(1, round(rgb.height * s))), Image.Resampling.BILINEAR
-                    )
-                a = np.asarray(rgb.convert("L"))
-                c = COLOUR_SIDE / max(rgb.size)
-                small = rgb.resize(
-                    (max(2, round(rgb.width * c)), max(2, round(rgb.height * c))), Image.Resampling.BILINEAR
-                )
-                lab = srgb_to_lab(np.asarray(small))
-                self._lab[i] = (lab, foreground_mask(lab).reshape(lab.shape[:2]), a.shape[1])
-                sift = cv2.SIFT_create(nfeatures=self.n_features)  # type: ignore[attr-defined]
-                out: list[tuple[np.ndarray, np.ndarray | None]] = []
-                for arr in (a, np.ascontiguousarray(a[:, ::-1])):
-                    kp, des = sift.detectAndCompute(arr, None)
-                    if des is None or len(kp) == 0:
-                        out.append((np.zeros((0, 2), np.float32), None))
-                        continue
-                    des = np.sqrt(des / (des.sum(axis=1, keepdims=True) + 1e-7)).astype(np.float32)
-                    out.append((np.array([k.pt for k in kp], np.float32).reshape(-1, 2), des))
-                self._feats[i] = out
-            except Exception:  # noqa: BLE001 - an unreadable image verifies nothing
-                self._feats[i] = [(np.zeros((0, 2), np.float32), None)] * 2
-                self._lab[i] = None
+            self._keep(i, self._compute(i))
         return self._feats[i]
+
+    def _keep(self, i: int, computed) -> None:
+        """Store :meth:`_compute`'s result, dropping the least recently used beyond ``max_images``."""
+        while len(self._feats) >= max(2, self.max_images):
+            old, _ = self._feats.popitem(last=False)
+            self._lab.pop(old, None)
+        self._feats[i], self._lab[i] = computed
+
+    def _compute(self, i: int):
+        """``(features, colour)`` of image ``i``; touches no shared state (runs in threads).
+
+        features: ``[(points, descriptors)]`` for the image and its mirror
+        (``(k, 2)`` float32 pixel positions at ``MAX_SIDE``, ``(k, 128)``
+        float32 RootSIFT or ``None``); colour: ``(lab, foreground mask,
+        width)`` at ``COLOUR_SIDE``, or ``None`` when unreadable."""
+        import cv2
+
+        from .colour import foreground_mask, srgb_to_lab
+
+        try:
+            rgb = self.load(i).convert("RGB")
+            s = MAX_SIDE / max(rgb.size)
+            if s < 1:
+                rgb = rgb.resize(
+                    (max(1, round(rgb.width * s)), max(1, round(rgb.height * s))), Image.Resampling.BILINEAR
+                )
+            a = np.asarray(rgb.convert("L"))
+            c = COLOUR_SIDE / max(rgb.size)
+            small = rgb.resize((max(2, round(rgb.width * c)), max(2, round(rgb.height * c))), Image.Resampling.BILINEAR)
+            lab = srgb_to_lab(np.asarray(small))
+            colour = (lab, foreground_mask(lab).reshape(lab.shape[:2]), a.shape[1])
+            sift = cv2.SIFT_create(nfeatures=self.n_features)  # type: ignore[attr-defined]
+            out: list[tuple[np.ndarray, np.ndarray | None]] = []
+            for arr in (a, np.ascontiguousarray(a[:, ::-1])):
+                kp, des = sift.detectAndCompute(arr, None)
+                if des is None or len(kp) == 0:
+                    out.append((np.zeros((0, 2), np.float32), None))
+                    continue
+                des = np.sqrt(des / (des.sum(axis=1, keepdims=True) + 1e-7)).astype(np.float32)
+                out.append((np.array([k.pt for k in kp], np.float32).reshape(-1, 2), des))
+            return out, colour
+        except Exception:  # noqa: BLE001 - an unreadable image verifies nothing
+            return [(np.zeros((0, 2), np.float32), None)] * 2, None
 
     def _match(self, a, b) -> tuple[int, np.ndarray | None]:
         import cv2
@@ -166,22 +183,60 @@ class GeometricVerifier:
         is and mirrored, and the colour mismatch after alignment in [0, 1]
         (``-1`` when fewer than ``MIN_ALIGN_INLIERS`` support the homography)."""
         i, j = int(i), int(j)
-        fa, fb = self._features(i), self._features(j)
+        self._features(i), self._features(j)
         self.pairs_checked += 1
+        return self._pair(i, j)
+
+    def _pair(self, i: int, j: int) -> tuple[int, float]:
+        """:meth:`inliers` on features already kept (reads shared state only: runs in threads)."""
+        fa, fb = self._feats[i], self._feats[j]
         (n0, H0), (n1, H1) = self._match(fa[0], fb[0]), self._match(fa[0], fb[1])
         n, H, mirrored = (n0, H0, False) if n0 >= n1 else (n1, H1, True)
         if n < MIN_ALIGN_INLIERS or H is None:
             return n, -1.0
         return n, self._mismatch(i, j, H, mirrored)
 
+    def _chunk(self, ij: np.ndarray, ex) -> np.ndarray:
+        """Verify ``(c, 2)`` pairs whose images fit in ``max_images``: features first, then matches."""
+        need = [int(i) for i in dict.fromkeys(ij.ravel().tolist())]
+        for i in need:
+            if i in self._feats:
+                self._feats.move_to_end(i)  # kept: the oldest are dropped first, never these
+        missing = [i for i in need if i not in self._feats]
+        for i, computed in zip(missing, ex.map(self._compute, missing)):
+            self._keep(i, computed)
+        found = list(ex.map(lambda p: self._pair(int(p[0]), int(p[1])), ij))
+        self.pairs_checked += len(ij)
+        return np.asarray(found, np.float64).reshape(-1, 2)
+
     def __call__(self, ij: np.ndarray) -> np.ndarray:
-        """``(m, 2)`` int64 pairs -> ``(m, 2)`` float64 ``(inliers, mismatch)`` rows."""
+        """``(m, 2)`` int64 pairs -> ``(m, 2)`` float64 ``(inliers, mismatch)`` rows.
+
+        Pairs are taken in chunks grouped by first image; each chunk's missing
+        features are computed, then its pairs matched, each in ``threads``
+        threads (OpenCV and NumPy release the GIL), so memory stays bounded by
+        ``max_images`` at any number of pairs.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        import cv2
         from tqdm.auto import tqdm
 
         ij = np.asarray(ij, np.int64).reshape(-1, 2)
         out = np.zeros((len(ij), 2), np.float64)
         order = np.lexsort((ij[:, 1], ij[:, 0]))  # by first image: its features stay warm
-        bar = tqdm(order, desc="verify (RootSIFT+RANSAC)", unit="pair", disable=not self.progress or len(ij) < 50)
-        for r in bar:
-            out[r] = self.inliers(ij[r, 0], ij[r, 1])
+        chunk = max(1, self.max_images // 4)
+        quiet = not self.progress or len(ij) < 50
+        bar = tqdm(total=len(ij), desc="verify (RootSIFT+RANSAC)", unit="pair", disable=quiet)
+        cv_threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)  # one OpenCV thread per worker: measured 1.1x faster than nested pools
+        try:
+            with ThreadPoolExecutor(max(1, self.threads)) as ex:
+                for s in range(0, len(order), chunk):
+                    rows = order[s : s + chunk]
+                    out[rows] = self._chunk(ij[rows], ex)
+                    bar.update(len(rows))
+        finally:
+            cv2.setNumThreads(cv_threads)
+            bar.close()
         return out

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import bench_set, run_cli
+from PIL import Image
 
 from dedup.backbones import KERAS_WEIGHTS, select_backbones
 from dedup.backbones.weights import MD5_OVERRIDE_ENV, file_md5, import_weights
@@ -76,6 +77,7 @@ def test_cli_runs_the_card_ensemble_end_to_end(made_weights, small_set, tmp_path
     assert names == list(CARD)
     dims = {b["name"]: b["dim"] for b in meta["backbones"]}
     assert dims == {"vgg16": 512, "resnet50": 2048, "inceptionv3": 2048}
+    assert [b["runtime"] for b in meta["backbones"]] == ["openvino"] * 3  # auto: the measured fastest
     for b in meta["backbones"]:
         # provenance is honest: the file, its md5, and that the expectation was overridden
         assert md5[b["name"]] in b["weights_id"]
@@ -87,6 +89,28 @@ def test_cli_runs_the_card_ensemble_end_to_end(made_weights, small_set, tmp_path
     g = pd.read_csv(out / "groups.csv").set_index("path")
     assert len(g) == 9
     assert g.loc["copy.jpg", "group"] == g.loc["ukbench00040.jpg", "group"]
+
+
+@pytest.mark.keras
+def test_openvino_embeddings_agree_with_tensorflow(made_weights, small_set):
+    from dedup.backbones import KerasBackbone
+    from dedup.backbones.weights import WeightsSpec
+
+    home, md5, _ = made_weights
+    spec = WeightsSpec("vgg16", KERAS_WEIGHTS["vgg16"].filename, md5["vgg16"], "made by the test")
+    nets = {
+        rt: KerasBackbone("vgg16", weights_dir=str(home / "models"), spec=spec, runtime=rt)
+        for rt in ("native", "openvino")
+    }
+    for net in nets.values():
+        net.load()
+    assert nets["openvino"].runtime_used == "openvino" and nets["native"].runtime_used == "native"
+    assert nets["openvino"].cache_id != nets["native"].cache_id
+    images = [Image.open(p) for p in sorted(small_set.iterdir())]
+    batch = np.stack([nets["native"].prepare(im) for im in images])
+    a, b = nets["native"].embed(batch), nets["openvino"].embed(batch)
+    assert a.shape == b.shape == (9, 512)
+    assert (a * b).sum(axis=1).min() >= 0.99
 
 
 def test_auto_picks_the_card_ensemble_when_its_weights_are_present(made_weights, monkeypatch):

@@ -8,7 +8,9 @@ weights resolved by :mod:`dedup.backbones.weights`).
 A registry: every module of this package is imported here, and each
 registers its :class:`Backbone` subclass under its names
 (:func:`dedup.backbones.base.register`). Adding a backbone is one new file.
-Heavy frameworks are imported by a backbone's ``load``, not at import.
+Heavy frameworks are imported by a backbone's ``load``, not at import. Each
+backbone runs on an inference runtime (:mod:`dedup.backbones.runtime`):
+``auto`` picks the one measured fastest for it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from .base import REGISTRY, Backbone, l2_normalise, register
 from .efficientnet_lite import EfficientNetLite0
 from .keras_apps import KerasBackbone
+from .runtime import RUNTIMES
 from .style import StyleLite0
 from .weights import KERAS_WEIGHTS, WeightsError, resolve_weights, weights_status
 
@@ -52,6 +55,7 @@ __all__ = [
     "REGISTRY",
     "register",
     "make_backbone",
+    "RUNTIMES",
     "select_backbones",
     "resolve_weights",
     "weights_status",
@@ -59,20 +63,29 @@ __all__ = [
 ]
 
 
-def make_backbone(name: str, weights_dir: str | None = None, allow_download: bool = False) -> Backbone:
-    """Construct a backbone by name (no I/O).
+def make_backbone(
+    name: str, weights_dir: str | None = None, allow_download: bool = False, runtime: str = "auto"
+) -> Backbone:
+    """Construct a backbone by name (no I/O), to run on ``runtime`` (see
+    :mod:`dedup.backbones.runtime`).
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name; unknown runtime, or one named but not installed.
     """
     name = name.strip().lower()
     if name not in REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(REGISTRY)}, or 'auto'")
-    return REGISTRY[name].create(name, weights_dir, allow_download)
+    backbone = REGISTRY[name].create(name, weights_dir, allow_download)
+    backbone.runtime, backbone.runtime_used = runtime, ""
+    backbone.plan_runtime()
+    return backbone
 
 
 def select_backbones(
-    spec: str | list | tuple = "auto", weights_dir: str | None = None, allow_download: bool = False
+    spec: str | list | tuple = "auto",
+    weights_dir: str | None = None,
+    allow_download: bool = False,
+    runtime: str = "auto",
 ) -> tuple[list[Backbone], str]:
     """Resolve ``--backbones`` into checked backbones, before any work starts.
 
@@ -82,6 +95,8 @@ def select_backbones(
         weights_dir: extra folder of weights files.
         allow_download: let Keras download missing weights of backbones named
             explicitly (``auto`` never downloads: it uses what is on disk).
+        runtime: the inference runtime of backbones made here (see
+            :mod:`dedup.backbones.runtime`; Backbone objects keep their own).
 
     Returns:
         ``(backbones, note)``: backbones whose weights were verified, and a
@@ -90,14 +105,15 @@ def select_backbones(
     Raises:
         WeightsError: an explicitly named backbone's weights are missing or
             have the wrong hash.
-        ValueError: unknown name.
+        ValueError: unknown name; unknown runtime, or one named but not installed.
     """
     if isinstance(spec, (list, tuple)) and spec and all(isinstance(b, Backbone) for b in spec):
         for b in spec:
             b.check_weights()
         return list(spec), "backbones given by the caller"
     if isinstance(spec, str) and spec.strip().lower() == "auto":
-        card: list[Any] = [make_backbone(n, weights_dir) for n in CARD_ENSEMBLE]  # KerasBackbone, with .spec
+        # KerasBackbone objects, with .spec
+        card: list[Any] = [make_backbone(n, weights_dir, runtime=runtime) for n in CARD_ENSEMBLE]
         missing = []
         for b in card:
             try:
@@ -108,7 +124,7 @@ def select_backbones(
                 log.debug("%s", exc)
         if not missing:
             return card, "auto: the design card's ensemble (VGG16 + ResNet50 + InceptionV3), ImageNet weights found"
-        fallback = [make_backbone(n) for n in OFFLINE_DEFAULT]
+        fallback = [make_backbone(n, runtime=runtime) for n in OFFLINE_DEFAULT]
         for b in fallback:
             b.check_weights()
         where = ", ".join(str(d) for d in weights_status(card[0].spec, weights_dir).searched)
@@ -125,7 +141,7 @@ def select_backbones(
         raise ValueError("no backbone named")
     if len(set(names)) != len(names):
         raise ValueError(f"backbone named twice: {names}")
-    backbones = [make_backbone(n, weights_dir, allow_download) for n in names]
+    backbones = [make_backbone(n, weights_dir, allow_download, runtime) for n in names]
     for b in backbones:
         b.check_weights()
     return backbones, "backbones named by the user: " + ", ".join(names)

@@ -65,6 +65,15 @@ class Backbone(ABC):
     weights_source: str = ""
     #: Attributes holding a built model, dropped when pickled.
     unpicklable: tuple[str, ...] = ()
+    #: The inference runtime asked for (one of
+    #: :data:`dedup.backbones.runtime.RUNTIMES`; ``auto``: the fastest installed
+    #: one of :attr:`preferred_runtimes`, measured by ``benchmarks/speed.py``).
+    runtime: str = "auto"
+    #: This backbone's optimised runtimes, fastest first ("native" is the fallback).
+    preferred_runtimes: tuple[str, ...] = ()
+    #: The runtime in use: planned before :meth:`load`, actual after it
+    #: (``native`` when an optimised one failed its check). "" until resolved.
+    runtime_used: str = ""
 
     @classmethod
     def create(cls, name: str, weights_dir: str | None = None, allow_download: bool = False) -> "Backbone":
@@ -80,6 +89,26 @@ class Backbone(ABC):
             if key in state:
                 state[key] = None
         return state
+
+    def plan_runtime(self) -> str:
+        """The runtime this backbone will run on (no model is built).
+
+        Raises:
+            ValueError: :attr:`runtime` unknown, not one this backbone runs
+                on, or named but not installed.
+        """
+        if not self.runtime_used:
+            from .runtime import resolve
+
+            self.runtime_used = resolve(self.runtime, self.preferred_runtimes, self.name)
+        return self.runtime_used
+
+    @property
+    def cache_id(self) -> str:
+        """What an embedding computed now is stored under beside the digest and
+        name: :attr:`weights_id` and the runtime, so that embeddings of two
+        runtimes are never mixed (call after :meth:`check_weights`)."""
+        return f"{self.weights_id} runtime:{self.plan_runtime()}"
 
     @abstractmethod
     def check_weights(self) -> None:
@@ -127,11 +156,12 @@ class Backbone(ABC):
         return l2_normalise(self._forward(batch))
 
     def describe(self) -> dict:
-        """``{"name", "dim", "input_size", "weights_id", "weights_source"}`` for run.json."""
+        """``{"name", "dim", "input_size", "weights_id", "weights_source", "runtime"}`` for run.json."""
         return {
             "name": self.name,
             "dim": self.dim,
             "input_size": self.input_size,
             "weights_id": self.weights_id,
             "weights_source": self.weights_source,
+            "runtime": self.plan_runtime(),
         }

@@ -42,6 +42,7 @@ class StyleLite0(EfficientNetLite0):
     name = "style-lite0"
     dim = sum(c * (c + 1) // 2 for c in _CHANNELS) + COLOUR_DIM
     trace_pooled = False  # only the first stages run: no need for the traced full network
+    preferred_runtimes = ()  # its Gram statistics run in PyTorch only
 
     def check_weights(self) -> None:
         """See :meth:`dedup.backbones.base.Backbone.check_weights`."""

@@ -1,0 +1,206 @@
+"""Inference runtimes: the same network, run by a faster engine where one measures faster.
+
+A backbone's network is defined in its own framework (PyTorch for
+EfficientNet-Lite0, Keras for the card's trio). Running it there is the
+reference ("native"); an optimised runtime runs the same graph with the same
+weights, fused and scheduled for the CPU:
+
+* ``onnxruntime`` (Microsoft's ONNX Runtime, CPU execution provider): the
+  PyTorch model is exported to ONNX in memory (``torch.onnx.export``, about
+  half a second) and run by an ``InferenceSession`` with every graph
+  optimisation on.
+* ``openvino`` (Intel's OpenVINO): the Keras model is converted directly
+  (``openvino.convert_model``, a few seconds) and compiled for the CPU with
+  the latency hint.
+
+Which runtime ``auto`` picks per backbone was decided by
+``benchmarks/speed.py`` on this project's 2-core CPU (its "runtimes" table:
+EfficientNet-Lite0 ran 1.3x faster under ONNX Runtime than under OpenVINO and
+about 5x faster than eager PyTorch; ResNet50 1.5x faster under OpenVINO than
+under TensorFlow). Static int8 quantisation was measured too and refused: its
+embeddings disagreed with fp32 (cosine down to 0.65 on real photos).
+
+Every compiled runtime is checked against the native model on a probe batch
+when it is built (:func:`agreement`); a runtime that disagrees (cosine below
+:data:`MIN_AGREEMENT`), fails to build, or is not installed falls back to
+native with a logged warning. The runtime actually used is part of every
+embedding's cache key (:attr:`dedup.backbones.base.Backbone.cache_id`), so
+embeddings from two runtimes are never mixed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Accepted values of ``--runtime``.
+RUNTIMES: tuple[str, ...] = ("auto", "native", "onnxruntime", "openvino")
+#: Lowest per-row cosine similarity between a runtime's pooled features and
+#: the native model's on the probe batch for the runtime to be used.
+MIN_AGREEMENT = 0.999
+#: ONNX opset of the export (supported by ONNX Runtime >= 1.12).
+ONNX_OPSET = 17
+
+#: A compiled network: ``(n, ...)`` float32 input -> ``(n, d)`` float32 output.
+Compiled = Callable[[np.ndarray], np.ndarray]
+
+
+def installed(runtime: str) -> bool:
+    """Whether ``runtime``'s Python package can be imported (native always can)."""
+    if runtime == "native":
+        return True
+    return importlib.util.find_spec(runtime) is not None
+
+
+def resolve(requested: str, preferred: tuple[str, ...], name: str = "this backbone") -> str:
+    """The runtime a backbone will use, decided before any model is built.
+
+    Args:
+        requested: one of :data:`RUNTIMES`.
+        preferred: the backbone's optimised runtimes in its measured order of
+            preference for ``auto`` (fastest first); ``native`` is the last
+            resort and always supported.
+        name: the backbone's name, for messages.
+
+    Returns:
+        A runtime name other than ``auto``.
+
+    Raises:
+        ValueError: an unknown runtime, one the backbone does not run on, or
+            one named explicitly whose package is not installed (with the pip
+            command that installs it).
+    """
+    requested = (requested or "auto").strip().lower()
+    if requested not in RUNTIMES:
+        raise ValueError(f"unknown runtime {requested!r}; choose from {', '.join(RUNTIMES)}")
+    if requested == "auto":
+        return next((r for r in preferred if installed(r)), "native")
+    if requested not in (*preferred, "native"):
+        raise ValueError(f"{name} does not run on {requested}; it runs on: {', '.join((*preferred, 'native'))}")
+    if not installed(requested):
+        raise ValueError(f"runtime {requested!r} is not installed: pip install {requested}")
+    return requested
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Smallest row-wise cosine similarity of two ``(n, d)`` feature matrices, in [-1, 1]."""
+    a = np.asarray(reference, np.float64)
+    b = np.asarray(candidate, np.float64)
+    if a.shape != b.shape or a.size == 0:
+        return -1.0
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    cos = (a * b).sum(axis=1) / np.maximum(na * nb, 1e-12)
+    return float(cos.min())
+
+
+def onnxruntime_from_torch(module: Any, example: np.ndarray, threads: int | None = None) -> Compiled:
+    """Export a PyTorch module to ONNX (in memory) and open it in ONNX Runtime.
+
+    Args:
+        module: an ``torch.nn.Module`` in eval mode taking one float32 tensor.
+        example: a float32 input of the module's shape (any batch size; the
+            batch axis is exported as dynamic).
+        threads: ONNX Runtime's intra-op threads (``None``: its default, one
+            per physical core).
+
+    Returns:
+        ``(n, ...)`` float32 array -> ``(n, d)`` float32 array.
+
+    Raises:
+        Exception: whatever the exporter or ONNX Runtime raise (the caller
+        falls back to native).
+    """
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on constant folding
+        torch.onnx.export(
+            module,
+            (torch.from_numpy(np.ascontiguousarray(example, np.float32)),),
+            buf,  # type: ignore[arg-type]  # a file object is accepted too
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(buf.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {"x": np.ascontiguousarray(x, np.float32)})[0], np.float32)
+
+    return run
+
+
+def openvino_from_keras(model: Any, input_shape: tuple[int, ...], threads: int | None = None) -> Compiled:
+    """Convert a Keras model with OpenVINO and compile it for the CPU.
+
+    Args:
+        model: a built Keras model taking one float32 ``(n, *input_shape)`` tensor.
+        input_shape: the per-image input shape, e.g. ``(224, 224, 3)``.
+        threads: inference threads (``None``: OpenVINO's default).
+
+    Returns:
+        ``(n, *input_shape)`` float32 array -> ``(n, d)`` float32 array.
+
+    Raises:
+        Exception: whatever OpenVINO's converter raises (the caller falls back).
+    """
+    import warnings
+
+    import openvino as ov
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(model, input=[(-1, *input_shape)])
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    compiled = ov.Core().compile_model(converted, "CPU", config)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(compiled(np.ascontiguousarray(x, np.float32))[0], np.float32)
+
+    return run
+
+
+def checked(name: str, runtime: str, build: Callable[[], Compiled], native: Compiled, probe: np.ndarray):
+    """Build a runtime's compiled network and keep it only if it agrees with native.
+
+    Args:
+        name: the backbone's name (for the log).
+        runtime: the runtime being built.
+        build: makes the compiled network (may raise).
+        native: the reference network.
+        probe: an input batch both are run on.
+
+    Returns:
+        ``(compiled, runtime)``, or ``(None, "native")`` after a logged
+        warning when building failed or the outputs disagree.
+    """
+    try:
+        compiled = build()
+        score = agreement(native(probe), compiled(probe))
+    except Exception as exc:  # noqa: BLE001 - the native model always works
+        log.warning("%s: %s could not be used (%s: %s); running natively", name, runtime, type(exc).__name__, exc)
+        return None, "native"
+    if score < MIN_AGREEMENT:
+        log.warning("%s: %s disagrees with the native model (cosine %.4f); running natively", name, runtime, score)
+        return None, "native"
+    return compiled, runtime
