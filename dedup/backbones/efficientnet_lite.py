@@ -41,7 +41,7 @@ class EfficientNetLite0(Backbone):
     #: that run only the early blocks switch it off).
     trace_pooled = True
     unpicklable = ("_model", "_fast")
-    preferred_runtimes = ("onnxruntime",)
+    preferred_runtimes: tuple[str, ...] = ("onnxruntime",)
 
     def __init__(self, num_threads: int | None = None, runtime: str = "auto"):
         self.num_threads = num_threads

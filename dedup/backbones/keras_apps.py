@@ -60,7 +60,7 @@ class KerasBackbone(Backbone):
     """
 
     unpicklable = ("_fn", "_model")
-    preferred_runtimes = ("openvino",)
+    preferred_runtimes: tuple[str, ...] = ("openvino",)
 
     @classmethod
     def create(cls, name: str, weights_dir: str | None = None, allow_download: bool = False) -> "KerasBackbone":
