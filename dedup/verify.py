@@ -146,12 +146,16 @@ class GeometricVerifier:
         (pa, da), (pb, db) = a, b
         if da is None or db is None or len(da) < 5 or len(db) < 5:
             return 0, None
-        matches = cv2.BFMatcher(cv2.NORM_L2).knnMatch(da, db, k=2)
-        good = [m[0] for m in matches if len(m) == 2 and m[0].distance < self.ratio * m[1].distance]
+        # The two nearest by L2 as arrays: the computation BFMatcher.knnMatch(k=2)
+        # runs inside (cv::batchDistance), without building a Python object per
+        # match, which held the GIL and kept the verification threads serial.
+        dist, nearest = cv2.batchDistance(da, db, cv2.CV_32F, normType=cv2.NORM_L2, K=2)
+        d = dist.astype(np.float64)  # the ratio test in double precision, as on DMatch.distance
+        good = np.nonzero(d[:, 0] < self.ratio * d[:, 1])[0]
         if len(good) < 5:
             return 0, None
-        src = pa[[g.queryIdx for g in good]]
-        dst = pb[[g.trainIdx for g in good]]
+        src = pa[good]
+        dst = pb[nearest[good, 0]]
         H, mask = cv2.findHomography(src, dst, cv2.RANSAC, self.reprojection_px)
         return (int(mask.sum()), H) if mask is not None else (0, None)
 

