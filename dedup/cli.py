@@ -54,10 +54,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="dedup-out", help="output folder (default: ./dedup-out)")
     p.add_argument(
         "--similarity",
-        choices=["content", "style"],
+        choices=["content", "style", "semantic"],
         default="content",
         help="content (default): the CNN ensemble; style: texture and colour (Gram statistics + "
-        "colour histogram, backbone style-lite0)",
+        "colour histogram, backbone style-lite0); semantic: what an image shows (ImageNet class "
+        "posterior related through WordNet, backbone semantic-lite0; with --method hierarchical or kmeans)",
     )
     p.add_argument(
         "--backbones",
@@ -283,12 +284,13 @@ def _make(args) -> P.Deduplicator:
     from .hashing import DEFAULT_PHASH_MAX_DISTANCE
 
     cache = False if args.no_cache else (args.cache or str(Path(args.out) / "cache.sqlite"))
-    backbones = "style-lite0" if args.similarity == "style" else args.backbones
+    backbones = {"style": "style-lite0", "semantic": "semantic-lite0"}.get(args.similarity, args.backbones)
     grouping = GroupingParams(**{name: getattr(args, name) for name in GroupingParams.help()})
     return P.Deduplicator(
         backbones=backbones,
         grouping=grouping,
-        verify=not args.no_verify,
+        # semantic clusters are a view, not duplicate groups: no geometric verification to pay for
+        verify=not args.no_verify and args.similarity != "semantic",
         n_neighbours=args.neighbours,
         model_path=args.pair_model,
         model=args.model,
@@ -317,6 +319,8 @@ def cmd_run(args) -> int:
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
     check_outside(root, out=args.out, cache=args.cache, link_dir=args.link_dir, move_duplicates=args.move_duplicates)
+    if args.similarity == "semantic" and args.method == "group":
+        raise ValueError("--similarity semantic clusters by what images show: add --method hierarchical or kmeans")
     dd = _make(args)
     nets, note = dd.check()  # weights problems stop here, before any image work
     print(("NOTE: " if "FELL BACK" in note else "") + note, flush=True)

@@ -64,8 +64,10 @@ class Searcher:
 
     @property
     def similarity(self) -> str:
-        """``"style"`` when the run used the style descriptor, else ``"content"``."""
-        return "style" if [b.name for b in self.backbones] == ["style-lite0"] else "content"
+        """``"style"`` or ``"semantic"`` when the run used that descriptor, else ``"content"``."""
+        names = [b.name for b in self.backbones]
+        kinds = {"style-lite0": "style", "semantic-lite0": "semantic"}
+        return kinds[names[0]] if len(names) == 1 and names[0] in kinds else "content"
 
     def embed(self, images: list) -> list[np.ndarray]:
         """Embed paths or PIL images: per backbone ``(m, d)`` float32, L2-normalised.
