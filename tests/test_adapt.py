@@ -108,7 +108,7 @@ def test_a_self_supervised_model_learns_seller_edits_from_unlabelled_photos(tmp_
         rec = json.loads((tmp_path / "model" / MODEL_JSON).read_text())
         assert rec["info"]["images"] == 200
         keys = [view_key(d, v) for d in _digests(fit_dir) for v in range(2)]
-        assert len(c.get_embeddings(keys, net.name, net.weights_id + " dedup-augment-1", net.dim)) == len(keys)
+        assert len(c.get_embeddings(keys, net.name, net.cache_id + " dedup-augment-1", net.dim)) == len(keys)
 
     test = _edited_set(tmp_path / "test", [bench_set("ukbench-dev") / p[0] for p in per_object.iloc[100:]])
     found = {}

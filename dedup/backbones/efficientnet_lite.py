@@ -8,8 +8,9 @@ wheel on PyPI, so this backbone works with no network at all. Model code:
 STDDEV_RGB = 128); embedding: global average pool of the 1280-channel head.
 
 Runtime (:mod:`dedup.backbones.runtime`): by default the pooled network is
-exported to ONNX and run by ONNX Runtime (measured about 5x the eager
-PyTorch rate on a 2-core CPU by ``benchmarks/speed.py``); ``native`` is a
+exported to ONNX and run by ONNX Runtime (measured 3.9x the eager
+PyTorch rate on a 2-core CPU by ``benchmarks/speed.py``; the export is kept
+for later runs); ``native`` is a
 TorchScript trace, frozen, in channels-last layout.
 """
 
@@ -142,7 +143,7 @@ class EfficientNetLite0(Backbone):
         from .runtime import ONNX_OPSET, model_cache_path, package_version
 
         return model_cache_path(
-            "efficientnet-lite0-pooled",
+            f"{self.name}-pooled-{self.input_size}px",
             self.weights_id,
             f"opset{ONNX_OPSET}",
             "torch " + package_version("torch"),

@@ -16,11 +16,11 @@ weights, fused and scheduled for the CPU:
   the latency hint.
 
 Which runtime ``auto`` picks per backbone was decided by
-``benchmarks/speed.py`` on this project's 2-core CPU (its "runtimes" table:
-EfficientNet-Lite0 ran 1.3x faster under ONNX Runtime than under OpenVINO and
-about 5x faster than eager PyTorch; ResNet50 1.5x faster under OpenVINO than
-under TensorFlow). Static int8 quantisation was measured too and refused: its
-embeddings disagreed with fp32 (cosine down to 0.65 on real photos).
+``benchmarks/speed.py`` on this project's 2-core CPU (its "Runtimes" table,
+one run: EfficientNet-Lite0 ran 3.9x the eager PyTorch rate under ONNX
+Runtime, 3.4x under OpenVINO; the Keras trio 1.3-1.6x the TensorFlow rate
+under OpenVINO). Static int8 quantisation was measured too and refused: its
+embeddings disagreed with fp32 (cosine down to 0.64 on real photos).
 
 Every compiled runtime is checked against the native model on a probe batch
 when it is built (:func:`agreement`); a runtime that disagrees (cosine below
