@@ -92,10 +92,12 @@ def test_cli_runs_the_card_ensemble_end_to_end(made_weights, small_set, tmp_path
 
 
 @pytest.mark.keras
-def test_openvino_embeddings_agree_with_tensorflow(made_weights, small_set):
+def test_openvino_embeddings_agree_with_tensorflow(made_weights, small_set, tmp_path, monkeypatch):
     from dedup.backbones import KerasBackbone
+    from dedup.backbones.runtime import MODEL_CACHE_ENV
     from dedup.backbones.weights import WeightsSpec
 
+    monkeypatch.setenv(MODEL_CACHE_ENV, str(tmp_path / "models"))
     home, md5, _ = made_weights
     spec = WeightsSpec("vgg16", KERAS_WEIGHTS["vgg16"].filename, md5["vgg16"], "made by the test")
     nets = {
@@ -111,6 +113,12 @@ def test_openvino_embeddings_agree_with_tensorflow(made_weights, small_set):
     a, b = nets["native"].embed(batch), nets["openvino"].embed(batch)
     assert a.shape == b.shape == (9, 512)
     assert (a * b).sum(axis=1).min() >= 0.99
+    # the converted model (preprocessing included) is kept: a later load needs no Keras model at all
+    kept = KerasBackbone("vgg16", weights_dir=str(home / "models"), spec=spec, runtime="openvino")
+    kept.load()
+    assert kept.runtime_used == "openvino" and getattr(kept, "_model", None) is None
+    assert sorted(p.suffix for p in (tmp_path / "models").iterdir()) == [".bin", ".sha256", ".sha256", ".xml"]
+    np.testing.assert_allclose(kept.embed(batch), b, atol=1e-5)
 
 
 def test_auto_picks_the_card_ensemble_when_its_weights_are_present(made_weights, monkeypatch):

@@ -99,10 +99,17 @@ class KerasBackbone(Backbone):
                 )
 
     def load(self) -> None:
-        """See :meth:`dedup.backbones.base.Backbone.load`."""
+        """See :meth:`dedup.backbones.base.Backbone.load`.
+
+        Under OpenVINO, a verified IR kept from an earlier run is compiled as
+        it is (no TensorFlow import); otherwise the Keras model is built,
+        converted, checked against its TensorFlow output and kept.
+        """
         if self._fn is not None:
             return
         self.check_weights()
+        if self.plan_runtime() == "openvino" and self._load_kept_ir():
+            return
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
         from keras import applications
@@ -121,27 +128,49 @@ class KerasBackbone(Backbone):
         plan = self.plan_runtime()
         self._fn, self.runtime_used = native, "native"
         if plan == "openvino":
-            from .runtime import checked, openvino_from_keras
+            from .runtime import checked, openvino_ir_from_keras, openvino_session, write_verified
+
+            ir: list[tuple[bytes, bytes]] = []
+
+            def build():
+                ir.append(openvino_ir_from_keras(model, preprocess, (size, size, 3)))
+                return openvino_session(*ir[0])
 
             probe = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
-            compiled, self.runtime_used = checked(
-                self.name,
-                "openvino",
-                lambda: _preprocessed(openvino_from_keras(model, (size, size, 3)), preprocess),
-                native,
-                probe,
-            )
-            self._fn = compiled or native
+            compiled, self.runtime_used = checked(self.name, "openvino", build, native, probe)
+            if compiled is not None:
+                self._fn = compiled
+                xml, weights = self._ir_paths()
+                write_verified(weights, ir[0][1])  # the weights first: the xml names a complete IR
+                write_verified(xml, ir[0][0])
+
+    def _ir_paths(self):
+        """Where this backbone's OpenVINO IR (xml, weights) is kept (see :mod:`dedup.backbones.runtime`)."""
+        from .runtime import model_cache_path, package_version
+
+        parts = (
+            self.weights_id,
+            "openvino " + package_version("openvino"),
+            "keras " + package_version("keras"),
+            "tensorflow " + package_version("tensorflow"),
+        )
+        xml = model_cache_path(f"{self.name}-openvino", *parts, suffix=".xml")
+        return xml, (xml.with_suffix(".bin") if xml is not None else None)
+
+    def _load_kept_ir(self) -> bool:
+        """Compile a kept, verified IR; False when there is none (or it fails)."""
+        from .runtime import openvino_session, read_verified
+
+        xml_path, weights_path = self._ir_paths()
+        xml, weights = read_verified(xml_path), read_verified(weights_path)
+        if xml is None or weights is None:
+            return False
+        try:
+            self._fn = openvino_session(xml, weights)
+        except Exception:  # noqa: BLE001 - rebuilt from Keras instead
+            return False
+        self.runtime_used = "openvino"
+        return True
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return self._fn(batch.astype(np.float32))
-
-
-def _preprocessed(compiled, preprocess):
-    """``compiled`` (which takes preprocessed input) behind Keras's ``preprocess_input``
-    (applied to a copy: Keras edits NumPy input in place)."""
-
-    def run(x: np.ndarray) -> np.ndarray:
-        return compiled(np.asarray(preprocess(np.array(x, np.float32)), np.float32))
-
-    return run

@@ -11,9 +11,10 @@ weights, fused and scheduled for the CPU:
   kept (:func:`model_cache_path`, with a SHA-256 record written last), so a
   later run starts ONNX Runtime from it without importing PyTorch at all
   (about 2 s less per cold run on a 2-core CPU).
-* ``openvino`` (Intel's OpenVINO): the Keras model is converted directly
-  (``openvino.convert_model``, a few seconds) and compiled for the CPU with
-  the latency hint.
+* ``openvino`` (Intel's OpenVINO): the Keras model, with its input
+  preprocessing, is converted directly (``openvino.convert_model``, a few
+  seconds) and compiled for the CPU with the latency hint. The converted IR
+  is kept the same way, so a later run needs neither TensorFlow nor Keras.
 
 Which runtime ``auto`` picks per backbone was decided by
 ``benchmarks/speed.py`` on this project's 2-core CPU (its "Runtimes" table,
@@ -167,7 +168,7 @@ def onnxruntime_session(model: bytes, threads: int | None = None) -> Compiled:
     return run
 
 
-def model_cache_path(name: str, *parts: str) -> Path | None:
+def model_cache_path(name: str, *parts: str, suffix: str = ".onnx") -> Path | None:
     """Where a compiled model of backbone ``name`` is kept between runs, or
     ``None`` when no cache folder can be made.
 
@@ -184,7 +185,7 @@ def model_cache_path(name: str, *parts: str) -> Path | None:
     except OSError:
         return None
     key = hashlib.sha256("|".join((name, *parts)).encode()).hexdigest()[:20]
-    return Path(root) / f"{name}-{key}.onnx"
+    return Path(root) / f"{name}-{key}{suffix}"
 
 
 def read_verified(path: Path | None) -> bytes | None:
@@ -227,31 +228,62 @@ def package_version(name: str) -> str:
         return ""
 
 
-def openvino_from_keras(model: Any, input_shape: tuple[int, ...], threads: int | None = None) -> Compiled:
-    """Convert a Keras model with OpenVINO and compile it for the CPU.
+def openvino_ir_from_keras(model: Any, preprocess: Callable, input_shape: tuple[int, ...]) -> tuple[bytes, bytes]:
+    """Convert a Keras model, with its input preprocessing, to OpenVINO's IR.
+
+    The preprocessing (Keras's ``preprocess_input``) is traced into the graph,
+    so the converted model takes raw RGB in [0, 255] and a later run needs
+    neither TensorFlow nor Keras to use it.
 
     Args:
         model: a built Keras model taking one float32 ``(n, *input_shape)`` tensor.
+        preprocess: its ``keras.applications.<module>.preprocess_input``.
         input_shape: the per-image input shape, e.g. ``(224, 224, 3)``.
+
+    Returns:
+        ``(xml, weights)``: the IR's two files as bytes (``openvino.save_model``).
+
+    Raises:
+        Exception: whatever Keras or OpenVINO's converter raise (the caller falls back).
+    """
+    import tempfile
+    import warnings
+
+    import keras
+    import openvino as ov
+
+    inputs = keras.Input(input_shape)
+    wrapped = keras.Model(inputs, model(preprocess(inputs)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(wrapped, input=[(-1, *input_shape)])
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = os.path.join(tmp, "model.xml")
+        ov.save_model(converted, xml)
+        return Path(xml).read_bytes(), Path(xml).with_suffix(".bin").read_bytes()
+
+
+def openvino_session(xml: bytes, weights: bytes, threads: int | None = None) -> Compiled:
+    """An OpenVINO IR compiled for the CPU with the latency hint.
+
+    Args:
+        xml, weights: the IR (:func:`openvino_ir_from_keras`).
         threads: inference threads (``None``: OpenVINO's default).
 
     Returns:
-        ``(n, *input_shape)`` float32 array -> ``(n, d)`` float32 array.
+        ``(n, ...)`` float32 array -> ``(n, d)`` float32 array.
 
     Raises:
-        Exception: whatever OpenVINO's converter raises (the caller falls back).
+        Exception: whatever OpenVINO raises on an IR it cannot read.
     """
-    import warnings
-
     import openvino as ov
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        converted = ov.convert_model(model, input=[(-1, *input_shape)])
+    core = ov.Core()
+    model = core.read_model(model=xml.decode("utf-8"), weights=ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    compiled = ov.Core().compile_model(converted, "CPU", config)
+    compiled = core.compile_model(model, "CPU", config)
 
     def run(x: np.ndarray) -> np.ndarray:
         return np.asarray(compiled(np.ascontiguousarray(x, np.float32))[0], np.float32)
