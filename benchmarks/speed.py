@@ -310,8 +310,8 @@ def markdown(data: dict) -> str:
     md += [
         "",
         "Embedding stages: discover, SHA-256, decode (JPEG draft), pHash, colour histogram and the network, "
-        "model build included (EfficientNet-Lite0 starts ONNX Runtime from the export kept by an earlier "
-        "run; the Keras models are converted for OpenVINO on every load). The whole run adds the ANN "
+        "model start included (each backbone starts its runtime from the model kept by an earlier load, as "
+        "every run after a machine's first does). The whole run adds the ANN "
         "index, candidate pairs, RootSIFT + RANSAC "
         "verification of every candidate pair (both orientations) and grouping.",
         "",
