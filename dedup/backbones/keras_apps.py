@@ -10,7 +10,7 @@ pooling of the last convolutional block), uses its own ``preprocess_input``
 (caffe-style BGR mean subtraction for VGG16/ResNet50, ``x/127.5 - 1`` for
 InceptionV3), and runs batches through one ``tf.function``-compiled call,
 which skips ``model.predict``'s per-call dataset machinery ("native"). By
-default the model is converted for OpenVINO instead (measured 1.3-1.6x the
+default the model is converted for OpenVINO instead (measured 1.1-1.6x the
 ``tf.function`` rate for the three by ``benchmarks/speed.py``; see
 :mod:`dedup.backbones.runtime`), checked against the native output.
 

@@ -18,15 +18,16 @@ weights, fused and scheduled for the CPU:
 
 Which runtime ``auto`` picks per backbone was decided by
 ``benchmarks/speed.py`` on this project's 2-core CPU (its "Runtimes" table,
-one run: EfficientNet-Lite0 ran 3.9x the eager PyTorch rate under ONNX
-Runtime, 3.4x under OpenVINO; the Keras trio 1.3-1.6x the TensorFlow rate
-under OpenVINO). Static int8 quantisation was measured too and refused: its
+two runs: EfficientNet-Lite0 ran 3.9x and 5.1x the eager PyTorch rate
+under ONNX Runtime, 3.4x and 4.4x under OpenVINO; the Keras trio 1.1-1.6x
+the TensorFlow rate under OpenVINO). Static int8 quantisation was measured too and refused: its
 embeddings disagreed with fp32 (cosine down to 0.64 on real photos).
 
 Every compiled runtime is checked against the native model on a probe batch
 when it is built (:func:`agreement`); a runtime that disagrees (cosine below
-:data:`MIN_AGREEMENT`), fails to build, or is not installed falls back to
-native with a logged warning. The runtime actually used is part of every
+:data:`MIN_AGREEMENT`) or fails to build falls back to native with a logged
+warning (``auto`` never picks one that is not installed; naming it is an
+error before any work). The runtime actually used is part of every
 embedding's cache key (:attr:`dedup.backbones.base.Backbone.cache_id`), so
 embeddings from two runtimes are never mixed.
 """
