@@ -92,18 +92,3 @@ class SemanticLite0(EfficientNetLite0):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return self.posterior(batch) @ self._H
-
-    def labels(self, X: np.ndarray, top: int = 1) -> list[str]:
-        """A readable name for each row of semantic descriptors: the most
-        specific WordNet node carrying most of its weight (for cluster
-        captions). ``X``: ``(n, nodes)`` as returned by :meth:`embed`."""
-        hierarchy = load_hierarchy()
-        ic = np.array([n["ic"] for n in hierarchy["nodes"]])
-        names = [n["synset"].split(".")[0].replace("_", " ") for n in hierarchy["nodes"]]
-        mass = np.asarray(X, np.float64) / np.sqrt(np.maximum(ic, 1e-12))  # back to posterior mass per node
-        mass /= np.maximum(mass.max(axis=1, keepdims=True), 1e-12)
-        out = []
-        for row in mass:
-            ok = np.nonzero(row >= 0.5)[0]  # nodes holding at least half the top node's mass
-            out.append(names[int(ok[np.argmax(ic[ok])])] if len(ok) else "")
-        return out
