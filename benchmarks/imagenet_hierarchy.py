@@ -4,7 +4,8 @@ uses to relate the classes an image may show.
 
 Source: WordNet 3.0 (Princeton University; Debian's ``wordnet-base``
 package: ``apt-get install wordnet-base``) read by NLTK's
-``WordNetCorpusReader`` from a local copy of its files (no download). The
+``WordNetCorpusReader`` (``pip install nltk``) from a local copy of its
+files (no download). Only this script needs them; dedup reads the JSON. The
 class list is ImageNet-1k's (ILSVRC 2012) WordNet noun IDs in sorted order,
 the order of EfficientNet-Lite0's classifier outputs; it is read from the
 shipped file itself (it came from ``timm/data/_info/imagenet_synsets.txt``,
