@@ -10,8 +10,8 @@ STDDEV_RGB = 128); embedding: global average pool of the 1280-channel head.
 Runtime (:mod:`dedup.backbones.runtime`): by default the pooled network is
 exported to ONNX and run by ONNX Runtime (measured 3.9-5.1x the eager
 PyTorch rate on a 2-core CPU by ``benchmarks/speed.py``; the export is kept
-for later runs); ``native`` is a
-TorchScript trace, frozen, in channels-last layout.
+for later runs); ``native`` is a TorchScript trace, frozen, in channels-last
+layout.
 """
 
 from __future__ import annotations
