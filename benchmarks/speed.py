@@ -90,7 +90,7 @@ def model_rate(fn, arrs: list[np.ndarray]) -> tuple[float, np.ndarray]:
 
 
 def _lite0_input(batch: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(((batch.astype(np.float32) - 127.0) / 128.0).transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(EfficientNetLite0.network_input(batch))
 
 
 def lite0_runtimes(images, calibration) -> list[dict]:
@@ -412,14 +412,12 @@ def main() -> None:
 
 def _cpu_model() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                flags = Path("/proc/cpuinfo").read_text()
-                simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
-                return f"{line.split(':', 1)[1].strip()} ({simd})"
+        info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return "unknown"
+        return "unknown"
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    simd = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else "SSE"
+    return f"{names[0] if names else 'unknown'} ({simd})"
 
 
 if __name__ == "__main__":

@@ -227,7 +227,7 @@ def out_of_fold_pairs(
     fold = _folds(truth[rows], n_folds)
     digests = res.digests
     X, y = [np.zeros((0, len(FEATURES)))], [np.zeros(0, bool)]
-    cache = None if dedup.cache in (None, False) else Cache(dedup.cache)
+    cache = dedup.open_cache()
     try:
         for k in tqdm(range(n_folds), desc="out-of-fold pairs", disable=not dedup.progress):
             tr, te = rows[fold != k], rows[fold == k]
@@ -243,7 +243,10 @@ def out_of_fold_pairs(
             phash = hash_pass(dig, res.codes[te], dedup.phash_max_distance)["phash"]
             fold_model = AdaptedModel(proj, _backbone_record(nets), cw)
             files = [res.files[i] for i in te]
-            scored = dd.score(emb, res.colours[te], res.codes[te], files, dig, cache, phash, adapted=fold_model)
+            fused = dd.fused_space(list(emb.values()), res.colours[te], fold_model, base=F[te])  # F: computed once
+            scored = dd.score(
+                emb, res.colours[te], res.codes[te], files, dig, cache, phash, adapted=fold_model, fused=fused
+            )
             ij = scored.pairs.ij
             X.append(pair_features(scored.pairs))
             y.append(truth[te][ij[:, 0]] == truth[te][ij[:, 1]])
@@ -384,7 +387,7 @@ def fit_self_supervised(
     n = len(res.paths)
     if n < 2:
         raise ValueError(f"{folder}: {n} readable photos; fitting needs at least two")
-    cache = None if dedup.cache in (None, False) else Cache(dedup.cache)
+    cache = dedup.open_cache()
     try:
         v_emb, v_col = embed_views(
             res, nets, views, cache, dedup.batch_size, dedup.workers, dedup.progress, dedup.max_pixels

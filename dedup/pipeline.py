@@ -481,9 +481,7 @@ class Deduplicator:
         with _timed(timings, "discover"):
             paths, skipped = _discover(root, files)
 
-        cache = None
-        if self.cache not in (None, False):
-            cache = Cache(self.cache)
+        cache = self.open_cache()
         try:
             inputs = self._embed(root, paths, skipped, nets, cache, timings)
             result = self._run(root, inputs, nets, cache, timings)
@@ -529,12 +527,22 @@ class Deduplicator:
         nets, _ = backbones or self.check()
         root = Path(root)
         paths, skipped = _discover(root, files)
-        cache = None if self.cache in (None, False) else Cache(self.cache)
+        cache = self.open_cache()
         try:
             return self._embed(root, paths, skipped, nets, cache, {})
         finally:
             if cache is not None:
                 cache.close()
+
+    def open_cache(self) -> Cache | None:
+        """The SQLite cache named by ``cache``, opened (the caller closes it);
+        ``None`` when disabled.
+
+        Raises:
+            dedup.cache.CacheError: the path cannot be used.
+            dedup.lock.BusyError: another run holds this cache.
+        """
+        return None if self.cache in (None, False) else Cache(self.cache)
 
     def _embed(
         self,
@@ -600,8 +608,8 @@ class Deduplicator:
         with _timed(timings, "hash_pass"):
             exact = hash_pass(dig, codes, self.phash_max_distance)
         params = self.grouping_params()
-        adapted, adapted_info = self._applicable_model(list(emb.values()), colours)
-        scored = self.score(emb, colours, codes, files, dig, cache, exact["phash"], timings, adapted)
+        adapted, adapted_info, fused = self._applicable_model(list(emb.values()), colours)
+        scored = self.score(emb, colours, codes, files, dig, cache, exact["phash"], timings, adapted, fused)
         indexes, fused_ids, pairs, verifier = scored.indexes, scored.fused_ids, scored.pairs, scored.verifier
         with _timed(timings, "group"):
             model = self.pair_model(adapted)
@@ -660,6 +668,7 @@ class Deduplicator:
         phash_pairs: np.ndarray | None = None,
         timings: dict | None = None,
         adapted: AdaptedModel | None = None,
+        fused: np.ndarray | None = None,
     ) -> "Scored":
         """Stages 5 and the evidence of stage 6: the ANN indexes, the candidate
         pairs and their evidence (geometric verification included, cached
@@ -673,6 +682,8 @@ class Deduplicator:
             phash_pairs: ``(e, 2)`` int64 pHash near-duplicate pairs, also candidates.
             timings: seconds per stage are added to it (``index``, ``group``).
             adapted: search the fused space in this model's projection.
+            fused: the fused space when already computed
+                (:meth:`fused_space` of the same inputs); else computed here.
 
         Returns:
             A :class:`Scored`.
@@ -680,7 +691,8 @@ class Deduplicator:
         timings = {} if timings is None else timings
         params = self.grouping_params()
         with _timed(timings, "index"):
-            fused = self.fused_space(list(emb.values()), colours, adapted)
+            if fused is None:
+                fused = self.fused_space(list(emb.values()), colours, adapted)
             indexes, neighbour_ids = build_indexes(emb, self.n_neighbours, self.n_trees, self.search_k_factor)
             fused_ids = build_indexes({"fused": fused}, self.n_neighbours, keep=False)[1][0]
         with _timed(timings, "group"):
@@ -718,13 +730,16 @@ class Deduplicator:
         """The pair model: ``model_path`` when given, else the refitted one of
         ``adapted`` (the adapted model in use) when it has one, else the one
         shipped in the package."""
-        if self.model_path is None and adapted is not None and adapted.pair_model is not None:
-            return adapted.pair_model
-        return PairModel.load(self.model_path)
+        refitted = self._refitted_pair_model(adapted)
+        return refitted if refitted is not None else PairModel.load(self.model_path)
+
+    def _refitted_pair_model(self, adapted: AdaptedModel | None) -> PairModel | None:
+        """``adapted``'s refitted pair model when :meth:`pair_model` takes it, else ``None``."""
+        return adapted.pair_model if self.model_path is None and adapted is not None else None
 
     def _pair_model_source(self, adapted: AdaptedModel | None) -> str | None:
         """Where :meth:`pair_model` took the model from (``None``: shipped)."""
-        if self.model_path is None and adapted is not None and adapted.pair_model is not None:
+        if self._refitted_pair_model(adapted) is not None:
             return f"the adapted model {self._model_name()}"
         return None if self.model_path is None else str(self.model_path)
 
@@ -746,10 +761,15 @@ class Deduplicator:
         return cached[1]
 
     def fused_space(
-        self, embeddings: list[np.ndarray], colours: np.ndarray, adapted: AdaptedModel | None = None
+        self,
+        embeddings: list[np.ndarray],
+        colours: np.ndarray,
+        adapted: AdaptedModel | None = None,
+        base: np.ndarray | None = None,
     ) -> np.ndarray:
         """The vectors of the fused kNN search: :func:`dedup.grouping.fused_vectors`,
-        then ``adapted``'s projection when given.
+        then ``adapted``'s projection when given (``base``: those fused
+        vectors, with ``adapted``'s colour weight, when already computed).
 
         Returns:
             ``(n, D)`` float32 with unit rows (``D`` = the projection's ``dim``
@@ -757,18 +777,22 @@ class Deduplicator:
         """
         if adapted is None:
             return fused_vectors(embeddings, colours, self.grouping_params().colour_weight)
-        return adapted.projection.transform(fused_vectors(embeddings, colours, adapted.colour_weight))
+        if base is None:
+            base = fused_vectors(embeddings, colours, adapted.colour_weight)
+        return adapted.projection.transform(base)
 
     def _applicable_model(
         self, embeddings: list[np.ndarray], colours: np.ndarray
-    ) -> tuple[AdaptedModel | None, dict | None]:
+    ) -> tuple[AdaptedModel | None, dict | None, np.ndarray | None]:
         """The adapted model to use on this collection (``None`` without one,
         or when it finds the collection foreign and ``force_model`` is off),
-        and run.json's record of it."""
+        run.json's record of it, and the fused space in its projection when
+        it is used (``None`` otherwise), computed once for both."""
         model = self.adapted_model()
         if model is None:
-            return None, None
-        share = model.out_of_domain_share(fused_vectors(embeddings, colours, model.colour_weight))
+            return None, None, None
+        base = fused_vectors(embeddings, colours, model.colour_weight)
+        share = model.out_of_domain_share(base)
         applied = self.force_model or share <= MAX_OUT_OF_DOMAIN
         if not applied:
             log.warning(
@@ -780,7 +804,9 @@ class Deduplicator:
                 100 * MAX_OUT_OF_DOMAIN,
             )
         info = {**model.describe(self._model_name()), "applied": bool(applied), "out_of_domain_share": round(share, 4)}
-        return (model if applied else None), info
+        if not applied:
+            return None, info, None
+        return model, info, self.fused_space(embeddings, colours, model, base)
 
     def _decisions(self, rel: list[str], digests: list[str], cache: Cache | None) -> pd.DataFrame:
         """A person's decisions as ``i, j, same`` rows: the ``decisions`` file

@@ -33,7 +33,7 @@ def test_onnxruntime_embeddings_agree_with_eager_pytorch(photos):
     native.load()
     batch = np.stack([native.prepare(im) for im in photos])
     got = ort.embed(batch)
-    x = torch.from_numpy(np.ascontiguousarray(((batch.astype(np.float32) - 127) / 128).transpose(0, 3, 1, 2)))
+    x = torch.from_numpy(np.ascontiguousarray(native.network_input(batch)))
     want = native._eager(x)
     want /= np.linalg.norm(want, axis=1, keepdims=True)
     cos = (got * want).sum(axis=1)

@@ -171,9 +171,22 @@ class EfficientNetLite0(Backbone):
         with torch.inference_mode():
             return self._model.extract_features(x.contiguous()).mean(dim=(2, 3)).numpy().astype(np.float32)
 
+    @staticmethod
+    def network_input(batch: np.ndarray) -> np.ndarray:
+        """Prepared images as the network takes them.
+
+        Args:
+            batch: ``(n, s, s, 3)`` uint8 RGB, rows made by :meth:`prepare`.
+
+        Returns:
+            ``(n, 3, s, s)`` float32 ``(x - 127) / 128`` (the official lite
+            builder's MEAN_RGB and STDDEV_RGB), an NCHW view of NHWC memory
+            (channels-last, no copy; ``np.ascontiguousarray`` for NCHW memory).
+        """
+        return ((batch.astype(np.float32) - 127.0) / 128.0).transpose(0, 3, 1, 2)
+
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        # NHWC uint8 -> NCHW float32 view (channels-last memory, no copy).
-        x = ((batch.astype(np.float32) - 127.0) / 128.0).transpose(0, 3, 1, 2)
+        x = self.network_input(batch)
         if self._fast is not None:
             return self._fast(x)
         import torch

@@ -203,20 +203,18 @@ def read_verified(path: Path | None) -> bytes | None:
 
 
 def write_verified(path: Path | None, data: bytes) -> None:
-    """Write ``data`` to ``path`` and then its SHA-256 record, each through a
-    temporary file renamed into place: an interrupted write never leaves a
-    file that :func:`read_verified` accepts. A failure is logged, not raised
-    (the cache only saves time)."""
+    """Write ``data`` to ``path`` and then its SHA-256 record, each whole or
+    not at all (:func:`dedup.report.files.atomic_write`): an interrupted
+    write never leaves a file that :func:`read_verified` accepts. A failure
+    is logged, not raised (the kept model only saves time)."""
     if path is None:
         return
+    from ..report.files import atomic_write
+
+    record = Path(str(path) + ".sha256")
     try:
-        for target, content in ((path, data), (Path(str(path) + ".sha256"), hashlib.sha256(data).hexdigest().encode())):
-            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as fh:
-                fh.write(content)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
+        atomic_write(record, lambda tmp: tmp.write_text(hashlib.sha256(data).hexdigest()))
     except OSError as exc:
         log.info("could not keep the compiled model in %s: %s", path, exc)
 

@@ -85,10 +85,9 @@ class SemanticLite0(EfficientNetLite0):
     def posterior(self, batch: np.ndarray) -> np.ndarray:
         """``(n, 1000)`` float32 ImageNet class probabilities of prepared images."""
         self.load()
-        logits = super()._forward(batch) @ self._W + self._b
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
+        from scipy.special import softmax
+
+        return softmax(super()._forward(batch) @ self._W + self._b, axis=1).astype(np.float32)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         return self.posterior(batch) @ self._H

@@ -68,7 +68,7 @@ class StyleLite0(EfficientNetLite0):
         pixels = batch[:, :n_pix].reshape(-1, s, s, 3)
         colours = np.ascontiguousarray(batch[:, n_pix:]).view(np.float32)
         m = self._model
-        x = torch.from_numpy((pixels.astype(np.float32) - 127.0) / 128.0).permute(0, 3, 1, 2).contiguous()
+        x = torch.from_numpy(np.ascontiguousarray(self.network_input(pixels)))
         parts = []
         with torch.inference_mode():
             x = m._swish(m._bn0(m._conv_stem(x)))
