@@ -1,15 +1,22 @@
 """Stage 5, index: each image's nearest neighbours, and Annoy indexes for ``query``.
 
-Up to :data:`EXACT_KNN_MAX` images the neighbour lists are exact (blocked
-matrix products); above, they come from the Annoy index.
+Neighbour lists (what the grouping reads) are exact up to
+:data:`EXACT_KNN_MAX` images (blocked matrix products, :func:`exact_knn`).
+Above, they come from a clustered search (:func:`clustered_knn`): k-means
+lists in a PCA projection, then exact matrix products between each list and
+the lists nearest to it, the inverted-file scheme of Sivic and Zisserman
+(ICCV 2003) and Jegou et al. (TPAMI 2011) with the exhaustive per-list step
+of SemDeDup (Abbas et al., 2023); ``benchmarks/scale.py`` measures its
+recall@10 against exact search at 1M rows.
 
 Annoy (Bernhardsson, Spotify; random-projection trees) with the ``angular``
-metric, whose distance is ``sqrt(2 - 2 cos)``; on L2-normalised embeddings
-``cos = 1 - d**2 / 2``, so the cosine distance ``1 - cos = d**2 / 2`` in
-[0, 2]. At 1-2k dimensions Annoy's default search (``search_k = n_trees * k``)
-misses many true neighbours, so dedup searches ``search_k = n_trees * k *
-SEARCH_K_FACTOR`` nodes; ``benchmarks/ann_recall.py`` measures recall@10
-against exact search for the defaults.
+metric is the index saved for ``query``; its distance is ``sqrt(2 - 2
+cos)``; on L2-normalised embeddings ``cos = 1 - d**2 / 2``, so the cosine
+distance ``1 - cos = d**2 / 2`` in [0, 2]. At 1-2k dimensions Annoy's
+default search (``search_k = n_trees * k``) misses many true neighbours, so
+dedup searches ``search_k = n_trees * k * SEARCH_K_FACTOR`` nodes;
+``benchmarks/ann_recall.py`` measures recall@10 against exact search for the
+defaults.
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ class AnnIndex:
         seed: Annoy's random seed (builds are reproducible).
         n_jobs: threads answering queries (-1: one per core). Annoy releases
             the GIL while it searches, so threads scale (2.0x on 2 cores,
-            identical answers). The build stays on one thread: Annoy's
-            multi-threaded build gives trees that depend on the number of
-            cores, and the groups must not depend on the machine.
+            identical answers).
+        build_jobs: threads building the trees (-1: one per core). One
+            thread (the default) gives the same index on any machine; more
+            give trees that depend on the number of cores (used by ``query``
+            when it builds the index of a large run itself).
     """
 
     def __init__(
@@ -47,11 +56,13 @@ class AnnIndex:
         search_k_factor: int = SEARCH_K_FACTOR,
         seed: int = 42,
         n_jobs: int = -1,
+        build_jobs: int = 1,
     ):
         self.n_trees = n_trees
         self.search_k_factor = search_k_factor
         self.seed = seed
         self.n_jobs = n_jobs
+        self.build_jobs = build_jobs
         self._index: Any = None
         self.dim = 0
         self.size = 0
@@ -66,7 +77,7 @@ class AnnIndex:
         index.set_seed(self.seed)
         for i, row in enumerate(X):
             index.add_item(i, row)
-        index.build(self.n_trees, n_jobs=1)  # one thread: reproducible on any machine (see the class docstring)
+        index.build(self.n_trees, n_jobs=self.build_jobs)
         self._index = index
         return self
 
@@ -121,57 +132,228 @@ class AnnIndex:
 
 
 #: Up to this many rows each row's nearest neighbours are found exactly
-#: (blocked matrix products, :func:`exact_knn`) instead of by Annoy's
-#: search: on 2 cores that took 1/6 of Annoy's time at 20,000 rows and 1/3
-#: at 50,000, with recall 1 where Annoy's was 0.95 and 0.90
-#: (``benchmarks/knn_speed.py``). Its cost grows as n^2, so larger
-#: collections use Annoy.
+#: (blocked matrix products, :func:`exact_knn`): on 2 cores that took 1/6 of
+#: Annoy's time at 20,000 rows and 1/3 at 50,000, with recall 1 where
+#: Annoy's was 0.95 and 0.90 (``benchmarks/knn_speed.py``). Its cost grows as
+#: n^2, so larger collections use :func:`clustered_knn`.
 EXACT_KNN_MAX: int = 50_000
+#: Clustered search: rows per k-means list, lists searched per list, and the
+#: PCA dimension the lists are formed in; chosen by recall@10 against exact
+#: search in the colour-fused space of ``benchmarks/scale.py``'s data at
+#: 100,000 rows: 0.974 with lists of 512, 10 searched, 64 dimensions; 0.981
+#: with 128 dimensions; 0.987 with 16 searched; 0.994 with these (lists of
+#: 256, 20 searched, 128 dimensions) at 1.2x the time of the first. 1M:
+#: ``benchmarks/results/scale.md``.
+LIST_SIZE: int = 256
+N_PROBE: int = 20
+COARSE_DIM: int = 128
+
+
+class WeightedVectors:
+    """Rows given as weighted parts, never stacked in memory.
+
+    Row ``i`` stands for the unit vector ``[sqrt(w_1) X_1[i], ...,
+    sqrt(w_B) X_B[i]] / norm``, so the inner product of two rows is
+    ``sum_b w_b <X_b[i], X_b[j]>`` over the two norms: the colour-fused
+    space (:func:`dedup.grouping.fused_parts`) searched without building its
+    ``(n, sum d_b)`` matrix (8 GiB at 1M images).
+
+    Args:
+        parts: ``B`` arrays ``(n, d_b)`` float32 (memory-mapped arrays work).
+        weights: ``B`` non-negative floats.
+
+    Raises:
+        ValueError: no parts, parts of different lengths, or a negative weight.
+    """
+
+    def __init__(self, parts: list[np.ndarray], weights: list[float]):
+        if not parts or len(parts) != len(weights):
+            raise ValueError("WeightedVectors needs one weight per part, and at least one part")
+        if len({len(X) for X in parts}) != 1:
+            raise ValueError("WeightedVectors: parts of different lengths")
+        if min(weights) < 0:
+            raise ValueError("WeightedVectors: weights must be >= 0")
+        self.parts = [np.asarray(X, np.float32) for X in parts]
+        self.weights = [float(w) for w in weights]
+        self.dim = sum(X.shape[1] for X in self.parts)
+        sq = np.zeros(len(self), np.float64)
+        for a in range(0, len(self), _ROW_BLOCK):
+            for X, w in zip(self.parts, self.weights):
+                sq[a : a + _ROW_BLOCK] += w * np.einsum("ij,ij->i", X[a : a + _ROW_BLOCK], X[a : a + _ROW_BLOCK])
+        self.inv_norm = (1.0 / np.maximum(np.sqrt(sq), 1e-12)).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def rows(self, idx) -> np.ndarray:
+        """``(len(idx), dim)`` float32: the stacked unit rows ``idx``."""
+        out = np.hstack([X[idx] * np.float32(np.sqrt(w)) for X, w in zip(self.parts, self.weights)])
+        return out * self.inv_norm[idx][:, None]
+
+    def stack(self) -> np.ndarray:
+        """``(n, dim)`` float32: every row stacked (what the class avoids; for small n)."""
+        return self.rows(np.arange(len(self)))
+
+    def gram(self, q: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """``(len(q), len(c))`` float32 inner products of rows ``q`` with rows ``c``."""
+        out = np.zeros((len(q), len(c)), np.float32)
+        for X, w in zip(self.parts, self.weights):
+            out += np.float32(w) * (X[q] @ X[c].T)
+        return out * self.inv_norm[q][:, None] * self.inv_norm[c][None, :]
+
+    def pair_dot(self, a: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """``(m,)`` float32 inner products of rows ``a[t]`` and ``c[t]``."""
+        out = np.zeros(len(a), np.float32)
+        for X, w in zip(self.parts, self.weights):
+            out += np.float32(w) * np.einsum("ij,ij->i", X[a], X[c])
+        return out * self.inv_norm[a] * self.inv_norm[c]
+
+
+_ROW_BLOCK = 65_536
 
 
 def build_indexes(
-    vectors: dict[str, np.ndarray],
+    vectors: dict,
     k: int,
     n_trees: int = DEFAULT_N_TREES,
     search_k_factor: int = SEARCH_K_FACTOR,
     keep: bool = True,
     exact_max: int = EXACT_KNN_MAX,
+    progress: bool = False,
 ) -> tuple[dict[str, AnnIndex], list[np.ndarray]]:
     """Stage 5, index: each row's ``k`` nearest and, with ``keep``, one Annoy
     index per matrix (saved in OUT for ``query``).
 
     The neighbours are exact up to ``exact_max`` rows (:func:`exact_knn`)
-    and Annoy's above (:meth:`AnnIndex.query`).
+    and from :func:`clustered_knn` above. Annoy indexes serve ``query`` only
+    (no group depends on them) and are built here up to ``exact_max`` rows,
+    on one thread (the same index on any machine). Above, building one
+    costs too much time and memory for the run (about 12 minutes and 5.7 GB
+    for one 1280-d backbone at 1M images, measured when the scaling work
+    began), so the run leaves it to the first ``query``
+    (:class:`dedup.query.Searcher`).
 
     Args:
-        vectors: name -> ``(n, d)`` float32 L2-normalised rows.
+        vectors: name -> ``(n, d)`` float32 L2-normalised rows, or a
+            :class:`WeightedVectors` (not with ``keep``).
         k: neighbours per row (the row itself comes first, so ``k + 1`` ids).
-        keep: return the Annoy indexes (``False``: only the neighbour lists,
-            as for the fused vectors, which no later command searches; no
-            index is then built up to ``exact_max`` rows).
+        keep: also build and return the Annoy indexes (``False``: only the
+            neighbour lists, as for the fused vectors, which no later
+            command searches).
+        progress: show the clustered search's progress (tqdm).
 
     Returns:
         ``(indexes, neighbour_ids)``: name -> :class:`AnnIndex` (none when
-        ``n == 0`` or not ``keep``) and, per matrix, ``(n, k + 1)`` int64 ids
-        (-1 padded).
+        ``n == 0``, ``n > exact_max`` or not ``keep``) and, per matrix,
+        ``(n, k + 1)`` int64 ids (-1 padded).
+
+    Raises:
+        ValueError: ``keep`` with a :class:`WeightedVectors`.
     """
     indexes, ids = {}, []
     for name, X in vectors.items():
         if len(X) == 0:
             ids.append(np.zeros((0, k + 1), np.int64))
             continue
-        index = AnnIndex(n_trees, search_k_factor).build(X) if keep or len(X) > exact_max else None
-        if keep and index is not None:
-            indexes[name] = index
-        if len(X) <= exact_max or index is None:
-            X32 = np.asarray(X, np.float32)
+        if keep and isinstance(X, WeightedVectors):
+            raise ValueError("build_indexes: an Annoy index needs stacked vectors, not WeightedVectors")
+        if len(X) <= exact_max:
+            if keep:
+                indexes[name] = AnnIndex(n_trees, search_k_factor).build(X)
+            X32 = X.stack() if isinstance(X, WeightedVectors) else np.asarray(X, np.float32)
             found = exact_knn(X32, X32, k + 1)[0]
-            out = np.full((len(X), k + 1), -1, np.int64)
-            out[:, : found.shape[1]] = found
-            ids.append(out)
         else:
-            ids.append(index.query(X, k + 1)[0])
+            found = clustered_knn(X, k + 1, progress=progress)[0]
+        out = np.full((len(X), k + 1), -1, np.int64)
+        out[:, : found.shape[1]] = found
+        ids.append(out)
     return indexes, ids
+
+
+def clustered_knn(
+    X,
+    k: int,
+    list_size: int = LIST_SIZE,
+    n_probe: int = N_PROBE,
+    coarse_dim: int = COARSE_DIM,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate k nearest neighbours of every row, for collections too
+    large for :func:`exact_knn`.
+
+    The rows are projected to ``coarse_dim`` dimensions by PCA (fitted on at
+    most 50,000 rows) and split into ``n // list_size`` k-means lists
+    (scikit-learn ``KMeans`` on at most 32 rows per list). Each list's rows
+    are then compared exactly, by matrix products in the full space, with
+    every row of the ``n_probe`` lists whose centroids are nearest its own
+    (itself included): the inverted file of Jegou et al. (TPAMI 2011)
+    searched exhaustively per list, as in SemDeDup (Abbas et al., 2023).
+    Cost: about ``n * n_probe * list_size * d`` multiply-adds, linear in
+    ``n``; recall depends on ``n_probe`` (``benchmarks/scale.py`` measures it).
+
+    Args:
+        X: ``(n, d)`` float32 L2-normalised rows, or a :class:`WeightedVectors`.
+        k: neighbours per row (the row itself is normally the first).
+        list_size: mean rows per list; n_probe: lists searched per list;
+            coarse_dim: the PCA dimension of the lists; seed: k-means seed.
+        progress: a tqdm bar over the lists.
+
+    Returns:
+        ``(ids, dists)`` as in :meth:`AnnIndex.query`: ``(n, k)`` int64 ids
+        (-1 padded) and float32 cosine distances (inf padded), nearest first.
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    W = X if isinstance(X, WeightedVectors) else WeightedVectors([X], [1.0])
+    n = len(W)
+    ids = np.full((n, k), -1, np.int64)
+    dists = np.full((n, k), np.inf, np.float32)
+    if n == 0 or k == 0:
+        return ids, dists
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, min(n, 50_000), replace=False))
+    dim = max(1, min(coarse_dim, W.dim, len(sample)))
+    pca = PCA(dim, svd_solver="randomized", random_state=seed).fit(W.rows(sample))
+    comp, off, maps = pca.components_.astype(np.float32), 0, []
+    for P, w in zip(W.parts, W.weights):
+        maps.append(comp[:, off : off + P.shape[1]].T * np.float32(np.sqrt(w)))
+        off += P.shape[1]
+    Y = np.empty((n, dim), np.float32)
+    for a in range(0, n, _ROW_BLOCK):
+        blk = slice(a, a + _ROW_BLOCK)
+        Y[blk] = sum(P[blk] @ M for P, M in zip(W.parts, maps)) * W.inv_norm[blk][:, None]
+    n_lists = max(1, n // max(1, list_size))
+    train = Y[np.sort(rng.choice(n, min(n, 32 * n_lists), replace=False))]
+    centres = KMeans(n_lists, n_init=1, max_iter=20, random_state=seed).fit(train).cluster_centers_
+    centres = centres.astype(np.float32)
+    c2 = (centres**2).sum(axis=1)
+    label = np.empty(n, np.int64)
+    for a in range(0, n, 16_384):
+        label[a : a + 16_384] = (c2[None, :] - 2 * Y[a : a + 16_384] @ centres.T).argmin(axis=1)
+    del Y
+    order = np.argsort(label, kind="stable")
+    bounds = np.searchsorted(label[order], np.arange(n_lists + 1))
+    probes = np.argsort(c2[None, :] + c2[:, None] - 2 * centres @ centres.T, axis=1)[:, : min(n_probe, n_lists)]
+    lists = range(n_lists)
+    if progress:
+        from tqdm import tqdm
+
+        lists = tqdm(lists, desc="neighbours", unit="list")
+    for li in lists:
+        q = order[bounds[li] : bounds[li + 1]]
+        if len(q) == 0:
+            continue
+        c = np.sort(np.concatenate([order[bounds[p] : bounds[p + 1]] for p in probes[li]]))
+        sim = W.gram(q, c)
+        kk = min(k, len(c))
+        part = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
+        psim = np.take_along_axis(sim, part, axis=1)
+        rank = np.argsort(-psim, axis=1, kind="stable")
+        ids[q, :kk] = c[np.take_along_axis(part, rank, axis=1)]
+        dists[q, :kk] = 1.0 - np.take_along_axis(psim, rank, axis=1)
+    return ids, dists
 
 
 def exact_knn(X: np.ndarray, Q: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:

@@ -9,9 +9,11 @@ of its own module, usable alone:
    one embedding per backbone, cached by content;
 4. hash pass (:func:`dedup.hashing.hash_pass`): byte-identical files and
    pHash near-duplicates;
-5. index (:func:`dedup.index.build_indexes`): Annoy per backbone, and each
-   image's nearest neighbours by every backbone and by the colour-fused
-   vectors (in an adapted model's projection, :mod:`dedup.adapt`);
+5. index (:func:`dedup.index.build_indexes`): Annoy per backbone (for
+   ``query``; built by the first query above ``exact_knn_max`` images), and
+   each image's nearest neighbours by every backbone and by the colour-fused
+   vectors (in an adapted model's projection, :mod:`dedup.adapt`): exact,
+   or by the clustered search above ``exact_knn_max``;
 6. group (:mod:`dedup.grouping`, :mod:`dedup.verify`, :mod:`dedup.calibration`):
    candidate pairs, their evidence, the calibrated decision, the groups;
 7. report (:mod:`dedup.report`), written by :func:`dedup.job.run_job` or the caller.
@@ -38,15 +40,25 @@ from . import __version__
 from .adapt import MAX_OUT_OF_DOMAIN, AdaptedModel
 from .backbones import Backbone, select_backbones
 from .cache import Cache
-from .calibration import PairModel, pair_features
+from .calibration import PairModel
 from .colour import DIM as COLOUR_DIM
 from .decode import DEFAULT_MAX_PIXELS, load_image
 from .digest import digest_files
 from .discover import Skipped, discover, printable
 from .embed import decode_and_embed
-from .grouping import STAGES, Grouping, GroupingParams, Pairs, candidate_pairs, fused_vectors, group, score_pairs
+from .grouping import (
+    STAGES,
+    Grouping,
+    GroupingParams,
+    Pairs,
+    candidate_pairs,
+    fused_parts,
+    fused_vectors,
+    group,
+    score_pairs,
+)
 from .hashing import DEFAULT_PHASH_MAX_DISTANCE, hash_pass
-from .index import DEFAULT_N_TREES, SEARCH_K_FACTOR, AnnIndex, build_indexes
+from .index import DEFAULT_N_TREES, EXACT_KNN_MAX, SEARCH_K_FACTOR, AnnIndex, WeightedVectors, build_indexes
 from .verify import GeometricVerifier
 
 log = logging.getLogger(__name__)
@@ -332,6 +344,11 @@ class Deduplicator:
         weights_dir: extra folder searched for weights files.
         allow_download: let Keras download weights of named backbones.
         n_trees, search_k_factor: Annoy settings (see :mod:`dedup.index`).
+        exact_knn_max: up to this many images the neighbour lists are exact
+            and the run builds the Annoy indexes for ``query``; above, the
+            clustered search finds them, the fused vectors are never stacked,
+            and the first ``query`` builds the Annoy index
+            (:func:`dedup.index.build_indexes`).
         max_pixels: decompression-bomb guard in pixels.
         progress: show tqdm progress bars.
         runtime: the backbones' inference runtime (one of
@@ -358,6 +375,7 @@ class Deduplicator:
         allow_download: bool = False,
         n_trees: int = DEFAULT_N_TREES,
         search_k_factor: int = SEARCH_K_FACTOR,
+        exact_knn_max: int = EXACT_KNN_MAX,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         progress: bool = True,
         runtime: str = "auto",
@@ -379,6 +397,7 @@ class Deduplicator:
         self.allow_download = allow_download
         self.n_trees = n_trees
         self.search_k_factor = search_k_factor
+        self.exact_knn_max = exact_knn_max
         self.max_pixels = max_pixels
         self.progress = progress
         self.runtime = runtime
@@ -418,6 +437,7 @@ class Deduplicator:
             "processes": (self.processes, 0),
             "n_trees": (self.n_trees, 1),
             "search_k_factor": (self.search_k_factor, 1),
+            "exact_knn_max": (self.exact_knn_max, 0),
         }
         for name, (value, lo) in ints.items():
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
@@ -613,7 +633,7 @@ class Deduplicator:
         indexes, fused_ids, pairs, verifier = scored.indexes, scored.fused_ids, scored.pairs, scored.verifier
         with _timed(timings, "group"):
             model = self.pair_model(adapted)
-            confidence = model.predict(pair_features(pairs))
+            confidence = model.predict_pairs(pairs)
             decisions = self._decisions(rel, dig, cache)
             grouping = group(len(files), pairs, confidence, exact, params, decisions)
 
@@ -668,7 +688,7 @@ class Deduplicator:
         phash_pairs: np.ndarray | None = None,
         timings: dict | None = None,
         adapted: AdaptedModel | None = None,
-        fused: np.ndarray | None = None,
+        fused: np.ndarray | WeightedVectors | None = None,
     ) -> "Scored":
         """Stages 5 and the evidence of stage 6: the ANN indexes, the candidate
         pairs and their evidence (geometric verification included, cached
@@ -693,8 +713,12 @@ class Deduplicator:
         with _timed(timings, "index"):
             if fused is None:
                 fused = self.fused_space(list(emb.values()), colours, adapted)
-            indexes, neighbour_ids = build_indexes(emb, self.n_neighbours, self.n_trees, self.search_k_factor)
-            fused_ids = build_indexes({"fused": fused}, self.n_neighbours, keep=False)[1][0]
+            indexes, neighbour_ids = build_indexes(
+                emb, self.n_neighbours, self.n_trees, self.search_k_factor, True, self.exact_knn_max, self.progress
+            )
+            fused_ids = build_indexes(
+                {"fused": fused}, self.n_neighbours, keep=False, exact_max=self.exact_knn_max, progress=self.progress
+            )[1][0]
         with _timed(timings, "group"):
             ij = candidate_pairs(neighbour_ids + [fused_ids], extra=phash_pairs)
             pairs = score_pairs(ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context)
@@ -766,24 +790,31 @@ class Deduplicator:
         colours: np.ndarray,
         adapted: AdaptedModel | None = None,
         base: np.ndarray | None = None,
-    ) -> np.ndarray:
+    ) -> np.ndarray | WeightedVectors:
         """The vectors of the fused kNN search: :func:`dedup.grouping.fused_vectors`,
         then ``adapted``'s projection when given (``base``: those fused
         vectors, with ``adapted``'s colour weight, when already computed).
+        Above ``exact_knn_max`` images and without a model,
+        the same rows as unstacked parts (:func:`dedup.grouping.fused_parts`),
+        so that memory stays O(n x d).
 
         Returns:
             ``(n, D)`` float32 with unit rows (``D`` = the projection's ``dim``
-            with a model, else ``sum d_b + colour.DIM``).
+            with a model, else ``sum d_b + colour.DIM``), or those rows as a
+            :class:`dedup.index.WeightedVectors`.
         """
         if adapted is None:
-            return fused_vectors(embeddings, colours, self.grouping_params().colour_weight)
+            w = self.grouping_params().colour_weight
+            if len(colours) > self.exact_knn_max:
+                return fused_parts(embeddings, colours, w)
+            return fused_vectors(embeddings, colours, w)
         if base is None:
             base = fused_vectors(embeddings, colours, adapted.colour_weight)
         return adapted.projection.transform(base)
 
     def _applicable_model(
         self, embeddings: list[np.ndarray], colours: np.ndarray
-    ) -> tuple[AdaptedModel | None, dict | None, np.ndarray | None]:
+    ) -> tuple[AdaptedModel | None, dict | None, np.ndarray | WeightedVectors | None]:
         """The adapted model to use on this collection (``None`` without one,
         or when it finds the collection foreign and ``force_model`` is off),
         run.json's record of it, and the fused space in its projection when

@@ -10,6 +10,7 @@ in the catalogue.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from .backbones import make_backbone
 from .decode import DecodeError, load_image
 from .index import AnnIndex
 from .report import GROUPS_CSV, check_files, read_run
+from .report.files import atomic_write, sha256_file
+
+log = logging.getLogger(__name__)
 
 
 class Searcher:
@@ -43,8 +47,11 @@ class Searcher:
         if self.meta.get("counts", {}).get("images", 0) == 0:
             raise ValueError(f"the run in {self.out} found no images to search; run it on a folder of images")
         names = [GROUPS_CSV]
+        recorded = self.meta.get("files") or {}
         for desc in self.meta.get("backbones", []):
-            names += [f"embeddings-{desc['name']}.npy", f"index-{desc['name']}.ann"]
+            names.append(f"embeddings-{desc['name']}.npy")
+            if f"index-{desc['name']}.ann" in recorded:
+                names.append(f"index-{desc['name']}.ann")
         check_files(self.out, self.meta, names)
         self.groups = pd.read_csv(self.out / GROUPS_CSV, keep_default_na=False)
         self.root = Path(self.meta["root"])
@@ -58,9 +65,40 @@ class Searcher:
                     f"has {b.weights_id!r}; re-run `dedup run` first"
                 )
             X = np.load(self.out / f"embeddings-{desc['name']}.npy", mmap_mode="r")
-            self.indexes.append(AnnIndex.load(self.out / f"index-{desc['name']}.ann", desc["dim"]))
+            self.indexes.append(self._index(desc["name"], desc["dim"], X))
             self.embeddings.append(X)
             self.backbones.append(b)
+
+    def _index(self, name: str, dim: int, X: np.ndarray) -> AnnIndex:
+        """The Annoy index of one backbone's embeddings.
+
+        The run's own (listed in run.json, checked by :func:`check_files`);
+        else, for a run too large to build it (:func:`dedup.index.build_indexes`),
+        the one an earlier query built and kept beside it, when its record
+        (SHA-256 and run id, written last) says it is whole and of this run;
+        else built now from the run's embeddings (every core, a few minutes
+        a million images) and kept, written atomically, for the next query.
+        An output folder that cannot be written only costs the rebuild.
+        """
+        path = self.out / f"index-{name}.ann"
+        if path.name in (self.meta.get("files") or {}):
+            return AnnIndex.load(path, dim)
+        record = path.with_name(path.name + ".record")
+        want = f"{self.meta.get('run_id', '')}"
+        try:
+            digest, run_id = record.read_text().split()
+            if run_id == want and sha256_file(path) == digest:
+                return AnnIndex.load(path, dim)
+        except (OSError, ValueError):
+            pass
+        log.warning("building the Annoy index of %d images for query (once for this run)", len(X))
+        index = AnnIndex(build_jobs=-1).build(np.asarray(X, np.float32))
+        try:
+            atomic_write(path, index.save)
+            atomic_write(record, lambda tmp: tmp.write_text(f"{sha256_file(path)} {want}\n"))
+        except OSError as exc:
+            log.warning("could not keep the Annoy index in %s (%s); the next query builds it again", path, exc)
+        return index
 
     @property
     def similarity(self) -> str:

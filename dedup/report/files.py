@@ -14,6 +14,9 @@ Fixed names, so that a later ``query``, ``bench`` or ``evaluate`` finds them:
   the run (``files``).
 * ``index-<backbone>.ann`` and ``embeddings-<backbone>.npy``: one Annoy index
   and one ``(n, d)`` float32 matrix per backbone, rows in ``groups.csv`` order.
+  A run of more than ``exact_knn_max`` images writes no index; the first
+  ``query`` builds it and keeps it with an ``index-<backbone>.ann.record``
+  (its SHA-256 and the run's ``run_id``) instead of a ``files`` entry.
 """
 
 from __future__ import annotations
