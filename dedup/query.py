@@ -76,8 +76,8 @@ class Searcher:
         else, for a run too large to build it (:func:`dedup.index.build_indexes`),
         the one an earlier query built and kept beside it, when its record
         (SHA-256 and run id, written last) says it is whole and of this run;
-        else built now from the run's embeddings (every core, a few minutes
-        a million images) and kept, written atomically, for the next query.
+        else built now from the run's embeddings (on every core; about 12
+        minutes on one core for 1M 1280-d rows) and kept, written atomically, for the next query.
         An output folder that cannot be written only costs the rebuild.
         """
         path = self.out / f"index-{name}.ann"
