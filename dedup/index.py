@@ -346,14 +346,20 @@ def clustered_knn(
         if len(q) == 0:
             continue
         c = np.sort(np.concatenate([order[bounds[p] : bounds[p + 1]] for p in probes[li]]))
-        sim = W.gram(q, c)
         kk = min(k, len(c))
-        part = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
-        psim = np.take_along_axis(sim, part, axis=1)
-        rank = np.argsort(-psim, axis=1, kind="stable")
-        ids[q, :kk] = c[np.take_along_axis(part, rank, axis=1)]
-        dists[q, :kk] = 1.0 - np.take_along_axis(psim, rank, axis=1)
+        cols, dist = _top_k(W.gram(q, c), kk)
+        ids[q, :kk] = c[cols]
+        dists[q, :kk] = dist
     return ids, dists
+
+
+def _top_k(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of the ``k`` largest similarities of each row, largest first,
+    and their cosine distances ``1 - sim``."""
+    part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    psim = np.take_along_axis(sim, part, axis=1)
+    order = np.argsort(-psim, axis=1)
+    return np.take_along_axis(part, order, axis=1), 1.0 - np.take_along_axis(psim, order, axis=1)
 
 
 def exact_knn(X: np.ndarray, Q: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -372,12 +378,9 @@ def exact_knn(X: np.ndarray, Q: np.ndarray, k: int, block: int = 1024) -> tuple[
         return np.zeros((len(Q), k), np.int64), np.zeros((len(Q), k), np.float32)
     ids_out, d_out = [], []
     for s in range(0, len(Q), block):
-        sim = Q[s : s + block] @ X.T
-        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        psim = np.take_along_axis(sim, part, axis=1)
-        order = np.argsort(-psim, axis=1)
-        ids_out.append(np.take_along_axis(part, order, axis=1))
-        d_out.append(1.0 - np.take_along_axis(psim, order, axis=1))
+        cols, dist = _top_k(Q[s : s + block] @ X.T, k)
+        ids_out.append(cols)
+        d_out.append(dist)
     return np.concatenate(ids_out).astype(np.int64), np.concatenate(d_out).astype(np.float32)
 
 
