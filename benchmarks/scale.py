@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCH, RESULTS, ROOT, machine, replace_readme_block, write  # noqa: E402
 
+from dedup.cache import Cache  # noqa: E402
 from dedup.calibration import PairModel  # noqa: E402
+from dedup.embed import Embedded, _from_cache  # noqa: E402
 from dedup.evaluate import pairwise_scores  # noqa: E402
 from dedup.grouping import GroupingParams, candidate_pairs, fused_parts, fused_vectors, group, score_pairs  # noqa: E402
 from dedup.hashing import hash_pass  # noqa: E402
@@ -173,6 +176,43 @@ def knn_recall(X, ids: np.ndarray, queries: np.ndarray) -> float:
     return float(np.mean([len(f & set(e)) / 10 for f, e in zip(found, exact)]))
 
 
+def cache_write(path: Path, data: dict, batch: int = 256) -> None:
+    """Store every image as a cold run does: per batch, each file's digest,
+    pHash and colour descriptor, then the batch's embeddings (one commit)."""
+    st = os.stat(path.parent)
+    emb, codes, colours, digests = data["emb"], data["codes"], data["colours"], data["digests"]
+    with Cache(path) as cache:
+        for a in range(0, len(digests), batch):
+            for i in range(a, min(a + batch, len(digests))):
+                cache.put_digest(f"img{i:07d}.jpg".encode(), st, digests[i])
+                cache.put_file(digests[i], int(codes[i]), 0, 0, colours[i], "")
+            cache.put_embeddings(digests[a : a + batch], "efficientnet-lite0", "synthetic", emb[a : a + batch])
+
+
+def cache_read(path: Path, data: dict) -> tuple[np.ndarray, float]:
+    """A warm run's read: open the cache (its integrity check included) and
+    fill new preallocated matrices through :func:`dedup.embed._from_cache`.
+    The stored embeddings and colours replace ``data``'s (freed first, so
+    that memory shows the warm run's single copy); sampled rows are checked
+    equal.
+    Returns the matrix and the seconds that opening the cache took."""
+    (n, d), c = data["emb"].shape, data["colours"].shape[1]
+    check = np.random.default_rng(2).choice(n, min(n, 1000), replace=False)
+    expect = data["emb"][check].copy(), data["colours"][check].copy()
+    del data["emb"], data["colours"]
+    net = SimpleNamespace(name="efficientnet-lite0", cache_id="synthetic", dim=d)
+    out = Embedded([None] * n, [np.empty((n, d), np.float32)], [np.zeros(n, bool)], np.empty((n, c), np.float32))
+    t0 = time.perf_counter()
+    with Cache(path) as cache:
+        opened = time.perf_counter() - t0
+        _from_cache(data["digests"], [net], cache, "synthetic", out)  # type: ignore[list-item]
+    got = out.vectors[0][check], out.colours[check]
+    if not (out.have[0].all() and all(np.array_equal(a, b) for a, b in zip(got, expect))):
+        raise AssertionError("the cache did not give back what was stored")
+    data["colours"] = out.colours
+    return out.vectors[0], opened
+
+
 def run(n: int, stats) -> dict:
     """Every stage after embedding on ``n`` synthetic images; seconds and peak memory per stage."""
     data = synthetic(n, stats=stats)
@@ -188,6 +228,19 @@ def run(n: int, stats) -> dict:
         rec.update(seconds=round(p.seconds, 2), peak_gib=round(p.peak / 2**30, 2))
         print(f"  {n:>9,d} {list(stages)[-1]:<10s} {p.seconds:8.1f} s  peak {p.peak / 2**30:5.2f} GiB", flush=True)
 
+    p, rec = stage("cache write")
+    tmp_cache = tempfile.TemporaryDirectory(dir=CACHE)
+    db = Path(tmp_cache.name) / "cache.sqlite"
+    with p:
+        cache_write(db, data)
+    done(p, rec)
+    p, rec = stage("cache read")
+    with p:
+        data["emb"], opened = cache_read(db, data)
+    done(p, rec)
+    rec["open_seconds"] = round(opened, 2)
+    rec["database_gib"] = round(sum(f.stat().st_size for f in Path(tmp_cache.name).iterdir()) / 2**30, 2)
+    tmp_cache.cleanup()
     p, rec = stage("hash pass")
     with p:
         hp = hash_pass(data["digests"], data["codes"])
@@ -263,6 +316,30 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def notes(rows: list[dict]) -> str:
+    """Lines on growth between the two largest sizes and on the cache's size."""
+    out = []
+    if len(rows) >= 2:
+        a, b = rows[-2], rows[-1]
+        ratio, nlogn = b["total_seconds"] / a["total_seconds"], b["n"] * np.log(b["n"]) / (a["n"] * np.log(a["n"]))
+        out.append(
+            f"\nGrowth from {a['n']:,} to {b['n']:,} images: {ratio:.1f}x the time (n log n: {nlogn:.1f}x; "
+            "per stage: "
+            + ", ".join(
+                f"{k} {b['stages'][k]['seconds'] / max(a['stages'][k]['seconds'], 1e-9):.1f}x" for k in b["stages"]
+            )
+            + ")."
+        )
+    for r in rows:
+        c = r["stages"].get("cache read", {})
+        if "database_gib" in c:
+            out.append(
+                f"\n{r['n']:,} images: cache database {c['database_gib']:.2f} GiB, opened (integrity check "
+                f"included) in {c['open_seconds']:.1f} s."
+            )
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, action="append", required=True)
@@ -292,8 +369,11 @@ def main() -> None:
         f"`benchmarks/scale.py`), one 1280-d backbone, no geometric verification; {m['cores']} cores, {m['date']}. "
         "Seconds and peak resident memory of the process per stage. Neighbour lists: exact up to "
         f"{EXACT_KNN_MAX:,} images, the clustered search above ({N_PROBE} lists searched per list, "
-        "`dedup/index.py`), with recall@10 against exact search on 500 sampled rows; the Annoy index "
-        "for `query` is built in the index stage on every core.\n\n" + table + "\n"
+        "`dedup/index.py`), with recall@10 against exact search on 500 sampled rows; above that size "
+        "the Annoy index for `query` is left to the first query. *cache write*: every image stored as a "
+        "cold run stores it (digest, pHash, colour, embedding; a commit per 256); *cache read*: a warm "
+        "run opening the cache (its integrity check included) and reading everything back into one "
+        "matrix. *All stages* counts both.\n\n" + table + "\n" + notes(rows)
     )
     write("scale", {"machine": m, "rows": rows}, md)
     plot(rows, RESULTS / "scale.png")

@@ -37,6 +37,8 @@ from .digest import cache_key
 from .hashing import phash
 
 #: Skip reason of a file replaced between the digest and decode stages.
+#: Items read from the cache at a time by a warm run.
+CACHE_CHUNK = 8_192
 CHANGED_WHILE_READ = "changed while being read (run again to include it)"
 
 
@@ -67,6 +69,9 @@ class Embedded:
         vectors: per backbone, one preallocated ``(n, dim)`` float32 matrix
             (rows in input order; memory-flat at any n: no per-image arrays).
         have: per backbone, ``(n,)`` bool, True where the row is filled.
+        colours: ``(n, dedup.colour.DIM)`` float32 colour descriptors, one
+            preallocated matrix; each filled item's ``Facts.colour`` is a
+            view of its row (no per-image copies).
         failed: item index -> one-line skip reason.
         from_cache: items needing no decoding at all (files the cache
             knows to be undecodable not counted).
@@ -77,10 +82,17 @@ class Embedded:
     facts: list[Facts | None]
     vectors: list[np.ndarray]
     have: list[np.ndarray]
+    colours: np.ndarray
     failed: dict[int, str] = field(default_factory=dict)
     from_cache: int = 0
     embedded: int = 0
     inference_seconds: float = 0.0
+
+    def set_facts(self, i: int, facts: Facts) -> None:
+        """Record item ``i``'s facts, its colour descriptor moved into :attr:`colours`."""
+        self.colours[i] = facts.colour
+        facts.colour = self.colours[i]
+        self.facts[i] = facts
 
 
 def decode_task(path: Path, nets: list[Backbone], need_embed: list[bool], max_pixels: int | None):
@@ -153,24 +165,31 @@ def _executor(workers: int, processes: int) -> Executor:
 
 
 def _from_cache(digests: list[str], nets: list[Backbone], cache: Cache, decoder: str, out: Embedded) -> None:
-    """Fill ``out`` with what the cache holds for these digests."""
-    rows = cache.get_files(digests)
-    for i, d in enumerate(digests):
-        row = rows.get(d)
-        if row is not None and len(row["colour"]) == COLOUR_DIM:  # else stored by another descriptor version
-            out.facts[i] = Facts(row["phash"], row["width"], row["height"], row["colour"], row["note"])
-    uniq = sorted(set(digests))
-    for b, net in enumerate(nets):
-        got = cache.get_embeddings(uniq, net.name, net.cache_id, net.dim)
-        for i, d in enumerate(digests):
-            vec = got.get(d)
-            if vec is not None:
-                out.vectors[b][i] = vec
-                out.have[b][i] = True
-    known_bad = cache.get_failed(uniq, decoder)
-    for i, d in enumerate(digests):
-        if d in known_bad:
-            out.failed[i] = known_bad[d]
+    """Fill ``out`` with what the cache holds for these digests.
+
+    Read in chunks of :data:`CACHE_CHUNK` items, each copied into ``out``'s
+    preallocated matrices before the next is read: the extra memory is one
+    chunk's, whatever the collection's size.
+    """
+    for a in range(0, len(digests), CACHE_CHUNK):
+        chunk = digests[a : a + CACHE_CHUNK]
+        rows = cache.get_files(chunk)
+        for i, d in enumerate(chunk, start=a):
+            row = rows.get(d)
+            if row is not None and len(row["colour"]) == COLOUR_DIM:  # else stored by another descriptor version
+                out.set_facts(i, Facts(row["phash"], row["width"], row["height"], row["colour"], row["note"]))
+        uniq = sorted(set(chunk))
+        for b, net in enumerate(nets):
+            got = cache.get_embeddings(uniq, net.name, net.cache_id, net.dim)
+            for i, d in enumerate(chunk, start=a):
+                vec = got.get(d)
+                if vec is not None:
+                    out.vectors[b][i] = vec
+                    out.have[b][i] = True
+        known_bad = cache.get_failed(uniq, decoder)
+        for i, d in enumerate(chunk, start=a):
+            if d in known_bad:
+                out.failed[i] = known_bad[d]
 
 
 def decode_and_embed(
@@ -202,7 +221,12 @@ def decode_and_embed(
         their results.
     """
     n = len(paths)
-    out = Embedded([None] * n, [np.zeros((n, net.dim), np.float32) for net in nets], [np.zeros(n, bool) for _ in nets])
+    out = Embedded(
+        [None] * n,
+        [np.zeros((n, net.dim), np.float32) for net in nets],
+        [np.zeros(n, bool) for _ in nets],
+        np.zeros((n, COLOUR_DIM), np.float32),
+    )
     decoder = f"{DECODER_ID}/max{max_pixels}"
     if cache is not None:
         _from_cache(digests, nets, cache, decoder, out)
@@ -223,6 +247,7 @@ def decode_and_embed(
             if src in out.failed:
                 out.failed[i] = out.failed[src]
             out.facts[i] = out.facts[src]
+            out.colours[i] = out.colours[src]
             for v, h in zip(out.vectors, out.have):
                 v[i], h[i] = v[src], h[src]
     return out
@@ -280,7 +305,7 @@ def _take(
         if cache is not None and digest is not None:
             cache.put_failed(digest, decoder, reason)
         return
-    out.facts[i] = facts
+    out.set_facts(i, facts)
     if cache is not None:
         cache.put_file(digests[i], facts.phash, facts.width, facts.height, facts.colour, facts.note)
     batcher.add(i, prepared)

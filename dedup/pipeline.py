@@ -41,7 +41,6 @@ from .adapt import MAX_OUT_OF_DOMAIN, AdaptedModel
 from .backbones import Backbone, select_backbones
 from .cache import Cache
 from .calibration import PairModel
-from .colour import DIM as COLOUR_DIM
 from .decode import DEFAULT_MAX_PIXELS, load_image
 from .digest import digest_files
 from .discover import Skipped, discover, printable
@@ -609,7 +608,7 @@ class Deduplicator:
             embeddings={
                 net.name: got.vectors[b] if len(ok) == len(items) else got.vectors[b][ok] for b, net in enumerate(nets)
             },
-            colours=np.asarray([f.colour for f in facts], np.float32).reshape(len(ok), COLOUR_DIM),
+            colours=got.colours if len(ok) == len(items) else got.colours[ok],
             codes=np.array([f.phash for f in facts], dtype=np.uint64),
             skipped=pd.DataFrame(skipped_rows, columns=["path", "reason"]).sort_values("path", ignore_index=True),
             found=len(paths),
