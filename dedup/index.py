@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +142,14 @@ EXACT_KNN_MAX: int = 50_000
 #: search in the colour-fused space of ``benchmarks/scale.py``'s data at
 #: 100,000 rows: 0.974 with lists of 512, 10 searched, 64 dimensions; 0.981
 #: with 128 dimensions; 0.987 with 16 searched; 0.994 with these (lists of
-#: 256, 20 searched, 128 dimensions) at 1.2x the time of the first, with
-#: flat k-means lists. The two-level lists (:func:`two_level_kmeans`) gave
-#: 0.987 (mean of 3 seeds; flat 0.991) with 20 searched, 0.990 with 24 and
-#: 0.992 with 28, hence 24. 1M: ``benchmarks/results/scale.md``.
+#: 256, 20 searched, 128 dimensions) at 1.2x the time of the first. 1M:
+#: ``benchmarks/results/scale.md``. Two-level k-means lists (hierarchical
+#: k-means, Nister and Stewenius 2006: training O(n sqrt(lists))) were
+#: measured and not kept: at 1M the index stage took 615 s instead of 825 s,
+#: but recall@10 in the embedding space fell to 0.89 (0.96 with every row
+#: assigned to its nearest list), against 0.993 with these flat lists.
 LIST_SIZE: int = 256
-N_PROBE: int = 24
+N_PROBE: int = 20
 COARSE_DIM: int = 128
 
 
@@ -286,10 +287,9 @@ def clustered_knn(
     large for :func:`exact_knn`.
 
     The rows are projected to ``coarse_dim`` dimensions by PCA (fitted on at
-    most 50,000 rows) and split into about ``n // list_size`` k-means lists
-    trained in two levels (:func:`two_level_kmeans`, 32 sampled rows per
-    list), so that forming the lists costs ``O(n * sqrt(n_lists))``, not
-    ``O(n * n_lists)``. Each list's rows
+    most 50,000 rows) and split into ``n // list_size`` k-means lists
+    (scikit-learn ``KMeans`` on at most 32 rows per list; its training
+    grows as ``n^2``: 195 s of a 317 s search at 1,000,000 rows). Each list's rows
     are then compared exactly, by matrix products in the full space, with
     every row of the ``n_probe`` lists whose centroids are nearest its own
     (itself included): the inverted file of Jegou et al. (TPAMI 2011)
@@ -308,6 +308,7 @@ def clustered_knn(
         ``(ids, dists)`` as in :meth:`AnnIndex.query`: ``(n, k)`` int64 ids
         (-1 padded) and float32 cosine distances (inf padded), nearest first.
     """
+    from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
     W = X if isinstance(X, WeightedVectors) else WeightedVectors([X], [1.0])
@@ -330,10 +331,13 @@ def clustered_knn(
         Y[blk] = sum(P[blk] @ M for P, M in zip(W.parts, maps)) * W.inv_norm[blk][:, None]
     n_lists = max(1, n // max(1, list_size))
     train = Y[np.sort(rng.choice(n, min(n, 32 * n_lists), replace=False))]
-    tree = two_level_kmeans(train, n_lists, seed=seed)
-    label = tree.assign(Y)
+    centres = KMeans(n_lists, n_init=1, max_iter=20, random_state=seed).fit(train).cluster_centers_
+    centres = centres.astype(np.float32)
+    c2 = (centres**2).sum(axis=1)
+    label = np.empty(n, np.int64)
+    for a in range(0, n, 16_384):
+        label[a : a + 16_384] = (c2[None, :] - 2 * Y[a : a + 16_384] @ centres.T).argmin(axis=1)
     del Y, train
-    centres, n_lists = tree.centres, len(tree.centres)
     order = np.argsort(label, kind="stable")
     bounds = np.searchsorted(label[order], np.arange(n_lists + 1))
     probes = _nearest_centres(centres, min(n_probe, n_lists))
@@ -352,96 +356,6 @@ def clustered_knn(
         ids[q, :kk] = c[cols]
         dists[q, :kk] = dist
     return ids, dists
-
-
-@dataclass
-class KMeansTree:
-    """Two-level k-means lists (see :func:`two_level_kmeans`).
-
-    Attributes:
-        top: ``(t, d)`` float32 first-level centres.
-        centres: ``(m, d)`` float32 lists' centres, grouped by first-level
-            cell: cell ``j`` owns rows ``starts[j]:starts[j + 1]``.
-        starts: ``(t + 1,)`` int64 offsets into ``centres``.
-    """
-
-    top: np.ndarray
-    centres: np.ndarray
-    starts: np.ndarray
-
-    def assign(self, Y: np.ndarray, near: int = 3, block: int = 8_192) -> np.ndarray:
-        """The list of each row: its nearest centre among the lists of its
-        ``near`` nearest first-level cells (squared Euclidean distance).
-
-        Args:
-            Y: ``(n, d)`` float32 rows in the space the tree was trained in.
-
-        Returns:
-            ``(n,)`` int64 list ids in ``[0, m)``. Cost ``O(n * (t + near * m / t))``.
-        """
-        n, t = len(Y), len(self.top)
-        near = min(near, t)
-        t2 = (self.top**2).sum(axis=1)
-        c2 = (self.centres**2).sum(axis=1)
-        label = np.empty(n, np.int64)
-        for a in range(0, n, block):
-            y = Y[a : a + block]
-            cells = np.argpartition(t2[None, :] - 2 * y @ self.top.T, near - 1, axis=1)[:, :near]
-            best = np.full(len(y), np.inf, np.float32)
-            found = np.zeros(len(y), np.int64)
-            for j in range(near):
-                for cell in np.unique(cells[:, j]):
-                    rows = np.flatnonzero(cells[:, j] == cell)
-                    lo, hi = self.starts[cell], self.starts[cell + 1]
-                    d = c2[None, lo:hi] - 2 * y[rows] @ self.centres[lo:hi].T
-                    arg = d.argmin(axis=1)
-                    val = d[np.arange(len(rows)), arg]
-                    better = val < best[rows]
-                    best[rows[better]] = val[better]
-                    found[rows[better]] = lo + arg[better]
-            label[a : a + block] = found
-        return label
-
-
-def two_level_kmeans(train: np.ndarray, n_lists: int, seed: int = 0) -> KMeansTree:
-    """About ``n_lists`` k-means centres, trained in two levels.
-
-    First ``round(sqrt(n_lists))`` centres on all of ``train``, then each
-    first-level cell is split by its own k-means into lists in proportion
-    to its share of ``train`` (scikit-learn ``KMeans``, one initialisation,
-    20 Lloyd iterations): the two-level case of the hierarchical k-means of
-    Nister and Stewenius (CVPR 2006). Training costs
-    ``O(len(train) * sqrt(n_lists))`` where flat k-means costs
-    ``O(len(train) * n_lists)``: at 1,000,000 rows (3,906 lists) flat
-    k-means took 195 s of a 317 s search; on ``benchmarks/scale.py``'s data
-    at 100,000 rows recall@10 of :func:`clustered_knn` was 0.997 with these
-    lists and 0.998 with flat ones.
-
-    Args:
-        train: ``(s, d)`` float32 rows (``s >= 1``).
-        n_lists: wanted lists (the result has between 1 and ``s``).
-        seed: k-means seed.
-
-    Returns:
-        A :class:`KMeansTree`.
-    """
-    from sklearn.cluster import KMeans
-
-    train = np.asarray(train, np.float32)
-    s = len(train)
-    n_lists = int(max(1, min(n_lists, s)))
-    n_top = int(max(1, min(round(np.sqrt(n_lists)), s)))
-    top = KMeans(n_top, n_init=1, max_iter=20, random_state=seed).fit(train)
-    cents = []
-    for cell in range(n_top):
-        part = train[top.labels_ == cell]
-        m = int(min(max(1, round(n_lists * len(part) / s)), len(part)))
-        if m <= 1:
-            cents.append(part.mean(axis=0, keepdims=True))
-        else:
-            cents.append(KMeans(m, n_init=1, max_iter=20, random_state=seed).fit(part).cluster_centers_)
-    starts = np.concatenate([[0], np.cumsum([len(c) for c in cents])]).astype(np.int64)
-    return KMeansTree(top.cluster_centers_.astype(np.float32), np.concatenate(cents).astype(np.float32), starts)
 
 
 def _nearest_centres(centres: np.ndarray, p: int, block: int = 1_024) -> np.ndarray:

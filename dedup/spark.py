@@ -7,9 +7,9 @@ the driver. Importing :mod:`dedup` never imports PySpark: this module does,
 on first use (``pip install pyspark`` and a Java runtime, 17 or newer).
 
 * :func:`neighbours`: every row's ``k`` nearest by cosine distance. k-means
-  lists are trained on a sample at the driver (:func:`dedup.index.two_level_kmeans`
-  after a PCA, as the local clustered search does) and broadcast; each
-  vector is sent to its ``n_lists_per_row`` nearest lists, and each list is
+  lists are trained on a sample at the driver (scikit-learn ``KMeans`` after
+  a PCA, as the local clustered search does) and broadcast; each
+  vector is sent to its ``lists_per_row`` nearest lists, and each list is
   searched exactly by matrix products in a group-apply: the
   cluster-then-pairwise scheme of SemDeDup (Abbas et al., 2023), with the
   multiple assignment of Jegou et al. (TPAMI 2011) for recall at list
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .index import COARSE_DIM, two_level_kmeans
+from .index import COARSE_DIM
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -88,6 +88,7 @@ def vectors_frame(spark: "SparkSession", X: np.ndarray, ids: np.ndarray | None =
 
 def _plan(df: "DataFrame", n: int, list_size: int, coarse_dim: int, sample_max: int, seed: int):
     """PCA and k-means lists trained at the driver on a sample of ``df``."""
+    from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
     n_lists = max(1, n // max(1, list_size))
@@ -97,8 +98,8 @@ def _plan(df: "DataFrame", n: int, list_size: int, coarse_dim: int, sample_max: 
     dim = max(1, min(coarse_dim, S.shape[1], len(S)))
     pca = PCA(dim, svd_solver="randomized", random_state=seed).fit(S)
     comp, mean = pca.components_.astype(np.float32), pca.mean_.astype(np.float32)
-    tree = two_level_kmeans((S - mean) @ comp.T, n_lists, seed=seed)
-    return comp, mean, tree.centres
+    km = KMeans(min(n_lists, len(S)), n_init=1, max_iter=20, random_state=seed).fit((S - mean) @ comp.T)
+    return comp, mean, km.cluster_centers_.astype(np.float32)
 
 
 def neighbours(
