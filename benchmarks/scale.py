@@ -1,7 +1,8 @@
 """Every stage after embedding, at catalogue scale, on synthetic data with planted groups.
 
 Feeds N synthetic images (embeddings, pHashes and colour descriptors with
-realistic structure) through the hash pass, the indexes, candidate
+realistic structure) through the cache (written as a cold run writes it,
+then opened and read back as a warm run does), the hash pass, the indexes, candidate
 generation, the pair evidence, the pair model, the grouping and the report,
 and measures seconds and peak resident memory per stage. The grouping found
 is scored against the planted products (pairwise precision and recall), so
@@ -16,7 +17,7 @@ within 3 bits), the rest other views (unrelated pHash). Geometric
 verification needs pixels and is not run (as with ``--no-verify``). The
 neighbour lists' recall@10 against exact search is measured on 500 rows.
 
-    python benchmarks/scale.py --n 10000 --n 100000 --n 1000000 [--readme]
+    python benchmarks/scale.py --n 10000 --n 100000 --n 1000000 [--readme] [--from-json]
 
 Writes benchmarks/results/scale.{md,json} and scale.png (log-log time per stage).
 """
@@ -240,6 +241,7 @@ def run(n: int, stats) -> dict:
         print(f"  {n:>9,d} {list(stages)[-1]:<10s} {p.seconds:8.1f} s  peak {p.peak / 2**30:5.2f} GiB", flush=True)
 
     p, rec = stage("cache write")
+    CACHE.mkdir(parents=True, exist_ok=True)
     tmp_cache = tempfile.TemporaryDirectory(dir=CACHE)
     db = Path(tmp_cache.name) / "cache.sqlite"
     with p:

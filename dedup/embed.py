@@ -36,9 +36,9 @@ from .decode import DECODER_ID, DecodeError, load_image
 from .digest import cache_key
 from .hashing import phash
 
-#: Skip reason of a file replaced between the digest and decode stages.
 #: Items read from the cache at a time by a warm run.
 CACHE_CHUNK = 8_192
+#: Skip reason of a file replaced between the digest and decode stages.
 CHANGED_WHILE_READ = "changed while being read (run again to include it)"
 
 
