@@ -82,7 +82,18 @@ def _mih_plan(n: int, max_distance: int) -> list[tuple[int, int]]:
     1) / 2`` substrings, so that each is searched within radius 0 or 1.
     """
     target = int(np.clip(round(np.log2(max(n, 2))), 8, 32))
-    m = max(1, 64 // target, -(-(max_distance + 1) // 2))
+    return substrings(max(1, 64 // target, -(-(max_distance + 1) // 2)))
+
+
+def substrings(m: int) -> list[tuple[int, int]]:
+    """``m`` disjoint substrings ``(shift, width)`` covering a 64-bit code,
+    widths differing by at most one bit (multi-index hashing's split).
+
+    Raises:
+        ValueError: ``m`` outside 1..64.
+    """
+    if not 1 <= m <= 64:
+        raise ValueError(f"substrings: m must be in 1..64, got {m}")
     widths = [64 // m + (1 if k < 64 % m else 0) for k in range(m)]
     shifts = np.cumsum([0] + widths[:-1]).tolist()
     return list(zip(shifts, widths))

@@ -308,7 +308,6 @@ def clustered_knn(
         ``(ids, dists)`` as in :meth:`AnnIndex.query`: ``(n, k)`` int64 ids
         (-1 padded) and float32 cosine distances (inf padded), nearest first.
     """
-    from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
     W = X if isinstance(X, WeightedVectors) else WeightedVectors([X], [1.0])
@@ -331,8 +330,7 @@ def clustered_knn(
         Y[blk] = sum(P[blk] @ M for P, M in zip(W.parts, maps)) * W.inv_norm[blk][:, None]
     n_lists = max(1, n // max(1, list_size))
     train = Y[np.sort(rng.choice(n, min(n, 32 * n_lists), replace=False))]
-    centres = KMeans(n_lists, n_init=1, max_iter=20, random_state=seed).fit(train).cluster_centers_
-    centres = centres.astype(np.float32)
+    centres = kmeans_lists(train, n_lists, seed)
     c2 = (centres**2).sum(axis=1)
     label = np.empty(n, np.int64)
     for a in range(0, n, 16_384):
@@ -356,6 +354,17 @@ def clustered_knn(
         ids[q, :kk] = c[cols]
         dists[q, :kk] = dist
     return ids, dists
+
+
+def kmeans_lists(train: np.ndarray, n_lists: int, seed: int = 0) -> np.ndarray:
+    """``(n_lists, d)`` float32 centres of the clustered search's lists:
+    scikit-learn ``KMeans`` (k-means++ start, one initialisation, 20 Lloyd
+    iterations) on ``(s, d)`` float32 training rows, ``1 <= n_lists <= s``.
+    Its cost grows as ``s * n_lists`` per iteration."""
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_lists, n_init=1, max_iter=20, random_state=seed).fit(train)
+    return km.cluster_centers_.astype(np.float32)
 
 
 def _nearest_centres(centres: np.ndarray, p: int, block: int = 1_024) -> np.ndarray:

@@ -84,7 +84,7 @@ class Searcher:
         if path.name in (self.meta.get("files") or {}):
             return AnnIndex.load(path, dim)
         record = path.with_name(path.name + ".record")
-        want = f"{self.meta.get('run_id', '')}"
+        want = str(self.meta.get("run_id", ""))
         try:
             digest, run_id = record.read_text().split()
             if run_id == want and sha256_file(path) == digest:

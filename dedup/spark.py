@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .index import COARSE_DIM
+from .hashing import substrings
+from .index import COARSE_DIM, _top_k, kmeans_lists
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -88,7 +89,6 @@ def vectors_frame(spark: "SparkSession", X: np.ndarray, ids: np.ndarray | None =
 
 def _plan(df: "DataFrame", n: int, list_size: int, coarse_dim: int, sample_max: int, seed: int):
     """PCA and k-means lists trained at the driver on a sample of ``df``."""
-    from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
     n_lists = max(1, n // max(1, list_size))
@@ -98,8 +98,7 @@ def _plan(df: "DataFrame", n: int, list_size: int, coarse_dim: int, sample_max: 
     dim = max(1, min(coarse_dim, S.shape[1], len(S)))
     pca = PCA(dim, svd_solver="randomized", random_state=seed).fit(S)
     comp, mean = pca.components_.astype(np.float32), pca.mean_.astype(np.float32)
-    km = KMeans(min(n_lists, len(S)), n_init=1, max_iter=20, random_state=seed).fit((S - mean) @ comp.T)
-    return comp, mean, km.cluster_centers_.astype(np.float32)
+    return comp, mean, kmeans_lists((S - mean) @ comp.T, min(n_lists, len(S)), seed)
 
 
 def neighbours(
@@ -161,13 +160,8 @@ def neighbours(
     def search(pdf: pd.DataFrame) -> pd.DataFrame:
         V = np.stack(pdf["vec"].to_numpy()).astype(np.float32)
         ids = pdf["id"].to_numpy()
-        kk = min(k, len(V))
-        sim = V @ V.T
-        part = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
-        psim = np.take_along_axis(sim, part, axis=1)
-        order = np.argsort(-psim, axis=1)
-        cols, best = np.take_along_axis(part, order, axis=1), np.take_along_axis(psim, order, axis=1)
-        return pd.DataFrame({"id": ids, "nbrs": list(ids[cols]), "dists": list((1.0 - best).astype(np.float32))})
+        cols, dist = _top_k(V @ V.T, min(k, len(V)))
+        return pd.DataFrame({"id": ids, "nbrs": list(ids[cols]), "dists": list(dist.astype(np.float32))})
 
     out_schema = "id long, nbrs array<long>, dists array<float>"
     spread = df.mapInPandas(assign, "list long, id long, vec array<float>")
@@ -228,15 +222,12 @@ def phash_pairs(df: "DataFrame", max_distance: int) -> "DataFrame":
 
     if not 0 <= max_distance <= 63:
         raise ValueError(f"phash_pairs: max_distance must be in 0..63, got {max_distance}")
-    m = max_distance + 1
-    widths = [64 // m + (1 if s < 64 % m else 0) for s in range(m)]
-    shifts = np.cumsum([0] + widths[:-1]).tolist()
     subs = [
         F.struct(
             F.lit(s).alias("part"),
             F.shiftrightunsigned(F.col("code"), shift).bitwiseAND(F.lit((1 << w) - 1 if w < 64 else -1)).alias("key"),
         )
-        for s, (shift, w) in enumerate(zip(shifts, widths))
+        for s, (shift, w) in enumerate(substrings(max_distance + 1))
     ]
     keyed = df.select("id", "code", F.explode(F.array(*subs)).alias("sub")).select(
         "id", "code", F.col("sub.part").alias("part"), F.col("sub.key").alias("key")
