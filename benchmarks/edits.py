@@ -5,7 +5,7 @@ A marketplace re-upload of a product photo is rarely byte-identical: sellers
 crop, pad to square, stamp a watermark, mirror, rotate a little, re-encode and
 tweak colours. The edits themselves live in :mod:`dedup.augment` (one
 function per kind, seeded); :func:`build_edited_set` writes a labelled set
-(``labels.csv``: ``path, group, edit``) in which every original photo has one edited copy, next to
+(``labels.csv``: ``path, group, edit, cut``) in which every original photo has one edited copy, next to
 look-alikes that must stay apart:
 
 * ``edited-inshop``: one photo of every colour variant of 120 inshop-women
@@ -65,7 +65,8 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
 
     Returns:
         The set's folder (``images/`` and ``labels.csv`` with ``path, group,
-        edit``; ``edit`` is empty for originals).
+        edit, cut``; ``edit`` is empty for originals; ``cut`` is the
+        garment of which the product is one colour (inshop), or the group).
 
     Raises:
         ValueError: unknown set name.
@@ -78,8 +79,9 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
         raise ValueError(f"unknown edited set {name!r}")
     out = Path(out) if out is not None else SETS / name
     done = out / "labels.csv"
-    if done.is_file() and len(pd.read_csv(done)) == 2 * len(picked):
-        return out
+    if done.is_file() and list(pd.read_csv(done).columns) == ["path", "group", "edit", "cut"]:
+        if len(pd.read_csv(done)) == 2 * len(picked):
+            return out
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for k, r in enumerate(picked.itertuples()):
@@ -88,9 +90,10 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
         im.save(out / "images" / f"{stem}.jpg", quality=95)
         kind = KINDS[k % len(KINDS)]
         apply_edit(im, kind, seed * 100003 + k).save(out / "images" / f"{stem}-x.jpg", quality=90)
-        rows += [(f"images/{stem}.jpg", r.group, ""), (f"images/{stem}-x.jpg", r.group, kind)]
+        cut = getattr(r, "cut", r.group)
+        rows += [(f"images/{stem}.jpg", r.group, "", cut), (f"images/{stem}-x.jpg", r.group, kind, cut)]
     tmp = out / "labels.csv.tmp"
-    pd.DataFrame(rows, columns=["path", "group", "edit"]).to_csv(tmp, index=False)
+    pd.DataFrame(rows, columns=["path", "group", "edit", "cut"]).to_csv(tmp, index=False)
     tmp.replace(done)
     return out
 

@@ -257,6 +257,7 @@ def _model_info(model: PairModel, path, nets: list[Backbone]) -> dict:
         )
     return {
         "source": str(path or "shipped"),
+        "kind": "logistic regression" + (f" + {len(model.trees.feature)} boosted trees" if model.trees else ""),
         "fitted_on": model.info.get("fitted_on"),
         "fitted_with": fitted,
         "calibrated_for_these_backbones": ok,

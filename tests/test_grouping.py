@@ -58,8 +58,9 @@ def test_colour_variants_of_one_cut_stay_apart(inshop_subset):
         means = [m / np.linalg.norm(m) for m in means]
         worst = max(colour_distance(a, b) for a in means for b in means)
         assert worst < 0.5, (g, list(t.unique()), worst)
-    # pairwise precision on the hardest cuts (measured 0.89; 0.94 on all of inshop-women)
-    assert pairwise_scores(pred, truth)["precision"] >= 0.85
+    # pairwise precision on the hardest cuts (measured 0.93, 0.89 with the
+    # logistic pair model alone; 0.97 on all of inshop-women)
+    assert pairwise_scores(pred, truth)["precision"] >= 0.9
 
 
 @pytest.mark.slow
