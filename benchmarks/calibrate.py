@@ -10,15 +10,14 @@ same product. Then:
 * leave-one-set-out: fit on all sets but one, predict the one left out, and
   report its expected calibration error (ECE) and its pairwise precision and
   recall at the default confidence;
-* the shipped model: fit on all sets (each set weighted equally), written to
-  ``dedup/data/pair_model.json`` with its provenance.
-
 * held-out cuts: each set split into 5 folds by garment cut (the `cut`
   column: colour variants of one cut stay in one fold) or by group, each
   fold predicted by a model fitted on the other sets and the set's other
   folds: how the shipped model does on products it has not seen, beside
   the same split with the logistic model alone (the choice of the boosted
   trees rests on this comparison);
+* the shipped model: fit on all sets (each set weighted equally), written to
+  ``dedup/data/pair_model.json`` with its provenance.
 
 It is a logistic regression over a dozen evidence columns with 100 small
 regression trees boosted from its logit: calibration constants measured on
@@ -131,6 +130,7 @@ def held_out_cuts(allx: pd.DataFrame, name: str, boost: dict | None, folds: int 
 
 
 def scores(p: np.ndarray, y: np.ndarray) -> dict:
+    """ECE, precision and recall at p >= 0.9, and recall at pair precision >= 0.98 of predictions ``p``."""
     sel = p >= 0.9
     return {
         "ece": round(expected_calibration_error(p, y), 4),
