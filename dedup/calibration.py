@@ -302,7 +302,8 @@ class _LogitInit:
 
 @dataclass
 class PairModel:
-    """Logistic regression from pair evidence to P(same product).
+    """Logistic regression, with boosted trees added to its logit when
+    :attr:`trees` is set, from pair evidence to P(same product).
 
     Attributes:
         mean, scale: ``(f,)`` standardisation of :data:`FEATURES`.
@@ -378,7 +379,7 @@ class PairModel:
         the same pairs gives the same model.
 
         Raises:
-            ValueError: only one class in ``y``.
+            ValueError: only one class in ``y``; ``boost`` together with ``prior``.
         """
         from sklearn.linear_model import LogisticRegression
 
