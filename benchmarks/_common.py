@@ -27,11 +27,18 @@ def machine() -> dict:
     }
 
 
+def _write_whole(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary name beside ``path``, then rename: never a half file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write(name: str, data: dict, markdown: str) -> None:
-    """Write ``results/NAME.json`` and ``results/NAME.md``."""
+    """Write ``results/NAME.json`` and ``results/NAME.md`` (each whole or not at all)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str))
-    (RESULTS / f"{name}.md").write_text(markdown)
+    _write_whole(RESULTS / f"{name}.json", json.dumps(data, indent=2, default=str))
+    _write_whole(RESULTS / f"{name}.md", markdown)
     print(markdown)
 
 
@@ -43,4 +50,4 @@ def replace_readme_block(name: str, text: str) -> None:
     if start in content and end in content:
         head, rest = content.split(start, 1)
         _, tail = rest.split(end, 1)
-        path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+        _write_whole(path, f"{head}{start}\n{text}\n{end}{tail}")

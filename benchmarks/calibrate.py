@@ -48,11 +48,13 @@ from dedup.calibration import (  # noqa: E402
     expected_calibration_error,
     pair_features,
 )
+from dedup.grouping import GroupingParams  # noqa: E402
 from dedup.pipeline import Deduplicator  # noqa: E402
 
 #: The labelled sets the model is fitted and checked on.
 SETS = ("products-flipkart", "ukbench-dev", "inshop-women", "edited-inshop", "edited-ukbench")
 CACHE = ROOT / "benchmarks" / ".cache"
+DEFAULT_MIN_CONFIDENCE = GroupingParams().min_confidence
 MODEL_OUT = ROOT / "dedup" / "data" / "pair_model.json"
 
 
@@ -130,8 +132,9 @@ def held_out_cuts(allx: pd.DataFrame, name: str, boost: dict | None, folds: int 
 
 
 def scores(p: np.ndarray, y: np.ndarray) -> dict:
-    """ECE, precision and recall at p >= 0.9, and recall at pair precision >= 0.98 of predictions ``p``."""
-    sel = p >= 0.9
+    """ECE, precision and recall at the default --min-confidence (0.9), and
+    recall at pair precision >= 0.98 of predictions ``p``."""
+    sel = p >= DEFAULT_MIN_CONFIDENCE
     return {
         "ece": round(expected_calibration_error(p, y), 4),
         "pair_precision_at_0.9": round(float(y[sel].mean()) if sel.any() else 1.0, 4),

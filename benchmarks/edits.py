@@ -79,8 +79,9 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
         raise ValueError(f"unknown edited set {name!r}")
     out = Path(out) if out is not None else SETS / name
     done = out / "labels.csv"
-    if done.is_file() and list(pd.read_csv(done).columns) == ["path", "group", "edit", "cut"]:
-        if len(pd.read_csv(done)) == 2 * len(picked):
+    if done.is_file():
+        built = pd.read_csv(done)
+        if list(built.columns) == ["path", "group", "edit", "cut"] and len(built) == 2 * len(picked):
             return out
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []

@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 
 import numpy as np
@@ -150,7 +151,7 @@ class BoostedTrees:
         values, clipped to +-:attr:`cap`.
 
         Each tree is evaluated as a complete tree of :attr:`depth` levels
-        (:meth:`_complete`): one comparison per internal node on a contiguous
+        (:attr:`_complete`): one comparison per internal node on a contiguous
         evidence column, then the leaf's index bit by bit, so that no
         per-row gather of node arrays is needed (about 15x faster than a
         node-by-node walk at a million pairs).
@@ -161,7 +162,7 @@ class BoostedTrees:
         Xc = np.ascontiguousarray(np.asarray(X, np.float32).T)
         m = Xc.shape[1]
         out = np.zeros(m, np.float64)
-        feats, thrs, leaves = self._complete()
+        feats, thrs, leaves = self._complete
         for feat, thr, leaf_value in zip(feats, thrs, leaves):
             go_left = [Xc[f] <= t for f, t in zip(feat, thr)]
             idx = np.zeros(m, np.uint8)
@@ -174,14 +175,12 @@ class BoostedTrees:
             out += leaf_value[idx]
         return np.clip(out, -self.cap, self.cap)
 
+    @cached_property
     def _complete(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The trees as complete binary trees in heap order, computed once:
+        """The trees as complete binary trees in heap order (computed on first use):
         ``(t, 2**depth - 1)`` feature and threshold of the internal nodes (a
         leaf above the last level becomes nodes that always go left, with
         copies of its value below) and ``(t, 2**depth)`` leaf values."""
-        cached = getattr(self, "_heap", None)
-        if cached is not None:
-            return cached
         d = self.depth
         if d > 5:
             raise ValueError("trees deeper than 5 levels are not supported")  # level L costs 2**L - 1 wheres
@@ -206,8 +205,7 @@ class BoostedTrees:
         # float32 x <= float64 t exactly when x <= the largest float32 not above t
         thr32 = thr.astype(np.float32)
         thr32 = np.where(thr32.astype(np.float64) > thr, np.nextafter(thr32, np.float32(-np.inf)), thr32)
-        self._heap = (feat, thr32, leaf)
-        return self._heap
+        return feat, thr32, leaf
 
     @classmethod
     def from_sklearn(cls, gb) -> "BoostedTrees":
