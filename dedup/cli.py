@@ -206,8 +206,38 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="group the images under DIR")
-    run.add_argument("dir", help="folder of images (walked recursively; never written to)")
+    run.add_argument(
+        "dir",
+        nargs="?",
+        default=None,
+        metavar="SOURCE",
+        help="folder of images (walked recursively; never written to), or a quoted glob ('pics/**/*.jpg')",
+    )
+    run.add_argument(
+        "--manifest",
+        default=None,
+        metavar="FILE",
+        help="instead of SOURCE: a Parquet or CSV table of image paths (absolute or relative to it; "
+        "read by pandas, so an fsspec URL works for the table)",
+    )
+    run.add_argument("--image-col", default="path", help="the manifest's column of image paths (default: path)")
     _add_run_options(run)
+    eng = run.add_argument_group("engine")
+    eng.add_argument(
+        "--engine",
+        choices=P.ENGINES,
+        default="local",
+        help="local (default): this process; spark: hashing, decoding, embedding, the neighbour lists "
+        "and the pHash search as PySpark jobs (needs pyspark and Java 17+), the same groups",
+    )
+    eng.add_argument("--master", default="local[*]", help="Spark master URL with --engine spark (default local[*])")
+    eng.add_argument(
+        "--features",
+        default=None,
+        metavar="DIR",
+        help="Spark features folder: Parquet tables of facts and embeddings by content, reused by later "
+        "runs (default OUT/features; any path Spark writes, e.g. s3a://...)",
+    )
     v = run.add_argument_group("views (on top of the same embeddings)")
     v.add_argument(
         "--method",
@@ -305,20 +335,34 @@ def _make(args) -> P.Deduplicator:
         allow_download=args.download_weights,
         progress=not args.quiet,
         runtime=args.runtime,
+        **_engine_options(args),
     )
+
+
+def _engine_options(args) -> dict:
+    if getattr(args, "engine", "local") == "local":
+        return {}
+    return {
+        "engine": args.engine,
+        "spark_master": args.master,
+        "features": args.features or str(Path(args.out) / "features"),
+    }
 
 
 def cmd_run(args) -> int:
     """`run DIR`: the whole job (:func:`dedup.job.run_job`); returns the exit status."""
     from .actions import MANIFEST
-    from .job import ViewOptions, check_outside, run_job
+    from .discover import resolve_source
+    from .job import ViewOptions, check_outside, input_folders, run_job
     from .report import summary
 
+    if (args.dir is None) == (args.manifest is None):
+        raise ValueError("run: give either SOURCE (a folder or a glob) or --manifest FILE")
     # run_job checks these too; checked here first so that a bad path fails before weights are loaded
-    root = Path(args.dir)
-    if not root.is_dir():
-        raise NotADirectoryError(f"not a folder: {root}")
-    check_outside(root, out=args.out, cache=args.cache, link_dir=args.link_dir, move_duplicates=args.move_duplicates)
+    root, files = resolve_source(args.dir, args.manifest, args.image_col)
+    outputs = dict(out=args.out, cache=args.cache, features=args.features, link_dir=args.link_dir)
+    for folder in input_folders(root, files):
+        check_outside(folder, **outputs, move_duplicates=args.move_duplicates)
     if args.similarity == "semantic" and args.method == "group":
         raise ValueError("--similarity semantic clusters by what images show: add --method hierarchical or kmeans")
     dd = _make(args)
@@ -335,7 +379,9 @@ def cmd_run(args) -> int:
         map=args.map,
         gallery=not args.no_gallery,
     )
-    job = run_job(dd, root, args.out, view=view, move_duplicates=args.move_duplicates, backbones=(nets, note))
+    job = run_job(
+        dd, root, args.out, view=view, move_duplicates=args.move_duplicates, backbones=(nets, note), files=files
+    )
     print(summary(job.result, job.out))
     if args.link_dir:
         print(f"linked {job.links} images into {args.link_dir}/cluster_with_N/cluster_i/")

@@ -191,3 +191,77 @@ def discover(
     images.sort(key=lambda p: p.relative_to(root).as_posix())
     log.info("discovered %d image files, skipped %d", len(images), len(skipped))
     return images, skipped
+
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def resolve_source(
+    source: str | os.PathLike | None, manifest: str | os.PathLike | None = None, image_col: str = "path"
+) -> tuple[Path, list[Path] | None]:
+    """What a run reads: a folder, a glob, or a manifest table of image paths.
+
+    Args:
+        source: a folder (walked recursively), or a glob pattern (``**``
+            recursive, as :func:`glob.glob`); ignored with ``manifest``.
+        manifest: a Parquet (``.parquet``, ``.pq``) or CSV table with one
+            row per image, read by pandas (so any fsspec URL pandas reads,
+            ``s3://`` included, with that protocol's package installed).
+        image_col: the manifest's column of image paths: absolute, or
+            relative to the manifest's folder (to the current folder when
+            the manifest itself is remote); ``file://`` URIs are taken as
+            local paths.
+
+    Returns:
+        ``(root, files)``: the folder paths are reported relative to, and
+        the files to run on (``None``: walk ``root``).
+
+    Raises:
+        FileNotFoundError: the folder or manifest does not exist, or a glob
+            matches no file.
+        ValueError: ``image_col`` is not a column of the manifest, or a path
+            in it is a remote URL (the run's driver reads every image for
+            verification and the gallery; copy or mount the files first).
+    """
+    import glob
+
+    if manifest is not None:
+        import pandas as pd
+
+        text = str(manifest)
+        remote = "://" in text and not text.startswith("file://")
+        if not remote and not Path(text.removeprefix("file://")).is_file():
+            raise FileNotFoundError(f"no such manifest: {manifest}")
+        table = pd.read_parquet(text) if text.lower().endswith((".parquet", ".pq")) else pd.read_csv(text)
+        if image_col not in table.columns:
+            raise ValueError(
+                f"manifest {manifest} has no column {image_col!r}; its columns: {', '.join(table.columns)}"
+            )
+        root = Path(".") if remote else Path(text.removeprefix("file://")).resolve().parent
+        files = []
+        for value in table[image_col].dropna().astype(str):
+            if "://" in value and not value.startswith("file://"):
+                raise ValueError(
+                    f"manifest {manifest}: {value!r} is a remote URL; the run reads every image at the driver "
+                    "(verification, gallery): copy or mount the images and list local paths"
+                )
+            p = Path(value.removeprefix("file://"))
+            files.append(p if p.is_absolute() else root / p)
+        return root, files
+    if source is None:
+        raise ValueError("resolve_source: give a folder, a glob or a manifest")
+    text = str(source)
+    if any(c in text for c in _GLOB_CHARS) and not Path(text).exists():
+        parts = Path(text).parts
+        fixed = next(i for i, part in enumerate(parts) if any(c in part for c in _GLOB_CHARS))
+        root = Path(*parts[:fixed]) if fixed else Path(".")
+        files = sorted(Path(f) for f in glob.glob(text, recursive=True) if Path(f).is_file())
+        if not files:
+            raise FileNotFoundError(f"no file matches {text}")
+        return root, files
+    root = Path(text)
+    if not root.exists():
+        raise FileNotFoundError(f"no such folder: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a folder: {root}")
+    return root, None

@@ -111,6 +111,12 @@ def decode_task(path: Path, nets: list[Backbone], need_embed: list[bool], max_pi
         data = Path(path).read_bytes()
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or exc}", None, None
+    return decode_bytes(data, nets, need_embed, max_pixels)
+
+
+def decode_bytes(data: bytes, nets: list[Backbone], need_embed: list[bool], max_pixels: int | None):
+    """:func:`decode_task` on a file's bytes already read (the Spark engine
+    reads them through fsspec): the same ``(digest, reason, facts, prepared)``."""
     digest = hashlib.sha256(data).hexdigest()
     target = max(n.input_size for n in nets) if nets else 64
     try:

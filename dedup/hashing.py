@@ -179,13 +179,17 @@ def _all_pairs_within(
 
 
 def hash_pass(
-    digests: list[str], codes: np.ndarray, max_distance: int = DEFAULT_PHASH_MAX_DISTANCE
+    digests: list[str], codes: np.ndarray, max_distance: int = DEFAULT_PHASH_MAX_DISTANCE, search=None
 ) -> dict[str, np.ndarray]:
     """The hash pass: byte-identical files and pHash near-duplicates.
 
     Args:
         digests: ``n`` SHA-256 hex digests; codes: ``(n,)`` uint64 pHashes.
         max_distance: the pHash pass's Hamming distance in bits of 64.
+        search: ``(codes, max_distance) -> (b, 2) int64 pairs`` (sorted,
+            ``i < j``) finding the near-duplicates instead of
+            :func:`near_duplicate_pairs` (the Spark engine's
+            :meth:`dedup.spark.SparkEngine.phash_pairs`).
 
     Returns:
         ``{"sha256": (a, 2) int64 pairs chaining each set of identical files,
@@ -194,7 +198,8 @@ def hash_pass(
         when the colours agree.
     """
     sha = [(a, b) for g in exact_groups(digests) for a, b in zip(g[:-1], g[1:])]
-    return {"sha256": np.asarray(sha, np.int64).reshape(-1, 2), "phash": near_duplicate_pairs(codes, max_distance)[0]}
+    near = near_duplicate_pairs(codes, max_distance)[0] if search is None else search(codes, max_distance)
+    return {"sha256": np.asarray(sha, np.int64).reshape(-1, 2), "phash": near}
 
 
 #: Side in pixels the hash pass decodes JPEGs down to (DCT-domain draft

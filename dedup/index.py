@@ -151,6 +151,14 @@ EXACT_KNN_MAX: int = 50_000
 LIST_SIZE: int = 256
 N_PROBE: int = 20
 COARSE_DIM: int = 128
+#: Most rows the k-means lists are trained on (besides at most 32 per list).
+#: Training costs ``rows * lists`` per iteration, so without a cap it grows
+#: as n^2; with it, as n. Measured on ``benchmarks/scale.py``'s data at
+#: 1,000,000 rows (3,906 lists): recall@10 of the clustered search 0.9918
+#: with 32 rows per list (125,000; training 202 s) and 0.9918 with this cap
+#: (training 82 s); mini-batch k-means (scikit-learn ``MiniBatchKMeans``)
+#: trained in 56 s but lost recall (0.9882).
+KMEANS_SAMPLE: int = 65_536
 
 
 class WeightedVectors:
@@ -224,6 +232,7 @@ def build_indexes(
     keep: bool = True,
     exact_max: int = EXACT_KNN_MAX,
     progress: bool = False,
+    search=None,
 ) -> tuple[dict[str, AnnIndex], list[np.ndarray]]:
     """Stage 5, index: each row's ``k`` nearest and, with ``keep``, one Annoy
     index per matrix (saved in OUT for ``query``).
@@ -245,6 +254,8 @@ def build_indexes(
             neighbour lists, as for the fused vectors, which no later
             command searches).
         progress: show the clustered search's progress (tqdm).
+        search: ``(X, k) -> (n, k) int64 ids`` finding the neighbour lists
+            instead (the Spark engine's :meth:`dedup.spark.SparkEngine.neighbours`).
 
     Returns:
         ``(indexes, neighbour_ids)``: name -> :class:`AnnIndex` (none when
@@ -261,9 +272,11 @@ def build_indexes(
             continue
         if keep and isinstance(X, WeightedVectors):
             raise ValueError("build_indexes: an Annoy index needs stacked vectors, not WeightedVectors")
-        if len(X) <= exact_max:
-            if keep:
-                indexes[name] = AnnIndex(n_trees, search_k_factor).build(X)
+        if keep and len(X) <= exact_max:
+            indexes[name] = AnnIndex(n_trees, search_k_factor).build(X)
+        if search is not None:
+            found = search(X, k + 1)
+        elif len(X) <= exact_max:
             X32 = X.stack() if isinstance(X, WeightedVectors) else np.asarray(X, np.float32)
             found = exact_knn(X32, X32, k + 1)[0]
         else:
@@ -288,14 +301,16 @@ def clustered_knn(
 
     The rows are projected to ``coarse_dim`` dimensions by PCA (fitted on at
     most 50,000 rows) and split into ``n // list_size`` k-means lists
-    (scikit-learn ``KMeans`` on at most 32 rows per list; its training
-    grows as ``n^2``: 195 s of a 317 s search at 1,000,000 rows). Each list's rows
+    (scikit-learn ``KMeans`` on at most 32 rows per list and at most
+    :data:`KMEANS_SAMPLE` rows, so that training grows as ``n``). Each list's rows
     are then compared exactly, by matrix products in the full space, with
     every row of the ``n_probe`` lists whose centroids are nearest its own
     (itself included): the inverted file of Jegou et al. (TPAMI 2011)
     searched exhaustively per list, as in SemDeDup (Abbas et al., 2023).
     Cost: about ``n * n_probe * list_size * d`` multiply-adds, linear in
-    ``n``; recall depends on ``n_probe`` (``benchmarks/scale.py`` measures it).
+    ``n`` (and ``n * n_lists * coarse_dim`` to assign the rows to lists, a
+    small n^2 term: 15 s at 1M); recall depends on ``n_probe``
+    (``benchmarks/scale.py`` measures it).
 
     Args:
         X: ``(n, d)`` float32 L2-normalised rows, or a :class:`WeightedVectors`.
@@ -329,7 +344,7 @@ def clustered_knn(
         blk = slice(a, a + _ROW_BLOCK)
         Y[blk] = sum(P[blk] @ M for P, M in zip(W.parts, maps)) * W.inv_norm[blk][:, None]
     n_lists = max(1, n // max(1, list_size))
-    train = Y[np.sort(rng.choice(n, min(n, 32 * n_lists), replace=False))]
+    train = Y[np.sort(rng.choice(n, min(n, 32 * n_lists, KMEANS_SAMPLE), replace=False))]
     centres = kmeans_lists(train, n_lists, seed)
     c2 = (centres**2).sum(axis=1)
     label = np.empty(n, np.int64)

@@ -120,6 +120,16 @@ def check_outside(root: str | os.PathLike, **targets: str | os.PathLike | None) 
             )
 
 
+def input_folders(root: str | os.PathLike, files: list | None = None) -> list[Path]:
+    """The folders a run reads: ``root`` when it walks it, or with ``files``
+    (a glob's or a manifest's; absolute or relative to ``root``) every folder
+    holding one of them. No output may lie inside any of them."""
+    root = Path(root)
+    if not files:
+        return [root]
+    return sorted({Path(f).parent if Path(f).is_absolute() else (root / f).parent for f in files})
+
+
 def run_job(
     dedup,
     root: str | os.PathLike,
@@ -128,6 +138,7 @@ def run_job(
     view: ViewOptions | None = None,
     move_duplicates: str | os.PathLike | None = None,
     backbones=None,
+    files: list | None = None,
 ) -> JobResult:
     """Run, report and optionally act, as ``python -m dedup run`` does.
 
@@ -139,6 +150,9 @@ def run_job(
         move_duplicates: a quarantine folder outside ``root``: all but one
             image of each duplicate group are moved there, reversibly.
         backbones: the output of ``dedup.check()`` when already called.
+        files: run on these files only (absolute or relative to ``root``;
+            from a glob or a manifest, :func:`dedup.discover.resolve_source`)
+            instead of walking ``root``.
 
     Returns:
         :class:`JobResult`.
@@ -157,12 +171,15 @@ def run_job(
         raise NotADirectoryError(f"not a folder: {root}")
     view = (view or ViewOptions()).validate()
     cache = dedup.cache if dedup.cache not in (None, False) else None
-    check_outside(root, out=out, cache=cache, link_dir=view.link_dir, move_duplicates=move_duplicates)
+    features = getattr(dedup, "features", None)
+    targets = dict(out=out, cache=cache, features=features, link_dir=view.link_dir, move_duplicates=move_duplicates)
+    for folder in input_folders(root, files):
+        check_outside(folder, **targets)
     if view.link_dir and Path(view.link_dir).is_dir() and any(Path(view.link_dir).iterdir()):
         raise FileExistsError(f"--link-dir {view.link_dir} exists and is not empty; choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
     with Lock(out / OUT_LOCK, f"output folder {out}"):
-        result = dedup.run(root, backbones=backbones)
+        result = dedup.run(root, files=files, backbones=backbones)
         duplicates = result.groups
         report.retract(out)  # from here until run.json is rewritten, OUT holds no complete run
         _apply_view(result, view, out)

@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 
 #: Neighbours per image taken from each ANN index as candidates.
 DEFAULT_K: int = 10
+#: Where a run's distributed steps run (:class:`Deduplicator`'s ``engine``).
+ENGINES = ("local", "spark")
 
 
 @dataclass
@@ -354,6 +356,17 @@ class Deduplicator:
         runtime: the backbones' inference runtime (one of
             :data:`dedup.backbones.runtime.RUNTIMES`; ``auto``: the fastest
             installed, measured per backbone by ``benchmarks/speed.py``).
+        engine: ``"local"`` (this process: threads, the SQLite cache) or
+            ``"spark"`` (hashing, decoding, embedding, the neighbour lists
+            and the pHash search as Spark jobs, :class:`dedup.spark.SparkEngine`;
+            the pair evidence and decisions then run on the driver with the
+            same code, so the groups are the local engine's), or a
+            :class:`dedup.spark.SparkEngine`.
+        spark_master: the Spark master URL for ``engine="spark"``.
+        features: the Spark engine's features folder (Parquet tables of
+            facts and embeddings by content, reused by later runs; replaces
+            the SQLite cache's embeddings there, while the SQLite ``cache``
+            still keeps verification results and decisions); ``None``: none.
     """
 
     def __init__(
@@ -379,6 +392,9 @@ class Deduplicator:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         progress: bool = True,
         runtime: str = "auto",
+        engine="local",
+        spark_master: str = "local[*]",
+        features: str | os.PathLike | None = None,
     ):
         self.backbones = backbones
         self.grouping = grouping
@@ -401,6 +417,10 @@ class Deduplicator:
         self.max_pixels = max_pixels
         self.progress = progress
         self.runtime = runtime
+        self.engine = engine
+        self.spark_master = spark_master
+        self.features = features
+        self._engine = None
 
     def settings(self) -> dict:
         """The constructor's settings as a JSON-able dict."""
@@ -412,6 +432,8 @@ class Deduplicator:
                 value = [b.name if isinstance(b, Backbone) else str(b) for b in value]
             if key == "model" and isinstance(value, AdaptedModel):
                 value = "(an AdaptedModel object)"
+            if key == "engine" and not isinstance(value, str):
+                value = getattr(value, "name", str(value))
             if isinstance(value, GroupingParams):
                 value = dataclasses.asdict(value)
             out[key] = str(value) if isinstance(value, Path) else value
@@ -430,6 +452,8 @@ class Deduplicator:
 
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if isinstance(self.engine, str) and self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         ints = {
             "n_neighbours": (self.n_neighbours, 1),
             "batch_size": (self.batch_size, 1),
@@ -564,6 +588,20 @@ class Deduplicator:
         """
         return None if self.cache in (None, False) else Cache(self.cache)
 
+    def spark_engine(self):
+        """The :class:`dedup.spark.SparkEngine` this object runs on, or
+        ``None`` for the local engine (made on first use; needs PySpark)."""
+        if isinstance(self.engine, str):
+            if self.engine == "local":
+                return None
+            if self._engine is None:
+                from .spark import SparkEngine
+
+                features = None if self.features is None else str(self.features)
+                self._engine = SparkEngine(self.spark_master, features=features)
+            return self._engine
+        return self.engine
+
     def _embed(
         self,
         root: Path,
@@ -575,8 +613,12 @@ class Deduplicator:
     ) -> "Embeddings":
         """Stages 2 and 3 on discovered files."""
         skipped_rows = [(_shown(s.path, root), s.reason) for s in skipped]
+        engine = self.spark_engine()
         with _timed(timings, "sha256"):
-            digests = digest_files(paths, cache, self.workers, self.progress)
+            if engine is None:
+                digests = digest_files(paths, cache, self.workers, self.progress)
+            else:
+                digests = engine.digests(paths)
         items = [(p, d) for p, d in zip(paths, digests) if isinstance(d, str)]
         skipped_rows += [
             (_shown(p, root), f"unreadable: {getattr(d, 'strerror', None) or d}")
@@ -584,17 +626,26 @@ class Deduplicator:
             if not isinstance(d, str)
         ]
         with _timed(timings, "decode_embed"):
-            got = decode_and_embed(
-                [p for p, _ in items],
-                [d for _, d in items],
-                nets,
-                cache,
-                batch_size=self.batch_size,
-                workers=self.workers,
-                processes=self.processes,
-                max_pixels=self.max_pixels,
-                progress=self.progress,
-            )
+            if engine is None:
+                got = decode_and_embed(
+                    [p for p, _ in items],
+                    [d for _, d in items],
+                    nets,
+                    cache,
+                    batch_size=self.batch_size,
+                    workers=self.workers,
+                    processes=self.processes,
+                    max_pixels=self.max_pixels,
+                    progress=self.progress,
+                )
+            else:
+                got = engine.decode_and_embed(
+                    [p for p, _ in items],
+                    [d for _, d in items],
+                    nets,
+                    batch_size=self.batch_size,
+                    max_pixels=self.max_pixels,
+                )
         timings["inference_only"] = got.inference_seconds
         skipped_rows += [(_shown(items[i][0], root), reason) for i, reason in got.failed.items()]
         ok = [i for i in range(len(items)) if i not in got.failed]
@@ -625,8 +676,9 @@ class Deduplicator:
         files, dig, rel, facts = inputs.files, inputs.digests, inputs.paths, inputs.facts
         emb, colours, codes = inputs.embeddings, inputs.colours, inputs.codes
 
+        engine = self.spark_engine()
         with _timed(timings, "hash_pass"):
-            exact = hash_pass(dig, codes, self.phash_max_distance)
+            exact = hash_pass(dig, codes, self.phash_max_distance, None if engine is None else engine.phash_pairs)
         params = self.grouping_params()
         adapted, adapted_info, fused = self._applicable_model(list(emb.values()), colours)
         scored = self.score(emb, colours, codes, files, dig, cache, exact["phash"], timings, adapted, fused)
@@ -655,6 +707,7 @@ class Deduplicator:
             "counts": counts,
             "pair_model": _model_info(model, self._pair_model_source(adapted), nets),
             "adapted_model": adapted_info,
+            "engine": {"name": "local"} if engine is None else engine.describe(),
             "images_per_second_inference": (
                 round(inputs.embedded / inputs.inference_seconds, 2) if inputs.inference_seconds > 0 else None
             ),
@@ -710,14 +763,28 @@ class Deduplicator:
         """
         timings = {} if timings is None else timings
         params = self.grouping_params()
+        engine = self.spark_engine()
+        search = None if engine is None else engine.neighbours
         with _timed(timings, "index"):
             if fused is None:
                 fused = self.fused_space(list(emb.values()), colours, adapted)
             indexes, neighbour_ids = build_indexes(
-                emb, self.n_neighbours, self.n_trees, self.search_k_factor, True, self.exact_knn_max, self.progress
+                emb,
+                self.n_neighbours,
+                self.n_trees,
+                self.search_k_factor,
+                True,
+                self.exact_knn_max,
+                self.progress,
+                search,
             )
             fused_ids = build_indexes(
-                {"fused": fused}, self.n_neighbours, keep=False, exact_max=self.exact_knn_max, progress=self.progress
+                {"fused": fused},
+                self.n_neighbours,
+                keep=False,
+                exact_max=self.exact_knn_max,
+                progress=self.progress,
+                search=search,
             )[1][0]
         with _timed(timings, "group"):
             ij = candidate_pairs(neighbour_ids + [fused_ids], extra=phash_pairs)

@@ -22,9 +22,13 @@ on first use (``pip install pyspark`` and a Java runtime, 17 or newer).
   to the driver and solved by SciPy up to ``collect_max`` edges, and by
   min-label propagation in DataFrame joins beyond.
 
-Not here yet (issue #15): the ``--engine spark`` run itself (listing,
-decoding and embedding with ``mapInPandas``, a Parquet features table,
-the grouping's pair decisions as columns) and ``benchmarks/spark.py``.
+* :class:`SparkEngine`: the ``--engine spark`` run's distributed steps
+  (hashing, decoding and embedding with ``mapInPandas``, a Parquet
+  features table, and the two searches above), which
+  :class:`dedup.pipeline.Deduplicator` calls in place of the local ones.
+  The pair evidence, the decisions and the grouping then run on the
+  driver with the local engine's code, so both engines give the same
+  groups (tested); ``benchmarks/spark.py`` measures the two side by side.
 """
 
 from __future__ import annotations
@@ -45,6 +49,15 @@ if TYPE_CHECKING:  # pragma: no cover
 SPARK_LIST_SIZE = 1_024
 #: Lists each vector is sent to: its nearest ``SPARK_LISTS_PER_ROW``.
 SPARK_LISTS_PER_ROW = 3
+#: Contents decoded and embedded per Spark job by :class:`SparkEngine`; each
+#: job's results are committed to the features folder before the next
+#: starts, so an interrupted cold run loses at most one chunk.
+SPARK_CHUNK = 65_536
+#: Up to this many rows :class:`SparkEngine` searches neighbours at the
+#: driver, exactly: measured by ``benchmarks/spark.py`` (20,000 rows of
+#: 1280-d: see ``benchmarks/results/spark.md``), a Spark job there costs
+#: many times the local search; the local engine's exact-search limit.
+SPARK_LOCAL_MAX = 50_000
 
 
 def session(master: str = "local[2]", shuffle_partitions: int = 4, app_name: str = "dedup") -> "SparkSession":
@@ -61,8 +74,13 @@ def session(master: str = "local[2]", shuffle_partitions: int = 4, app_name: str
     Raises:
         ImportError: PySpark is not installed (``pip install pyspark``).
     """
+    import warnings
+
     from pyspark.sql import SparkSession
 
+    # PySpark 4.x warns on every pandas conversion that it does not fully support pandas 3; the
+    # conversions dedup uses are covered by tests/test_spark.py with pandas 3
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     builder = (
         SparkSession.builder.master(master)
         .appName(app_name)
@@ -309,3 +327,404 @@ def connected_components(
             return labels
     both.unpersist()
     raise RuntimeError(f"connected_components: labels still changing after {max_rounds} rounds")
+
+
+# ----------------------------------------------------------------------
+# The --engine spark run: listing, hashing and embedding as Spark jobs,
+# a Parquet features table, and the neighbour and pHash searches above.
+
+#: Sub-folders of a Spark engine's features folder: per content, its facts
+#: (pHash, size, colour descriptor, or why it cannot be decoded), and per
+#: content and backbone weights, its embedding.
+FACTS_TABLE, VECTORS_TABLE = "facts", "vectors"
+
+_FACTS_SCHEMA = (
+    "sha256 string, decoder string, reason string, phash long, width int, height int, note string, colour array<float>"
+)
+_COMPUTED_SCHEMA = _FACTS_SCHEMA + ", vecs array<array<float>>, seconds double"
+
+#: Backbones loaded in this Python worker, by cache id: Spark reuses its
+#: Python workers between tasks, so a model loads once per worker.
+_LOADED: dict = {}
+
+
+def read_bytes(path: str) -> bytes:
+    """A file's bytes: a local path, a ``file://`` URI, or any URL fsspec
+    opens (``s3://``, ``gs://``, ``abfs://``, ``hdfs://``, ``https://``,
+    with that protocol's fsspec package installed).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    if "://" not in path:
+        with open(path, "rb") as f:
+            return f.read()
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a missing protocol package or a remote error is an unreadable file
+        raise OSError(f"{type(exc).__name__}: {exc}") from None
+
+
+def _digest_batches(batches):
+    """mapInPandas: ``(row, path)`` -> ``(row, sha256, reason)``."""
+    import hashlib
+
+    for pdf in batches:
+        sha, why = [], []
+        for p in pdf["path"]:
+            try:
+                sha.append(hashlib.sha256(read_bytes(p)).hexdigest())
+                why.append(None)
+            except OSError as exc:
+                sha.append(None)
+                why.append(exc.strerror or str(exc))
+        yield pd.DataFrame({"row": pdf["row"].to_numpy(), "sha256": sha, "reason": why})
+
+
+def _loaded(nets: list) -> list:
+    """This worker's loaded copy of each backbone (loaded on first use)."""
+    out = []
+    for net in nets:
+        key = (type(net).__name__, net.cache_id)
+        if key not in _LOADED:
+            net.load()
+            _LOADED[key] = net
+        out.append(_LOADED[key])
+    return out
+
+
+def _feature_batches(nets: list, decoder: str, max_pixels: int | None, batch_size: int):
+    """mapInPandas factory: ``(sha256, path)`` rows -> facts and embeddings
+    (:data:`_COMPUTED_SCHEMA`), by the local engine's own per-file code
+    (:func:`dedup.embed.decode_bytes`), ``batch_size`` images per inference."""
+    import time
+
+    from .embed import CHANGED_WHILE_READ, decode_bytes
+
+    def run(batches):
+        models = _loaded(nets) if nets else []
+        for pdf in batches:
+            for a in range(0, len(pdf), batch_size):
+                part = pdf.iloc[a : a + batch_size]
+                rows, inputs = [], [[] for _ in models]
+                for sha, path in zip(part["sha256"], part["path"]):
+                    row = {"sha256": sha, "decoder": decoder, "reason": None, "phash": None, "width": None}
+                    row.update(height=None, note=None, colour=None, vecs=None, seconds=0.0)
+                    try:
+                        digest, reason, facts, prepared = decode_bytes(
+                            read_bytes(path), models, [True] * len(models), max_pixels
+                        )
+                    except OSError as exc:
+                        digest, reason, facts, prepared = None, f"unreadable: {exc.strerror or exc}", None, None
+                    if digest is not None and digest != sha:
+                        reason = CHANGED_WHILE_READ
+                    if reason is not None:
+                        row["reason"] = reason
+                    else:
+                        row.update(
+                            phash=int(np.uint64(facts.phash).view(np.int64)),
+                            width=facts.width,
+                            height=facts.height,
+                            note=facts.note,
+                            colour=np.asarray(facts.colour, np.float32),
+                        )
+                        for b, x in enumerate(prepared):
+                            inputs[b].append(x)
+                    rows.append(row)
+                ok = [r for r in rows if r["reason"] is None]
+                t0 = time.perf_counter()
+                embs = [m.embed(np.stack(x)) for m, x in zip(models, inputs)] if ok else []
+                seconds = time.perf_counter() - t0
+                for t, r in enumerate(ok):
+                    r["vecs"] = [e[t] for e in embs]
+                    r["seconds"] = seconds / len(ok)
+                yield pd.DataFrame(rows)
+
+    return run
+
+
+class SparkEngine:
+    """The ``--engine spark`` run's distributed steps (``run`` calls them;
+    everything after them, the pair evidence, the decisions and the report,
+    is the local engine's code on the driver).
+
+    * :meth:`digests`: SHA-256 of every file (``mapInPandas``);
+    * :meth:`decode_and_embed`: pHash, colour descriptor and embeddings of
+      every content not yet in the features folder (``mapInPandas``, each
+      Python worker loading the models once), appended to the folder's
+      Parquet tables; then everything read back to the driver;
+    * :meth:`neighbours`: :func:`neighbours` above ``local_max`` rows; at or
+      below it, the local exact search at the driver
+      (:func:`dedup.index.exact_knn`), much faster there than a Spark job
+      (``benchmarks/spark.py``);
+    * :meth:`phash_pairs`: :func:`phash_pairs`.
+
+    Args:
+        master: the Spark master URL (``local[*]``, ``yarn``, ``k8s://...``),
+            used when no session is running.
+        features: the features folder (Parquet tables :data:`FACTS_TABLE`
+            keyed by ``(sha256, decoder)`` and :data:`VECTORS_TABLE` keyed by
+            ``(sha256, backbone, weights)``: a re-run embeds only new
+            contents); ``None``: nothing kept between runs. It may be any
+            path Spark writes to (``s3a://...``, ``dbfs:/...``).
+        shuffle_partitions: ``spark.sql.shuffle.partitions``.
+        partitions: the files are spread over this many tasks (default:
+            Spark's default parallelism, at least 2).
+        local_max: up to this many rows the neighbour lists are searched at
+            the driver (0: always on Spark).
+    """
+
+    name = "spark"
+
+    def __init__(
+        self,
+        master: str = "local[*]",
+        features: str | None = None,
+        shuffle_partitions: int = 8,
+        partitions: int | None = None,
+        local_max: int = SPARK_LOCAL_MAX,
+    ):
+        self.master = master
+        self.local_max = local_max
+        self.features = None if features is None else str(features)
+        self.shuffle_partitions = shuffle_partitions
+        self.partitions = partitions
+        self._spark: "SparkSession | None" = None
+
+    @property
+    def spark(self) -> "SparkSession":
+        """The Spark session (started on first use; a running one is reused)."""
+        if self._spark is None:
+            self._spark = session(self.master, self.shuffle_partitions)
+            self._spark.sparkContext.setLogLevel("ERROR")
+        return self._spark
+
+    def _parallelism(self) -> int:
+        return self.partitions or max(2, self.spark.sparkContext.defaultParallelism)
+
+    def describe(self) -> dict:
+        """run.json's ``engine`` entry."""
+        sc = self.spark.sparkContext
+        return {
+            "name": "spark",
+            "master": sc.master,
+            "spark_version": sc.version,
+            "features": self.features,
+            "partitions": self._parallelism(),
+            "neighbours_at_driver_up_to": self.local_max,
+        }
+
+    def digests(self, paths: list) -> list:
+        """SHA-256 hex digest of each file, in order; an ``OSError`` (its
+        message the reason, as :func:`dedup.digest.digest_files` gives) where
+        a file cannot be read."""
+        if not paths:
+            return []
+        pdf = pd.DataFrame({"row": np.arange(len(paths), dtype=np.int64), "path": [str(p) for p in paths]})
+        df = self.spark.createDataFrame(pdf, "row long, path string").repartition(self._parallelism())
+        got = pd.DataFrame(df.mapInPandas(_digest_batches, "row long, sha256 string, reason string").toPandas())
+        got = got.set_index("row").reindex(np.arange(len(paths)))
+        return [s if isinstance(s, str) else OSError(r or "unreadable") for s, r in zip(got["sha256"], got["reason"])]
+
+    def _table(self, name: str) -> str:
+        assert self.features is not None
+        return f"{self.features.rstrip('/')}/{name}"
+
+    def _read(self, name: str) -> "DataFrame | None":
+        """A stored features table, or ``None`` when there is none yet."""
+        if self.features is None:
+            return None
+        from pyspark.errors import AnalysisException
+
+        try:
+            return self.spark.read.parquet(self._table(name))
+        except AnalysisException:  # no table yet (PATH_NOT_FOUND)
+            return None
+
+    def decode_and_embed(
+        self,
+        paths: list,
+        digests: list[str],
+        nets: list,
+        *,
+        batch_size: int = 32,
+        max_pixels: int | None = None,
+    ):
+        """:func:`dedup.embed.decode_and_embed` on Spark: the same
+        :class:`dedup.embed.Embedded`, computing only what the features
+        folder lacks and appending it there, :data:`SPARK_CHUNK` contents
+        per job (each committed by Spark's Parquet writer before the next).
+
+        Args:
+            paths: the files (local paths or fsspec URLs); digests: their SHA-256.
+            nets: the backbones (checked; each worker loads its own copy).
+            batch_size: images per inference batch; max_pixels: the
+                decompression-bomb guard in pixels.
+        """
+        from .decode import DECODER_ID
+
+        fill = _Fill(len(paths), digests, nets)
+        out = fill.out
+        if not paths:
+            return out
+        decoder = f"{DECODER_ID}/max{max_pixels}"
+        rows_of = fill.rows_of
+        first = pd.DataFrame({"sha256": list(rows_of), "path": [str(paths[r[0]]) for r in rows_of.values()]})
+        self._read_stored(fill, first, decoder)
+        todo = [k for k, d in enumerate(first["sha256"]) if fill.missing(rows_of[d][0])]
+        out.from_cache = len(paths) - sum(len(rows_of[first["sha256"][k]]) for k in todo) - len(out.failed)
+        for a in range(0, len(todo), SPARK_CHUNK):  # one job and one commit per chunk: an interrupted run resumes
+            self._compute(first.iloc[todo[a : a + SPARK_CHUNK]], nets, decoder, max_pixels, batch_size, fill)
+        return out
+
+    def _read_stored(self, fill: "_Fill", first: pd.DataFrame, decoder: str) -> None:
+        """Fill what the features folder already holds for the ``first`` rows' contents."""
+        from pyspark.sql import functions as F
+
+        facts, vecs = self._read(FACTS_TABLE), self._read(VECTORS_TABLE)
+        if facts is None and vecs is None:
+            return
+        wanted = self.spark.createDataFrame(first[["sha256"]], "sha256 string")
+        if facts is not None:
+            known = facts.where(F.col("decoder") == decoder).join(wanted, "sha256").dropDuplicates(["sha256"])
+            for pdf in _chunks(known):
+                fill.facts(pdf)
+        if vecs is not None:
+            keys = F.concat_ws(" ", "backbone", "weights")
+            known = vecs.where(keys.isin(list(fill.col_of))).join(wanted, "sha256")
+            known = known.dropDuplicates(["sha256", "backbone", "weights"])
+            for pdf in _chunks(known.select("sha256", keys.alias("key"), "vec")):
+                for sha, key, v in zip(pdf["sha256"], pdf["key"], pdf["vec"]):
+                    fill.vector(sha, fill.col_of[key], v)
+
+    def _compute(self, first: pd.DataFrame, nets, decoder: str, max_pixels, batch_size: int, fill: "_Fill") -> None:
+        """Decode and embed the ``first`` ``(sha256, path)`` rows on the
+        executors; store the results (features folder) and fill ``fill.out``."""
+        from pyspark import StorageLevel
+        from pyspark.sql import functions as F
+
+        from .embed import CHANGED_WHILE_READ
+
+        todo = self.spark.createDataFrame(first.reset_index(drop=True), "sha256 string, path string")
+        todo = todo.repartition(min(len(first), self._parallelism()))
+        computed = todo.mapInPandas(_feature_batches(nets, decoder, max_pixels, batch_size), _COMPUTED_SCHEMA)
+        computed = computed.persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            if self.features is not None:
+                # a file's content that cannot be decoded is remembered; a file that could not be read is not
+                why = F.coalesce(F.col("reason"), F.lit(""))
+                keep = computed.where((why != CHANGED_WHILE_READ) & ~why.startswith("unreadable: "))
+                keep.select(*[c.split()[0] for c in _FACTS_SCHEMA.split(", ")]).write.mode("append").parquet(
+                    self._table(FACTS_TABLE)
+                )
+                vecs = keep.where(F.col("vecs").isNotNull()).select("sha256", F.posexplode("vecs").alias("b", "vec"))
+                names = F.array(*[F.lit(net.name) for net in nets])
+                weights = F.array(*[F.lit(net.cache_id) for net in nets])
+                vecs.select(
+                    "sha256", names[F.col("b")].alias("backbone"), weights[F.col("b")].alias("weights"), "vec"
+                ).write.mode("append").parquet(self._table(VECTORS_TABLE))
+            for pdf in _chunks(computed):
+                fill.facts(pdf)
+                fill.out.inference_seconds += float(pdf["seconds"].sum())
+                for sha, vs in zip(pdf["sha256"], pdf["vecs"]):
+                    if vs is not None:
+                        for b, v in enumerate(vs):
+                            fill.vector(sha, b, v)
+                        fill.out.embedded += len(fill.rows_of[sha])
+        finally:
+            computed.unpersist()
+
+    def neighbours(self, X, k: int) -> np.ndarray:
+        """``(n, k)`` int64 ids of each row's ``k`` nearest by cosine distance
+        (-1 padded), by :func:`neighbours`; ``X`` ``(n, d)`` float32
+        L2-normalised rows or a :class:`dedup.index.WeightedVectors`."""
+        from .index import WeightedVectors, exact_knn
+
+        X = X.stack() if isinstance(X, WeightedVectors) else np.asarray(X, np.float32)
+        if len(X) == 0:
+            return np.zeros((0, k), np.int64)
+        if len(X) <= self.local_max:
+            found = exact_knn(X, X, k)[0]
+            out = np.full((len(X), k), -1, np.int64)
+            out[:, : found.shape[1]] = found
+            return out
+        df = vectors_frame(self.spark, X).repartition(self._parallelism())
+        return neighbour_arrays(neighbours(df, k), len(X), k)[0]
+
+    def phash_pairs(self, codes: np.ndarray, max_distance: int) -> np.ndarray:
+        """``(e, 2)`` int64 pairs ``i < j`` of pHashes within ``max_distance``
+        bits, sorted, by :func:`phash_pairs` (as
+        :func:`dedup.hashing.near_duplicate_pairs` returns them)."""
+        codes = np.ascontiguousarray(codes, np.uint64)
+        if len(codes) < 2:
+            return np.zeros((0, 2), np.int64)
+        pdf = pd.DataFrame({"id": np.arange(len(codes), dtype=np.int64), "code": codes.view(np.int64)})
+        df = self.spark.createDataFrame(pdf, "id long, code long").repartition(self._parallelism())
+        got = pd.DataFrame(phash_pairs(df, max_distance).select("a", "b").toPandas())
+        pairs = got.to_numpy(np.int64).reshape(-1, 2)
+        return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+class _Fill:
+    """An :class:`dedup.embed.Embedded` for ``n`` items, filled from rows
+    read back from Spark, each content's results copied to every item with
+    that content."""
+
+    def __init__(self, n: int, digests: list[str], nets: list):
+        from .colour import DIM
+        from .embed import Embedded
+
+        self.out = Embedded(
+            [None] * n,
+            [np.zeros((n, net.dim), np.float32) for net in nets],
+            [np.zeros(n, bool) for _ in nets],
+            np.zeros((n, DIM), np.float32),
+        )
+        self.rows_of: dict[str, list[int]] = {}
+        for i, d in enumerate(digests):
+            self.rows_of.setdefault(d, []).append(i)
+        self.col_of = {f"{net.name} {net.cache_id}": b for b, net in enumerate(nets)}
+
+    def facts(self, pdf: pd.DataFrame) -> None:
+        """Record facts rows (:data:`_FACTS_SCHEMA`'s columns) or their skip reasons."""
+        from .colour import DIM
+        from .embed import Facts
+
+        for r in pdf.itertuples(index=False):
+            colour = None if r.colour is None else np.asarray(r.colour, np.float32)
+            for i in self.rows_of[r.sha256]:
+                if isinstance(r.reason, str):
+                    self.out.failed[i] = r.reason
+                elif colour is not None and len(colour) == DIM:  # else stored by another descriptor version
+                    ph = int(np.int64(r.phash).view(np.uint64))
+                    self.out.set_facts(i, Facts(ph, int(r.width), int(r.height), colour.copy(), r.note or ""))
+
+    def vector(self, sha: str, b: int, v) -> None:
+        """Record backbone ``b``'s embedding of content ``sha``."""
+        for i in self.rows_of[sha]:
+            self.out.vectors[b][i] = v
+            self.out.have[b][i] = True
+
+    def missing(self, i: int) -> bool:
+        """Item ``i`` still needs decoding (not known to fail, facts or a vector missing)."""
+        out = self.out
+        return i not in out.failed and (out.facts[i] is None or not all(h[i] for h in out.have))
+
+
+def _chunks(df: "DataFrame", rows: int = 8_192):
+    """A DataFrame to the driver as pandas frames of at most ``rows`` rows
+    (through ``toLocalIterator``: driver memory bounded by one partition)."""
+    buf: list = []
+    cols = df.columns
+    for row in df.toLocalIterator():
+        buf.append(tuple(row))
+        if len(buf) >= rows:
+            yield pd.DataFrame(buf, columns=cols)
+            buf = []
+    if buf:
+        yield pd.DataFrame(buf, columns=cols)

@@ -1,10 +1,14 @@
-"""The Spark building blocks (dedup.spark) in local mode, against their local counterparts."""
+"""The Spark engine (dedup.spark) in local mode, against the local engine:
+its building blocks (distributed kNN, the multi-index pHash join, connected
+components) and whole runs (`--engine spark`) on real images."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import bench_set
+from conftest import bench_set, run_cli
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_cc
 
@@ -105,3 +109,70 @@ def test_connected_components_match_scipy_on_random_graphs(spark, collect_max):
         smallest = {c: np.flatnonzero(lab == c).min() for c in np.unique(lab)}
         assert got["id"].tolist() == list(range(n))
         assert got["component"].tolist() == [smallest[c] for c in lab]
+
+
+@pytest.mark.slow
+def test_spark_engine_gives_the_local_groups_on_ukbench_dev(spark, tmp_path):
+    """The same settings on both engines: the same groups, image for image.
+    The Spark runs decode and embed on their executors (100 photos, then the
+    other 500: a run embeds only what its Parquet features table lacks; the
+    geometric verification results, cached by content, are reused); a
+    further Spark run embeds nothing."""
+    import pandas as pd
+
+    from dedup.pipeline import Deduplicator
+    from dedup.spark import SparkEngine
+
+    root = bench_set("ukbench-dev")
+    cache = tmp_path / "cache.sqlite"
+    local = Deduplicator(backbones="efficientnet-lite0", cache=cache, progress=False).run(root)
+    engine = SparkEngine(features=str(tmp_path / "features"), local_max=0)  # kNN on Spark too
+    dd = Deduplicator(backbones="efficientnet-lite0", cache=cache, progress=False, engine=engine)
+    part = dd.run(root, files=list(local.groups.path[:100]))
+    assert part.meta["counts"]["embedded"] == 100
+    first = dd.run(root)  # embeds only what the features folder lacks
+    assert first.meta["engine"]["name"] == "spark"
+    assert len(local.groups) == 600
+    assert first.meta["counts"]["embedded"] == 500 and first.meta["counts"]["from_cache"] == 100
+    E_local, E_spark = local.embeddings["efficientnet-lite0"], first.embeddings["efficientnet-lite0"]
+    assert np.abs(E_local - E_spark).max() < 1e-4  # the same network on the same pixels
+    second = dd.run(root)
+    assert second.meta["counts"]["embedded"] == 0 and second.meta["counts"]["from_cache"] == 600
+    for got in (first, second):
+        pd.testing.assert_frame_equal(
+            got.groups.drop(columns=["confidence", "distance"]), local.groups.drop(columns=["confidence", "distance"])
+        )
+        np.testing.assert_allclose(got.groups.confidence, local.groups.confidence, atol=2e-3)
+
+
+@pytest.mark.slow
+def test_spark_engine_runs_from_a_manifest_with_the_cli(flipkart_run, tmp_path):
+    """`run --manifest FILE --engine spark` on products-flipkart listed in a
+    CSV (relative and absolute paths, and a row that is no image): the CLI's
+    local run's groups, groups.parquet beside groups.csv, the bad row skipped."""
+    import pandas as pd
+
+    images = sorted((bench_set("products-flipkart") / "images").iterdir())
+    listed = tmp_path / "listing"
+    listed.mkdir()
+    (listed / "notes.txt").write_text("not an image")
+    rows = [str(p) for p in images] + ["notes.txt"]
+    pd.DataFrame({"image": rows, "sku": range(len(rows))}).to_csv(listed / "manifest.csv", index=False)
+    out = tmp_path / "out"
+    proc = run_cli(
+        "run", "--manifest", str(listed / "manifest.csv"), "--image-col", "image", "--engine", "spark",
+        "--master", "local[2]", "--out", str(out), "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    local = pd.read_csv(flipkart_run[1] / "groups.csv")
+    got = pd.read_csv(out / "groups.csv")
+    assert sorted(Path(p).name for p in got.path) == sorted(Path(p).name for p in local.path)
+    by_name = {Path(p).name: g for p, g in zip(got.path, got.group)}
+    local_by_name = {Path(p).name: g for p, g in zip(local.path, local.group)}
+    pairs = lambda m: {(a, b) for a in m for b in m if a < b and m[a] == m[b]}  # noqa: E731
+    assert pairs(by_name) == pairs(local_by_name) and len(pairs(by_name)) > 0
+    cols = ["path", "group", "group_size", "stage", "sha256"]
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "groups.parquet")[cols], got[cols], check_dtype=False)
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped.path.str.endswith("notes.txt").any()
+    assert (out / "features" / "vectors").is_dir()

@@ -5,6 +5,8 @@ Fixed names, so that a later ``query``, ``bench`` or ``evaluate`` finds them:
 * ``groups.csv``: ``path,group`` first (paths relative to the input folder,
   every decoded image exactly once), then ``group_size, stage, distance,
   matched, width, height, note, sha256``.
+* ``groups.parquet`` (runs on the Spark engine): the same table as Parquet,
+  the form a data lake's next job reads.
 * ``skipped.csv``: ``path,reason`` for every file not used.
 * ``review.csv``: doubtful pairs left apart, for a person: ``path_a, path_b,
   confidence`` and the evidence that decided (``distance, colour_distance,
@@ -33,6 +35,7 @@ import pandas as pd
 from ..hashing import sha256_file
 
 GROUPS_CSV = "groups.csv"
+GROUPS_PARQUET = "groups.parquet"
 SKIPPED_CSV = "skipped.csv"
 RUN_JSON = "run.json"
 REVIEW_CSV = "review.csv"
@@ -97,6 +100,10 @@ def write_report(result, out: str | os.PathLike) -> Path:
         written.append(name)
 
     atomic(GROUPS_CSV, lambda p: result.groups.to_csv(p, index=False))
+    if result.meta.get("engine", {}).get("name") == "spark":
+        atomic(GROUPS_PARQUET, lambda p: result.groups.to_parquet(p, index=False))
+    else:  # an earlier Spark run's table is not this run's
+        (out / GROUPS_PARQUET).unlink(missing_ok=True)
     atomic(SKIPPED_CSV, lambda p: result.skipped.to_csv(p, index=False))
     review = result.review if len(result.review.columns) else pd.DataFrame(columns=["path_a", "path_b", "confidence"])
     atomic(REVIEW_CSV, lambda p: review.to_csv(p, index=False))
