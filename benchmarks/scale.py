@@ -273,7 +273,7 @@ def run(n: int, stats) -> dict:
     done(p, rec)
     p, rec = stage("decide")
     with p:
-        conf = PairModel.load(None).predict_pairs(pairs)
+        conf = PairModel.load(None, verified=False).predict_pairs(pairs)  # no verification here
     done(p, rec)
     p, rec = stage("group")
     with p:

@@ -820,9 +820,10 @@ class Deduplicator:
     def pair_model(self, adapted: AdaptedModel | None = None) -> PairModel:
         """The pair model: ``model_path`` when given, else the refitted one of
         ``adapted`` (the adapted model in use) when it has one, else the one
-        shipped in the package."""
+        shipped in the package for this run's evidence (with or without
+        geometric verification, :meth:`dedup.calibration.PairModel.load`)."""
         refitted = self._refitted_pair_model(adapted)
-        return refitted if refitted is not None else PairModel.load(self.model_path)
+        return refitted if refitted is not None else PairModel.load(self.model_path, verified=bool(self.verify))
 
     def _refitted_pair_model(self, adapted: AdaptedModel | None) -> PairModel | None:
         """``adapted``'s refitted pair model when :meth:`pair_model` takes it, else ``None``."""
@@ -832,7 +833,9 @@ class Deduplicator:
         """Where :meth:`pair_model` took the model from (``None``: shipped)."""
         if self._refitted_pair_model(adapted) is not None:
             return f"the adapted model {self._model_name()}"
-        return None if self.model_path is None else str(self.model_path)
+        if self.model_path is None:
+            return None if self.verify else "shipped, for runs without geometric verification"
+        return str(self.model_path)
 
     def _model_name(self) -> str:
         return "(given as an object)" if isinstance(self.model, AdaptedModel) else str(self.model)

@@ -183,3 +183,34 @@ def test_a_small_folder_keeps_look_alikes_apart_and_still_joins_views(dd, tmp_pa
     truth = chosen.assign(name=chosen.path.str.split("/").str[-1]).set_index("name").group
     pw = pairwise_scores(res.groups.group.to_numpy(), truth.reindex(res.groups.path).to_numpy())
     assert pw["precision"] == 1.0 and pw["recall"] >= 0.6
+
+
+def test_without_verification_crops_of_one_photo_still_join(tmp_path):
+    """A `--no-verify` run decides with the pair model fitted for unverified
+    evidence: 8 crops each of 6 ukbench-dev photos (6 different objects) join
+    their photo's group and never another's, and on these pairs that model is
+    better calibrated than the one for verified pairs (which reads "not
+    verified" as "no inliers found") and confident about more of the true ones."""
+    from dedup.calibration import PairModel, expected_calibration_error
+
+    uk = bench_set("ukbench-dev")
+    lab = labels_of("ukbench-dev").drop_duplicates("group").head(6)
+    rng = np.random.default_rng(0)
+    for k, p in enumerate(lab.path):
+        with Image.open(uk / p) as im:
+            im = im.convert("RGB")
+            for c in range(8):
+                fw, fh = rng.uniform(0.75, 0.95, 2)
+                w, h = int(im.width * fw), int(im.height * fh)
+                x, y = int(rng.integers(0, im.width - w + 1)), int(rng.integers(0, im.height - h + 1))
+                im.crop((x, y, x + w, y + h)).save(tmp_path / f"{k}-{c}.jpg", quality=90)
+    dd = Deduplicator(backbones="efficientnet-lite0", progress=False, cache=False, verify=False)
+    res = dd.run(tmp_path)
+    photo = res.groups.path.str.split("-").str[0].to_numpy()
+    pw = pairwise_scores(res.groups.group.to_numpy(), photo)
+    assert pw["precision"] == 1.0 and pw["recall"] >= 0.8, res.groups[["path", "group", "confidence"]]
+    assert res.meta["pair_model"]["source"].startswith("shipped, for runs without geometric verification")
+    same = photo[res.pairs.ij[:, 0]] == photo[res.pairs.ij[:, 1]]
+    p_verified = PairModel.load(None).predict_pairs(res.pairs)  # the other model on the same evidence
+    assert expected_calibration_error(res.confidence, same) < expected_calibration_error(p_verified, same)
+    assert (res.confidence[same] >= 0.9).mean() > (p_verified[same] >= 0.9).mean()
