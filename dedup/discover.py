@@ -217,8 +217,9 @@ def resolve_source(
         the files to run on (``None``: walk ``root``).
 
     Raises:
-        FileNotFoundError: the folder or manifest does not exist, or a glob
-            matches no file.
+        NotADirectoryError: ``source`` is neither a folder nor a glob.
+        FileNotFoundError: the manifest does not exist, or a glob matches
+            no file.
         ValueError: ``image_col`` is not a column of the manifest, or a path
             in it is a remote URL (the run's driver reads every image for
             verification and the gallery; copy or mount the files first).
@@ -260,8 +261,6 @@ def resolve_source(
             raise FileNotFoundError(f"no file matches {text}")
         return root, files
     root = Path(text)
-    if not root.exists():
-        raise FileNotFoundError(f"no such folder: {root}")
     if not root.is_dir():
         raise NotADirectoryError(f"not a folder: {root}")
     return root, None
