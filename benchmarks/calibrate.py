@@ -187,32 +187,29 @@ def main() -> None:
         p = m.predict(te[cols].to_numpy())
         loso.append({"left_out": s, "pairs": len(te), "positives": int(te.y.sum()), **scores(p, te.y.to_numpy())})
     held = held_out_table(allx)
+    provenance = {
+        "fitted_on": list(SETS),
+        "fitted_with": ["efficientnet-lite0"],
+        "pairs": int(len(allx)),
+        "positives": int(allx.y.sum()),
+        "trees": TREE_SETTINGS,
+        "script": "benchmarks/calibrate.py",
+        "date": machine()["date"],
+    }
     final = fit(
         allx,
         info={
-            "fitted_on": list(SETS),
-            "fitted_with": ["efficientnet-lite0"],
-            "pairs": int(len(allx)),
-            "positives": int(allx.y.sum()),
-            "trees": TREE_SETTINGS,
+            **provenance,
             "leave_one_set_out_ece": {r["left_out"]: r["ece"] for r in loso},
             "held_out_cuts_ece": {r["set"]: r["boosted"]["ece"] for r in held},
-            "script": "benchmarks/calibrate.py",
-            "date": machine()["date"],
         },
     )
     final_unverified = fit(
         without_verification(allx),
         info={
-            "fitted_on": list(SETS),
-            "fitted_with": ["efficientnet-lite0"],
+            **provenance,
             "evidence": "without geometric verification (inlier and aligned-colour features 0)",
-            "pairs": int(len(allx)),
-            "positives": int(allx.y.sum()),
-            "trees": TREE_SETTINGS,
             "held_out_cuts_ece": {r["set"]: r["unverified"]["ece"] for r in held},
-            "script": "benchmarks/calibrate.py",
-            "date": machine()["date"],
         },
     )
     p_all = final.predict(allx[cols].to_numpy())

@@ -24,6 +24,7 @@ from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -88,6 +89,21 @@ class Embedded:
     embedded: int = 0
     inference_seconds: float = 0.0
 
+    @classmethod
+    def empty(cls, n: int, nets: list[Backbone]) -> "Embedded":
+        """Nothing known yet of ``n`` items: the matrices preallocated, zero."""
+        return cls(
+            [None] * n,
+            [np.zeros((n, net.dim), np.float32) for net in nets],
+            [np.zeros(n, bool) for _ in nets],
+            np.zeros((n, COLOUR_DIM), np.float32),
+        )
+
+    def missing(self, i: int) -> bool:
+        """Item ``i`` still needs decoding: not known to fail, and its facts
+        or one of its embeddings not filled."""
+        return i not in self.failed and (self.facts[i] is None or not all(h[i] for h in self.have))
+
     def set_facts(self, i: int, facts: Facts) -> None:
         """Record item ``i``'s facts, its colour descriptor moved into :attr:`colours`."""
         self.colours[i] = facts.colour
@@ -95,11 +111,28 @@ class Embedded:
         self.facts[i] = facts
 
 
-def decode_task(path: Path, nets: list[Backbone], need_embed: list[bool], max_pixels: int | None):
+def decoder_id(max_pixels: int | None) -> str:
+    """What a decode failure is remembered under beside the content's
+    digest: the decoder's version and the pixel limit it ran with."""
+    return f"{DECODER_ID}/max{max_pixels}"
+
+
+def decode_task(
+    path: Path | str,
+    nets: list[Backbone],
+    need_embed: list[bool],
+    max_pixels: int | None,
+    read: Callable[[str], bytes] | None = None,
+):
     """Read, hash and decode one file; compute what every stage needs from its pixels.
 
-    Module-level (picklable), so that it runs in threads or in spawn-started
-    processes alike.
+    Module-level (picklable), so that it runs in threads, in spawn-started
+    processes or in Spark's Python workers alike.
+
+    Args:
+        read: ``path -> bytes`` (raising ``OSError``) instead of reading a
+            local file (the Spark engine's :func:`dedup.spark.read_bytes`,
+            which also opens fsspec URLs).
 
     Returns:
         ``(digest, reason, facts, prepared)``: the SHA-256 of the bytes read
@@ -108,15 +141,9 @@ def decode_task(path: Path, nets: list[Backbone], need_embed: list[bool], max_pi
         ``need_embed`` is False).
     """
     try:
-        data = Path(path).read_bytes()
+        data = Path(path).read_bytes() if read is None else read(str(path))
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or exc}", None, None
-    return decode_bytes(data, nets, need_embed, max_pixels)
-
-
-def decode_bytes(data: bytes, nets: list[Backbone], need_embed: list[bool], max_pixels: int | None):
-    """:func:`decode_task` on a file's bytes already read (the Spark engine
-    reads them through fsspec): the same ``(digest, reason, facts, prepared)``."""
     digest = hashlib.sha256(data).hexdigest()
     target = max(n.input_size for n in nets) if nets else 64
     try:
@@ -227,21 +254,12 @@ def decode_and_embed(
         their results.
     """
     n = len(paths)
-    out = Embedded(
-        [None] * n,
-        [np.zeros((n, net.dim), np.float32) for net in nets],
-        [np.zeros(n, bool) for _ in nets],
-        np.zeros((n, COLOUR_DIM), np.float32),
-    )
-    decoder = f"{DECODER_ID}/max{max_pixels}"
+    out = Embedded.empty(n, nets)
+    decoder = decoder_id(max_pixels)
     if cache is not None:
         _from_cache(digests, nets, cache, decoder, out)
     first_of: dict[str, int] = {}
-    todo = []
-    for i, d in enumerate(digests):
-        if first_of.setdefault(d, i) == i and i not in out.failed:
-            if out.facts[i] is None or not all(h[i] for h in out.have):
-                todo.append(i)
+    todo = [i for i, d in enumerate(digests) if first_of.setdefault(d, i) == i and out.missing(i)]
     out.from_cache = n - len(todo) - len(out.failed)
     if todo:
         _decode_window(

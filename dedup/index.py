@@ -255,7 +255,8 @@ def build_indexes(
             command searches).
         progress: show the clustered search's progress (tqdm).
         search: ``(X, k) -> (n, k) int64 ids`` finding the neighbour lists
-            instead (the Spark engine's :meth:`dedup.spark.SparkEngine.neighbours`).
+            above ``exact_max`` rows instead of :func:`clustered_knn` (the
+            Spark engine's :meth:`dedup.spark.SparkEngine.neighbours`).
 
     Returns:
         ``(indexes, neighbour_ids)``: name -> :class:`AnnIndex` (none when
@@ -272,13 +273,13 @@ def build_indexes(
             continue
         if keep and isinstance(X, WeightedVectors):
             raise ValueError("build_indexes: an Annoy index needs stacked vectors, not WeightedVectors")
-        if keep and len(X) <= exact_max:
-            indexes[name] = AnnIndex(n_trees, search_k_factor).build(X)
-        if search is not None:
-            found = search(X, k + 1)
-        elif len(X) <= exact_max:
+        if len(X) <= exact_max:
+            if keep:
+                indexes[name] = AnnIndex(n_trees, search_k_factor).build(X)
             X32 = X.stack() if isinstance(X, WeightedVectors) else np.asarray(X, np.float32)
             found = exact_knn(X32, X32, k + 1)[0]
+        elif search is not None:
+            found = search(X, k + 1)
         else:
             found = clustered_knn(X, k + 1, progress=progress)[0]
         out = np.full((len(X), k + 1), -1, np.int64)

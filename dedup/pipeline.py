@@ -348,7 +348,8 @@ class Deduplicator:
         n_trees, search_k_factor: Annoy settings (see :mod:`dedup.index`).
         exact_knn_max: up to this many images the neighbour lists are exact
             and the run builds the Annoy indexes for ``query``; above, the
-            clustered search finds them, the fused vectors are never stacked,
+            clustered search finds them (the distributed one with the Spark
+            engine), the fused vectors are never stacked,
             and the first ``query`` builds the Annoy index
             (:func:`dedup.index.build_indexes`).
         max_pixels: decompression-bomb guard in pixels.

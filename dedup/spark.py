@@ -53,11 +53,6 @@ SPARK_LISTS_PER_ROW = 3
 #: job's results are committed to the features folder before the next
 #: starts, so an interrupted cold run loses at most one chunk.
 SPARK_CHUNK = 65_536
-#: Up to this many rows :class:`SparkEngine` searches neighbours at the
-#: driver, exactly: measured by ``benchmarks/spark.py`` (20,000 rows of
-#: 1280-d: see ``benchmarks/results/spark.md``), a Spark job there costs
-#: many times the local search; the local engine's exact-search limit.
-SPARK_LOCAL_MAX = 50_000
 
 
 def session(master: str = "local[2]", shuffle_partitions: int = 4, app_name: str = "dedup") -> "SparkSession":
@@ -401,10 +396,11 @@ def _loaded(nets: list) -> list:
 def _feature_batches(nets: list, decoder: str, max_pixels: int | None, batch_size: int):
     """mapInPandas factory: ``(sha256, path)`` rows -> facts and embeddings
     (:data:`_COMPUTED_SCHEMA`), by the local engine's own per-file code
-    (:func:`dedup.embed.decode_bytes`), ``batch_size`` images per inference."""
+    (:func:`dedup.embed.decode_task`, reading through :func:`read_bytes`),
+    ``batch_size`` images per inference."""
     import time
 
-    from .embed import CHANGED_WHILE_READ, decode_bytes
+    from .embed import CHANGED_WHILE_READ, decode_task
 
     def run(batches):
         models = _loaded(nets) if nets else []
@@ -415,12 +411,8 @@ def _feature_batches(nets: list, decoder: str, max_pixels: int | None, batch_siz
                 for sha, path in zip(part["sha256"], part["path"]):
                     row = {"sha256": sha, "decoder": decoder, "reason": None, "phash": None, "width": None}
                     row.update(height=None, note=None, colour=None, vecs=None, seconds=0.0)
-                    try:
-                        digest, reason, facts, prepared = decode_bytes(
-                            read_bytes(path), models, [True] * len(models), max_pixels
-                        )
-                    except OSError as exc:
-                        digest, reason, facts, prepared = None, f"unreadable: {exc.strerror or exc}", None, None
+                    need = [True] * len(models)
+                    digest, reason, facts, prepared = decode_task(path, models, need, max_pixels, read_bytes)
                     if digest is not None and digest != sha:
                         reason = CHANGED_WHILE_READ
                     if reason is not None:
@@ -458,10 +450,9 @@ class SparkEngine:
       every content not yet in the features folder (``mapInPandas``, each
       Python worker loading the models once), appended to the folder's
       Parquet tables; then everything read back to the driver;
-    * :meth:`neighbours`: :func:`neighbours` above ``local_max`` rows; at or
-      below it, the local exact search at the driver
-      (:func:`dedup.index.exact_knn`), much faster there than a Spark job
-      (``benchmarks/spark.py``);
+    * :meth:`neighbours`: :func:`neighbours` (the run calls it above its
+      ``exact_knn_max`` rows only; below, the driver's exact search is much
+      faster than a Spark job: ``benchmarks/spark.py``);
     * :meth:`phash_pairs`: :func:`phash_pairs`.
 
     Args:
@@ -475,8 +466,6 @@ class SparkEngine:
         shuffle_partitions: ``spark.sql.shuffle.partitions``.
         partitions: the files are spread over this many tasks (default:
             Spark's default parallelism, at least 2).
-        local_max: up to this many rows the neighbour lists are searched at
-            the driver (0: always on Spark).
     """
 
     name = "spark"
@@ -487,10 +476,8 @@ class SparkEngine:
         features: str | None = None,
         shuffle_partitions: int = 8,
         partitions: int | None = None,
-        local_max: int = SPARK_LOCAL_MAX,
     ):
         self.master = master
-        self.local_max = local_max
         self.features = None if features is None else str(features)
         self.shuffle_partitions = shuffle_partitions
         self.partitions = partitions
@@ -516,7 +503,6 @@ class SparkEngine:
             "spark_version": sc.version,
             "features": self.features,
             "partitions": self._parallelism(),
-            "neighbours_at_driver_up_to": self.local_max,
         }
 
     def digests(self, paths: list) -> list:
@@ -566,17 +552,17 @@ class SparkEngine:
             batch_size: images per inference batch; max_pixels: the
                 decompression-bomb guard in pixels.
         """
-        from .decode import DECODER_ID
+        from .embed import decoder_id
 
         fill = _Fill(len(paths), digests, nets)
         out = fill.out
         if not paths:
             return out
-        decoder = f"{DECODER_ID}/max{max_pixels}"
+        decoder = decoder_id(max_pixels)
         rows_of = fill.rows_of
         first = pd.DataFrame({"sha256": list(rows_of), "path": [str(paths[r[0]]) for r in rows_of.values()]})
         self._read_stored(fill, first, decoder)
-        todo = [k for k, d in enumerate(first["sha256"]) if fill.missing(rows_of[d][0])]
+        todo = [k for k, d in enumerate(first["sha256"]) if out.missing(rows_of[d][0])]
         out.from_cache = len(paths) - sum(len(rows_of[first["sha256"][k]]) for k in todo) - len(out.failed)
         for a in range(0, len(todo), SPARK_CHUNK):  # one job and one commit per chunk: an interrupted run resumes
             self._compute(first.iloc[todo[a : a + SPARK_CHUNK]], nets, decoder, max_pixels, batch_size, fill)
@@ -643,16 +629,11 @@ class SparkEngine:
         """``(n, k)`` int64 ids of each row's ``k`` nearest by cosine distance
         (-1 padded), by :func:`neighbours`; ``X`` ``(n, d)`` float32
         L2-normalised rows or a :class:`dedup.index.WeightedVectors`."""
-        from .index import WeightedVectors, exact_knn
+        from .index import WeightedVectors
 
         X = X.stack() if isinstance(X, WeightedVectors) else np.asarray(X, np.float32)
         if len(X) == 0:
             return np.zeros((0, k), np.int64)
-        if len(X) <= self.local_max:
-            found = exact_knn(X, X, k)[0]
-            out = np.full((len(X), k), -1, np.int64)
-            out[:, : found.shape[1]] = found
-            return out
         df = vectors_frame(self.spark, X).repartition(self._parallelism())
         return neighbour_arrays(neighbours(df, k), len(X), k)[0]
 
@@ -676,15 +657,9 @@ class _Fill:
     that content."""
 
     def __init__(self, n: int, digests: list[str], nets: list):
-        from .colour import DIM
         from .embed import Embedded
 
-        self.out = Embedded(
-            [None] * n,
-            [np.zeros((n, net.dim), np.float32) for net in nets],
-            [np.zeros(n, bool) for _ in nets],
-            np.zeros((n, DIM), np.float32),
-        )
+        self.out = Embedded.empty(n, nets)
         self.rows_of: dict[str, list[int]] = {}
         for i, d in enumerate(digests):
             self.rows_of.setdefault(d, []).append(i)
@@ -709,11 +684,6 @@ class _Fill:
         for i in self.rows_of[sha]:
             self.out.vectors[b][i] = v
             self.out.have[b][i] = True
-
-    def missing(self, i: int) -> bool:
-        """Item ``i`` still needs decoding (not known to fail, facts or a vector missing)."""
-        out = self.out
-        return i not in out.failed and (out.facts[i] is None or not all(h[i] for h in out.have))
 
 
 def _chunks(df: "DataFrame", rows: int = 8_192):
