@@ -85,17 +85,19 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def real_statistics(cache: Path = CACHE) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and colour descriptors of the real photos of ``ukbench-dev``
-    and ``inshop-women`` (cached in benchmarks/.cache; computed on first use):
-    the spectrum and the colours the synthetic data copies."""
-    embs, cols = [], []
+def real_statistics(cache: Path = CACHE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Embeddings, colour descriptors and colour layouts of the real photos
+    of ``ukbench-dev`` and ``inshop-women`` (cached in benchmarks/.cache;
+    computed on first use): the spectrum and the colours the synthetic data
+    copies."""
+    embs, cols, lays = [], [], []
     for name in ("ukbench-dev", "inshop-women"):
         dd = Deduplicator(backbones="efficientnet-lite0", cache=cache / f"{name}.sqlite", progress=False)
         e = dd.embed(BENCH / name)
         embs.append(e.embeddings["efficientnet-lite0"])
         cols.append(e.colours)
-    return np.vstack(embs).astype(np.float64), np.vstack(cols).astype(np.float32)
+        lays.append(e.layouts)
+    return np.vstack(embs).astype(np.float64), np.vstack(cols).astype(np.float32), np.vstack(lays)
 
 
 #: Spread of each level of the synthetic hierarchy (category, family,
@@ -106,7 +108,7 @@ def real_statistics(cache: Path = CACHE) -> tuple[np.ndarray, np.ndarray]:
 SPREAD = (0.7, 0.5, 0.4, 0.55)
 
 
-def synthetic(n: int, seed: int = 0, stats: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+def synthetic(n: int, seed: int = 0, stats: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
     """``n`` synthetic images: embeddings, colours, pHashes, digests and the planted product of each.
 
     Embeddings: a hierarchy of Gaussian draws (a category per ~4,000 images,
@@ -115,10 +117,11 @@ def synthetic(n: int, seed: int = 0, stats: tuple[np.ndarray, np.ndarray] | None
     the variance) around their mean, then L2-normalised (:data:`SPREAD`).
     Colours: each product takes a real colour descriptor (products of one
     family mostly take different ones: colour variants) and each image adds
-    a little noise. pHashes: a third of the images are re-encoded copies of
+    a little noise; its colour layout is the same real photo's, with noise.
+    pHashes: a third of the images are re-encoded copies of
     their product's first image (within 3 bits), the rest unrelated.
     """
-    E, C = stats if stats is not None else real_statistics()
+    E, C, LAY = stats if stats is not None else real_statistics()
     rank = 256
     mu = E.mean(axis=0)
     w, U = np.linalg.eigh(np.cov((E - mu).T))
@@ -149,6 +152,10 @@ def synthetic(n: int, seed: int = 0, stats: tuple[np.ndarray, np.ndarray] | None
         h = C[template[product[a : a + step]]] ** 2
         h = h * (1 + 0.2 * rng.random(h.shape, dtype=np.float32))
         colours[a : a + step] = np.sqrt(h / h.sum(axis=1, keepdims=True))
+    layouts = np.empty((n, LAY.shape[1]), np.uint8)
+    for a in range(0, n, step):
+        lay = LAY[template[product[a : a + step]]].astype(np.int16)
+        layouts[a : a + step] = np.clip(lay + rng.integers(-8, 9, lay.shape, dtype=np.int16), 0, 255)
     base = rng.integers(0, 2**63, size=n_prod, dtype=np.uint64) * np.uint64(2)
     codes = rng.integers(0, 2**63, size=n, dtype=np.uint64) * np.uint64(2)
     copy = rng.random(n) < 0.33
@@ -158,7 +165,7 @@ def synthetic(n: int, seed: int = 0, stats: tuple[np.ndarray, np.ndarray] | None
         flips ^= np.where(rng.random(n) < 0.5, np.uint64(1) << bit, np.uint64(0))
     codes = np.where(copy, base[product] ^ flips, codes)
     digests = [f"{i:064x}" for i in range(n)]
-    return {"emb": emb, "colours": colours, "codes": codes, "digests": digests, "product": product}
+    return {"emb": emb, "colours": colours, "layouts": layouts, "codes": codes, "digests": digests, "product": product}
 
 
 def knn_recall(X, ids: np.ndarray, queries: np.ndarray) -> float:
@@ -269,7 +276,9 @@ def run(n: int, stats) -> dict:
     p, rec = stage("candidates")
     with p:
         ij = candidate_pairs(ids + [fused_ids], extra=hp["phash"])
-        pairs = score_pairs(ij, [data["emb"]], data["colours"], fused, fused_ids, data["codes"], params.k_context)
+        pairs = score_pairs(
+            ij, [data["emb"]], data["colours"], fused, fused_ids, data["codes"], params.k_context, data["layouts"]
+        )
     done(p, rec)
     p, rec = stage("decide")
     with p:

@@ -290,7 +290,8 @@ class Cache:
         return self.get_files([digest]).get(digest)
 
     def put_file(self, digest: str, phash: int, width: int, height: int, colour: np.ndarray, note: str) -> None:
-        """Store one file's pHash (uint64), size in pixels, colour descriptor and decode note."""
+        """Store one file's pHash (uint64), size in pixels, colour evidence
+        (float32, the stored form of :func:`dedup.colour.pack`) and decode note."""
         self._db.execute(
             "INSERT OR REPLACE INTO files VALUES (?,?,?,?,?,?)",
             (digest, _to_signed(int(phash)), int(width), int(height), np.asarray(colour, np.float32).tobytes(), note),

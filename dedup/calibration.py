@@ -40,7 +40,7 @@ from importlib import resources
 import numpy as np
 
 #: Version of the feature set; a model file of another version is refused.
-FEATURES_VERSION = 3
+FEATURES_VERSION = 4
 #: The evidence columns, in order (see :func:`pair_features`).
 FEATURES = (
     "distance",
@@ -55,6 +55,8 @@ FEATURES = (
     "relative_to_nearest",
     "copy_evidence",
     "variant_evidence",
+    "layout_mean",
+    "layout_max",
 )
 #: The model file shipped in the package.
 MODEL_FILE = "pair_model.json"
@@ -110,7 +112,8 @@ def pair_features(pairs) -> np.ndarray:
         ``min(inliers, 50) / 50`` (0 when not aligned): an edited copy keeps
         its colours where it aligns, a colour variant in the same pose does
         not. The 0.03 and 0.4 scales were chosen by the leave-one-set-out
-        precision of ``benchmarks/calibrate.py``.
+        precision of ``benchmarks/calibrate.py``; the mean and the largest
+        band distance of the colour layouts [0, 1].
     """
     inl = np.maximum(np.asarray(pairs.inliers, np.float64), 0)
     mm = np.asarray(pairs.mismatch, np.float64)
@@ -131,6 +134,8 @@ def pair_features(pairs) -> np.ndarray:
             pairs.relative,
             np.where(aligned, np.exp(-np.maximum(mm, 0) / 0.03), 0.0) * np.minimum(inl, 50) / 50,
             np.where(aligned, np.minimum(mm, 0.4), 0.0) * np.minimum(inl, 50) / 50,
+            pairs.layout_mean,
+            pairs.layout_max,
         ]
     ).astype(np.float64)
 

@@ -24,6 +24,23 @@ alone, 0.58 with the previous 3 x 6 x 6 near-white-background histogram,
 no loss on ``ukbench-dev``. Every colour is compared in full: a grey garment
 no longer matches any colour of similar lightness, and a greyscale copy of a
 colour photo counts as a different colour (it is, for a retailer).
+
+Colour layout (:func:`colour_features`): the same foreground split into
+:data:`LAYOUT_BANDS` horizontal bands of its bounding box, top to bottom,
+each with its own coarse 3 L* x 6 a* x 6 b* histogram. A product's views
+share their layout (the top's colour above the trousers' colour, front or
+back), while a colour variant worn with the same outfit differs in one band
+only: one band in four moves the whole-image histogram little, but that
+band's distance fully. Its pair evidence (:func:`layout_distances`, the mean
+and the largest band distance) raised the recall of ``inshop-women``'s
+same-product pairs at pair precision 0.98, on cuts held out of the fit,
+from 0.32 to 0.40 (``benchmarks/calibrate.py``), and the default run's
+pairwise precision there from 0.971 to 0.981 (``benchmarks/run_all.py``);
+3, 6 or 8 bands and 4 x 8 x 8 bins measured within 0.03 of that. Fused
+into the kNN search as well it did not raise R@1 (0.836 -> at most 0.835),
+so it is pair evidence only. Bands are
+mirror-invariant, as a mirrored copy must be. Stored as uint8 (the square
+root of each band's histogram times 255): 432 bytes an image.
 """
 
 from __future__ import annotations
@@ -39,6 +56,13 @@ AB_RANGE = 45.0
 #: Delta E*ab from the border colour under which a pixel is background.
 BACKGROUND_DELTA_E = 10.0
 _SIDE = 64
+#: Horizontal bands of the colour layout, and each band's L* x a* x b* bins.
+LAYOUT_BANDS = 4
+_LAYOUT_BINS = (3, 6, 6)
+#: Length of a colour layout (uint8).
+LAYOUT_DIM = LAYOUT_BANDS * _LAYOUT_BINS[0] * _LAYOUT_BINS[1] * _LAYOUT_BINS[2]
+#: Length of the stored form (:func:`pack`): descriptor then layout, float32.
+STORED_DIM = DIM + LAYOUT_DIM
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -83,30 +107,75 @@ def foreground_mask(lab: np.ndarray) -> np.ndarray:
     return fg
 
 
-def colour_descriptor(image: Image.Image) -> np.ndarray:
-    """The colour descriptor of an image (any mode; converted to RGB).
-
-    Returns:
-        ``(DIM,)`` = ``(864,)`` float32, the square root of a normalised
-        6 x 12 x 12 L*a*b* foreground histogram (unit L2 norm).
-    """
-    rgb = np.asarray(image.convert("RGB").resize((_SIDE, _SIDE), Image.Resampling.BILINEAR))
-    lab = srgb_to_lab(rgb)
-    lab = lab.reshape(-1, 3)[foreground_mask(lab)]
-    l0, lw = _soft_bin(lab[:, 0], 0, 100, L_BINS)
-    a0, aw = _soft_bin(np.clip(lab[:, 1], -AB_RANGE, AB_RANGE), -AB_RANGE, AB_RANGE, A_BINS)
-    b0, bw = _soft_bin(np.clip(lab[:, 2], -AB_RANGE, AB_RANGE), -AB_RANGE, AB_RANGE, B_BINS)
-    hist = np.zeros(DIM, np.float64)
+def _histogram(lab: np.ndarray, bins: tuple[int, int, int]) -> np.ndarray:
+    """Soft (trilinear) joint L* x a* x b* histogram of ``(m, 3)`` CIELAB
+    pixels, a*/b* clipped to +-:data:`AB_RANGE`; ``(prod(bins),)`` float64,
+    summing to 1 (all zero for no pixels)."""
+    nl, na, nb = bins
+    l0, lw = _soft_bin(lab[:, 0], 0, 100, nl)
+    a0, aw = _soft_bin(np.clip(lab[:, 1], -AB_RANGE, AB_RANGE), -AB_RANGE, AB_RANGE, na)
+    b0, bw = _soft_bin(np.clip(lab[:, 2], -AB_RANGE, AB_RANGE), -AB_RANGE, AB_RANGE, nb)
+    size = nl * na * nb
+    hist = np.zeros(size, np.float64)
     for dl in (0, 1):
         for da in (0, 1):
             for db in (0, 1):
                 w = (lw if dl else 1 - lw) * (aw if da else 1 - aw) * (bw if db else 1 - bw)
-                idx = (
-                    np.minimum(l0 + dl, L_BINS - 1) * A_BINS + np.minimum(a0 + da, A_BINS - 1)
-                ) * B_BINS + np.minimum(b0 + db, B_BINS - 1)
-                hist += np.bincount(idx, weights=w, minlength=DIM)
-    hist /= max(hist.sum(), 1e-12)
-    return np.sqrt(hist).astype(np.float32)
+                idx = (np.minimum(l0 + dl, nl - 1) * na + np.minimum(a0 + da, na - 1)) * nb + np.minimum(
+                    b0 + db, nb - 1
+                )
+                hist += np.bincount(idx, weights=w, minlength=size)
+    return hist / hist.sum() if hist.sum() > 0 else hist
+
+
+def colour_features(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The colour descriptor and the colour layout of an image (any mode;
+    converted to RGB), from one shrunk copy.
+
+    Returns:
+        ``(descriptor, layout)``: ``(DIM,)`` = ``(864,)`` float32, the square
+        root of a normalised 6 x 12 x 12 L*a*b* foreground histogram (unit L2
+        norm); ``(LAYOUT_DIM,)`` = ``(432,)`` uint8, per band (top first) the
+        square root of its normalised 3 x 6 x 6 histogram times 255 (a band
+        with no foreground is all 0).
+    """
+    rgb = np.asarray(image.convert("RGB").resize((_SIDE, _SIDE), Image.Resampling.BILINEAR))
+    lab = srgb_to_lab(rgb)
+    fg = foreground_mask(lab)
+    descriptor = np.sqrt(_histogram(lab.reshape(-1, 3)[fg], (L_BINS, A_BINS, B_BINS))).astype(np.float32)
+    fg2 = fg.reshape(_SIDE, _SIDE)
+    rows = np.nonzero(fg2.any(axis=1))[0]
+    top, bottom = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, _SIDE)
+    bands = []
+    for k in range(LAYOUT_BANDS):
+        a = top + (bottom - top) * k // LAYOUT_BANDS
+        b = top + (bottom - top) * (k + 1) // LAYOUT_BANDS
+        bands.append(np.sqrt(_histogram(lab[a:b][fg2[a:b]], _LAYOUT_BINS)))
+    layout = np.round(np.concatenate(bands) * 255).astype(np.uint8)
+    return descriptor, layout
+
+
+def colour_descriptor(image: Image.Image) -> np.ndarray:
+    """The colour descriptor alone (see :func:`colour_features`):
+    ``(DIM,)`` float32, unit L2 norm."""
+    return colour_features(image)[0]
+
+
+def pack(descriptor: np.ndarray, layout: np.ndarray) -> np.ndarray:
+    """The stored form of an image's colour evidence (cache and Spark
+    features table): ``(STORED_DIM,)`` float32, the descriptor then the
+    layout's values."""
+    return np.concatenate([np.asarray(descriptor, np.float32), np.asarray(layout, np.float32)])
+
+
+def unpack(stored: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(descriptor float32, layout uint8)`` from :func:`pack`'s output, or
+    ``None`` when it was stored by another descriptor version (another
+    length): the image is then decoded again."""
+    stored = np.asarray(stored, np.float32)
+    if stored.shape != (STORED_DIM,):
+        return None
+    return stored[:DIM].copy(), np.clip(np.round(stored[DIM:]), 0, 255).astype(np.uint8)
 
 
 def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -120,3 +189,23 @@ def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     bc = np.einsum("...k,...k->...", np.asarray(a, np.float32), np.asarray(b, np.float32))
     return np.sqrt(np.clip(1.0 - bc, 0.0, 1.0)).astype(np.float32)
+
+
+def layout_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Band-by-band Hellinger distances of colour layouts (rows, broadcast).
+
+    Args:
+        a, b: ``(..., LAYOUT_DIM)`` uint8 layouts from :func:`colour_features`.
+
+    Returns:
+        ``(mean, max)`` over the bands, each ``(...)`` float32 in [0, 1]. A
+        band empty in one image and not in the other counts 1; empty in both, 0.
+    """
+    shape = (*np.broadcast_shapes(np.shape(a), np.shape(b))[:-1], LAYOUT_BANDS, LAYOUT_DIM // LAYOUT_BANDS)
+    fa = np.broadcast_to(np.asarray(a, np.float32).reshape(*np.shape(a)[:-1], *shape[-2:]), shape)
+    fb = np.broadcast_to(np.asarray(b, np.float32).reshape(*np.shape(b)[:-1], *shape[-2:]), shape)
+    bc = np.einsum("...k,...k->...", fa, fb) / np.float32(255 * 255)
+    d = np.sqrt(np.clip(1.0 - bc, 0.0, 1.0))
+    ea, eb = ~fa.any(axis=-1), ~fb.any(axis=-1)
+    d = np.where(ea & eb, 0.0, np.where(ea | eb, 1.0, d)).astype(np.float32)
+    return d.mean(axis=-1), d.max(axis=-1)

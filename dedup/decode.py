@@ -41,9 +41,12 @@ except Exception:  # pragma: no cover - optional
     pass
 
 
-#: Identifies this decoder's behaviour: a file it failed on is remembered in
-#: the cache under this id (with the pixel limit), and retried by another.
-DECODER_ID = f"dedup-decode-1/pillow-{PIL.__version__}"
+#: Identifies this decoder's behaviour and what it computes from the pixels:
+#: a file it failed on is remembered in the cache under this id (with the
+#: pixel limit), and retried by another; the Spark engine's facts table is
+#: keyed by it, so facts of an older version are computed again (version 2:
+#: the colour layout was added).
+DECODER_ID = f"dedup-decode-2/pillow-{PIL.__version__}"
 
 
 class DecodeError(Exception):

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .backbones import Backbone
 from .cache import Cache
 from .colour import DIM as COLOUR_DIM
-from .colour import colour_descriptor
+from .colour import LAYOUT_DIM, colour_features, pack, unpack
 from .decode import DECODER_ID, DecodeError, load_image
 from .digest import cache_key
 from .hashing import phash
@@ -52,6 +52,7 @@ class Facts:
         width, height: original size in pixels after EXIF rotation.
         colour: ``(dedup.colour.DIM,)`` float32 colour descriptor.
         note: what decoding adapted ("" when nothing).
+        layout: ``(dedup.colour.LAYOUT_DIM,)`` uint8 colour layout.
     """
 
     phash: int
@@ -59,6 +60,19 @@ class Facts:
     height: int
     colour: np.ndarray
     note: str
+    layout: np.ndarray
+
+    def stored(self) -> np.ndarray:
+        """The colour evidence as the cache and the Spark features table keep
+        it (:func:`dedup.colour.pack`)."""
+        return pack(self.colour, self.layout)
+
+    @classmethod
+    def from_stored(cls, phash: int, width: int, height: int, stored: np.ndarray, note: str) -> "Facts | None":
+        """Facts from their stored form; ``None`` when the colour evidence was
+        stored by another descriptor version (the image is decoded again)."""
+        got = unpack(stored)
+        return None if got is None else cls(phash, width, height, got[0], note, got[1])
 
 
 @dataclass
@@ -73,6 +87,8 @@ class Embedded:
         colours: ``(n, dedup.colour.DIM)`` float32 colour descriptors, one
             preallocated matrix; each filled item's ``Facts.colour`` is a
             view of its row (no per-image copies).
+        layouts: ``(n, dedup.colour.LAYOUT_DIM)`` uint8 colour layouts, the
+            same way.
         failed: item index -> one-line skip reason.
         from_cache: items needing no decoding at all (files the cache
             knows to be undecodable not counted).
@@ -84,6 +100,7 @@ class Embedded:
     vectors: list[np.ndarray]
     have: list[np.ndarray]
     colours: np.ndarray
+    layouts: np.ndarray
     failed: dict[int, str] = field(default_factory=dict)
     from_cache: int = 0
     embedded: int = 0
@@ -97,6 +114,7 @@ class Embedded:
             [np.zeros((n, net.dim), np.float32) for net in nets],
             [np.zeros(n, bool) for _ in nets],
             np.zeros((n, COLOUR_DIM), np.float32),
+            np.zeros((n, LAYOUT_DIM), np.uint8),
         )
 
     def missing(self, i: int) -> bool:
@@ -105,9 +123,12 @@ class Embedded:
         return i not in self.failed and (self.facts[i] is None or not all(h[i] for h in self.have))
 
     def set_facts(self, i: int, facts: Facts) -> None:
-        """Record item ``i``'s facts, its colour descriptor moved into :attr:`colours`."""
+        """Record item ``i``'s facts, its colour descriptor and layout moved
+        into :attr:`colours` and :attr:`layouts`."""
         self.colours[i] = facts.colour
         facts.colour = self.colours[i]
+        self.layouts[i] = facts.layout
+        facts.layout = self.layouts[i]
         self.facts[i] = facts
 
 
@@ -149,7 +170,8 @@ def decode_task(
     try:
         dec = load_image(io.BytesIO(data), target_size=target, max_pixels=max_pixels)
         prepared = [n.prepare(dec.image) if need else None for n, need in zip(nets, need_embed)]
-        facts = Facts(phash(dec.image), dec.width, dec.height, colour_descriptor(dec.image), dec.note)
+        colour, layout = colour_features(dec.image)
+        facts = Facts(phash(dec.image), dec.width, dec.height, colour, dec.note, layout)
     except DecodeError as exc:
         return digest, str(exc), None, None
     except Exception as exc:  # noqa: BLE001 - one bad file never ends the run
@@ -209,8 +231,13 @@ def _from_cache(digests: list[str], nets: list[Backbone], cache: Cache, decoder:
         rows = cache.get_files(chunk)
         for i, d in enumerate(chunk, start=a):
             row = rows.get(d)
-            if row is not None and len(row["colour"]) == COLOUR_DIM:  # else stored by another descriptor version
-                out.set_facts(i, Facts(row["phash"], row["width"], row["height"], row["colour"], row["note"]))
+            facts = (
+                None
+                if row is None
+                else Facts.from_stored(row["phash"], row["width"], row["height"], row["colour"], row["note"])
+            )
+            if facts is not None:  # else stored by another descriptor version
+                out.set_facts(i, facts)
         uniq = sorted(set(chunk))
         for b, net in enumerate(nets):
             got = cache.get_embeddings(uniq, net.name, net.cache_id, net.dim)
@@ -272,6 +299,7 @@ def decode_and_embed(
                 out.failed[i] = out.failed[src]
             out.facts[i] = out.facts[src]
             out.colours[i] = out.colours[src]
+            out.layouts[i] = out.layouts[src]
             for v, h in zip(out.vectors, out.have):
                 v[i], h[i] = v[src], h[src]
     return out
@@ -331,5 +359,5 @@ def _take(
         return
     out.set_facts(i, facts)
     if cache is not None:
-        cache.put_file(digests[i], facts.phash, facts.width, facts.height, facts.colour, facts.note)
+        cache.put_file(digests[i], facts.phash, facts.width, facts.height, facts.stored(), facts.note)
     batcher.add(i, prepared)

@@ -245,7 +245,16 @@ def out_of_fold_pairs(
             files = [res.files[i] for i in te]
             fused = dd.fused_space(list(emb.values()), res.colours[te], fold_model, base=F[te])  # F: computed once
             scored = dd.score(
-                emb, res.colours[te], res.codes[te], files, dig, cache, phash, adapted=fold_model, fused=fused
+                emb,
+                res.colours[te],
+                res.codes[te],
+                files,
+                dig,
+                cache,
+                phash,
+                adapted=fold_model,
+                fused=fused,
+                layouts=res.layouts[te],
             )
             ij = scored.pairs.ij
             X.append(pair_features(scored.pairs))

@@ -11,7 +11,7 @@ person. How a run decides (every number is a documented default of
    search itself must weigh colour), plus every pHash near-duplicate pair.
    Memory O(n x k): never an n x n matrix.
 2. Evidence per pair (:func:`score_pairs`): ensemble cosine distance, colour
-   distance, contextual distance (Jegou et al., CVPR 2007), mutual ranks,
+   distance, colour layout distances, contextual distance (Jegou et al., CVPR 2007), mutual ranks,
    pHash bits, RootSIFT + RANSAC inliers and the colour mismatch after
    alignment (:mod:`dedup.verify`).
 3. Decision (:mod:`dedup.calibration`): a calibrated probability that the pair
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 import pandas as pd
 
-from .colour import colour_distance
+from .colour import colour_distance, layout_distances
 from .index import WeightedVectors
 
 #: Stage names recorded per joined image, strongest evidence first.
@@ -124,6 +124,9 @@ class Pairs:
         mismatch: ``(m,)`` float32 share of the first image's foreground whose
             colour differs (Delta E*ab > 25) from the second image's aligned by
             the RANSAC homography, [0, 1]; ``-1`` when not aligned.
+        layout_mean, layout_max: ``(m,)`` float32 mean and largest Hellinger
+            distance of the colour layouts' bands
+            (:func:`dedup.colour.layout_distances`), [0, 1].
     """
 
     ij: np.ndarray
@@ -138,10 +141,15 @@ class Pairs:
     phash_bits: np.ndarray
     inliers: np.ndarray
     mismatch: np.ndarray = None  # type: ignore[assignment]
+    layout_mean: np.ndarray = None  # type: ignore[assignment]
+    layout_max: np.ndarray = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.mismatch is None:
             self.mismatch = np.full(len(self.ij), -1.0, np.float32)
+        for name in ("layout_mean", "layout_max"):  # no layouts: the colour distance stands in
+            if getattr(self, name) is None:
+                setattr(self, name, np.asarray(self.colour, np.float32).copy())
 
     def subset(self, mask: np.ndarray) -> "Pairs":
         """The pairs selected by a boolean ``(m,)`` mask."""
@@ -263,6 +271,7 @@ def score_pairs(
     fused_ids: np.ndarray,
     phashes: np.ndarray,
     k_context: int = 10,
+    layouts: np.ndarray | None = None,
 ) -> Pairs:
     """The evidence of every candidate pair (all but the geometric verification).
 
@@ -278,6 +287,9 @@ def score_pairs(
         k_context: neighbours averaged for the context radius; where an
             image has fewer (a collection of <= k_context images), the
             missing ones count at :data:`CONTEXT_PRIOR_RADIUS`.
+        layouts: ``(n, dedup.colour.LAYOUT_DIM)`` uint8 colour layouts, or
+            ``None`` (a caller without them, e.g. synthetic data): the
+            colour distance then stands in for both layout distances.
 
     Returns:
         :class:`Pairs` with ``inliers`` and ``mismatch`` set to -1.
@@ -287,12 +299,16 @@ def score_pairs(
     per = np.zeros((m, len(embeddings)), np.float32)
     fd = np.zeros(m, np.float32)
     col = np.zeros(m, np.float32)
+    lay_mean = np.zeros(m, np.float32)
+    lay_max = np.zeros(m, np.float32)
     for s in range(0, m, _PAIR_BLOCK):  # gathered rows: _PAIR_BLOCK x d floats at a time
         sl = slice(s, s + _PAIR_BLOCK)
         for b, X in enumerate(embeddings):
             per[sl, b] = 1.0 - np.einsum("ij,ij->i", X[a[sl]], X[c[sl]])
         fd[sl] = 1.0 - _rows_dot(fused, a[sl], c[sl])
         col[sl] = colour_distance(colours[a[sl]], colours[c[sl]])
+        if layouts is not None:
+            lay_mean[sl], lay_max[sl] = layout_distances(layouts[a[sl]], layouts[c[sl]])
     dist = per.mean(axis=1) if len(embeddings) else np.zeros(m, np.float32)
     # neighbourhood radii in the fused space: mean distance to the k_context nearest, and to the nearest
     k = fused_ids.shape[1] if fused_ids.ndim == 2 else 0
@@ -337,6 +353,8 @@ def score_pairs(
         relative.astype(np.float32),
         bits.astype(np.int64),
         np.full(m, -1, np.int64),
+        layout_mean=lay_mean if layouts is not None else col.copy(),
+        layout_max=lay_max if layouts is not None else col.copy(),
     )
 
 

@@ -41,6 +41,7 @@ from .adapt import MAX_OUT_OF_DOMAIN, AdaptedModel
 from .backbones import Backbone, select_backbones
 from .cache import Cache
 from .calibration import PairModel
+from .colour import LAYOUT_DIM
 from .decode import DEFAULT_MAX_PIXELS, load_image
 from .digest import digest_files
 from .discover import Skipped, discover, printable
@@ -93,6 +94,7 @@ class Result:
             :func:`review_table`).
         codes: ``(n,)`` uint64 pHashes; fused_ids: ``(n, k+1)`` int64 kNN ids
             in the colour-fused space.
+        layouts: ``(n, dedup.colour.LAYOUT_DIM)`` uint8 colour layouts.
         meta: settings, backbones with weights provenance, counts, seconds
             per stage (written to run.json).
         verifier: the geometric verifier used (or ``None``).
@@ -116,6 +118,7 @@ class Result:
     review: pd.DataFrame = field(default_factory=pd.DataFrame)
     codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     fused_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    layouts: np.ndarray = field(default_factory=lambda: np.zeros((0, LAYOUT_DIM), np.uint8))
 
     def ensemble_embeddings(self) -> np.ndarray:
         """``(n, sum d_b)`` float32: the backbones' embeddings side by side, each
@@ -137,6 +140,7 @@ class Embeddings:
         facts: per image :class:`dedup.embed.Facts` (pHash, size, colour, note).
         embeddings: backbone name -> ``(n, d)`` float32 L2-normalised.
         colours: ``(n, dedup.colour.DIM)`` float32; codes: ``(n,)`` uint64 pHashes.
+        layouts: ``(n, dedup.colour.LAYOUT_DIM)`` uint8 colour layouts.
         skipped: DataFrame ``path, reason`` of every file not used.
         found: files discovered; from_cache, embedded: images whose
             embeddings came from the cache or were computed;
@@ -151,6 +155,7 @@ class Embeddings:
     colours: np.ndarray
     codes: np.ndarray
     skipped: pd.DataFrame
+    layouts: np.ndarray
     found: int = 0
     from_cache: int = 0
     embedded: int = 0
@@ -664,6 +669,7 @@ class Deduplicator:
             colours=got.colours if len(ok) == len(items) else got.colours[ok],
             codes=np.array([f.phash for f in facts], dtype=np.uint64),
             skipped=pd.DataFrame(skipped_rows, columns=["path", "reason"]).sort_values("path", ignore_index=True),
+            layouts=got.layouts if len(ok) == len(items) else got.layouts[ok],
             found=len(paths),
             from_cache=got.from_cache,
             embedded=got.embedded,
@@ -682,7 +688,9 @@ class Deduplicator:
             exact = hash_pass(dig, codes, self.phash_max_distance, None if engine is None else engine.phash_pairs)
         params = self.grouping_params()
         adapted, adapted_info, fused = self._applicable_model(list(emb.values()), colours)
-        scored = self.score(emb, colours, codes, files, dig, cache, exact["phash"], timings, adapted, fused)
+        scored = self.score(
+            emb, colours, codes, files, dig, cache, exact["phash"], timings, adapted, fused, inputs.layouts
+        )
         indexes, fused_ids, pairs, verifier = scored.indexes, scored.fused_ids, scored.pairs, scored.verifier
         with _timed(timings, "group"):
             model = self.pair_model(adapted)
@@ -729,6 +737,7 @@ class Deduplicator:
             review=review,
             codes=codes,
             fused_ids=fused_ids,
+            layouts=inputs.layouts,
         )
 
     def score(
@@ -743,6 +752,7 @@ class Deduplicator:
         timings: dict | None = None,
         adapted: AdaptedModel | None = None,
         fused: np.ndarray | WeightedVectors | None = None,
+        layouts: np.ndarray | None = None,
     ) -> "Scored":
         """Stages 5 and the evidence of stage 6: the ANN indexes, the candidate
         pairs and their evidence (geometric verification included, cached
@@ -758,6 +768,8 @@ class Deduplicator:
             adapted: search the fused space in this model's projection.
             fused: the fused space when already computed
                 (:meth:`fused_space` of the same inputs); else computed here.
+            layouts: ``(n, dedup.colour.LAYOUT_DIM)`` uint8 colour layouts
+                (``None``: the colour distance stands in, see :func:`score_pairs`).
 
         Returns:
             A :class:`Scored`.
@@ -789,7 +801,7 @@ class Deduplicator:
             )[1][0]
         with _timed(timings, "group"):
             ij = candidate_pairs(neighbour_ids + [fused_ids], extra=phash_pairs)
-            pairs = score_pairs(ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context)
+            pairs = score_pairs(ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context, layouts)
             verifier = self._verify(pairs, files, digests, cache)
         return Scored(indexes, fused_ids, pairs, verifier)
 

@@ -329,7 +329,7 @@ def connected_components(
 # a Parquet features table, and the neighbour and pHash searches above.
 
 #: Sub-folders of a Spark engine's features folder: per content, its facts
-#: (pHash, size, colour descriptor, or why it cannot be decoded), and per
+#: (pHash, size, colour descriptor and layout, or why it cannot be decoded), and per
 #: content and backbone weights, its embedding.
 FACTS_TABLE, VECTORS_TABLE = "facts", "vectors"
 
@@ -423,7 +423,7 @@ def _feature_batches(nets: list, decoder: str, max_pixels: int | None, batch_siz
                             width=facts.width,
                             height=facts.height,
                             note=facts.note,
-                            colour=np.asarray(facts.colour, np.float32),
+                            colour=facts.stored(),
                         )
                         for b, x in enumerate(prepared):
                             inputs[b].append(x)
@@ -667,17 +667,17 @@ class _Fill:
 
     def facts(self, pdf: pd.DataFrame) -> None:
         """Record facts rows (:data:`_FACTS_SCHEMA`'s columns) or their skip reasons."""
-        from .colour import DIM
         from .embed import Facts
 
         for r in pdf.itertuples(index=False):
-            colour = None if r.colour is None else np.asarray(r.colour, np.float32)
             for i in self.rows_of[r.sha256]:
                 if isinstance(r.reason, str):
                     self.out.failed[i] = r.reason
-                elif colour is not None and len(colour) == DIM:  # else stored by another descriptor version
+                elif r.colour is not None:
                     ph = int(np.int64(r.phash).view(np.uint64))
-                    self.out.set_facts(i, Facts(ph, int(r.width), int(r.height), colour.copy(), r.note or ""))
+                    facts = Facts.from_stored(ph, int(r.width), int(r.height), r.colour, r.note or "")
+                    if facts is not None:  # else stored by another descriptor version
+                        self.out.set_facts(i, facts)
 
     def vector(self, sha: str, b: int, v) -> None:
         """Record backbone ``b``'s embedding of content ``sha``."""
