@@ -42,6 +42,7 @@ from _common import BENCH, RESULTS, ROOT, machine, replace_readme_block, write  
 
 from dedup.cache import Cache  # noqa: E402
 from dedup.calibration import PairModel  # noqa: E402
+from dedup.colour import LAYOUT_DIM, pack  # noqa: E402
 from dedup.embed import Embedded, _from_cache  # noqa: E402
 from dedup.evaluate import pairwise_scores  # noqa: E402
 from dedup.grouping import GroupingParams, candidate_pairs, fused_parts, fused_vectors, group, score_pairs  # noqa: E402
@@ -197,38 +198,45 @@ def after_embedding(stages: dict) -> float:
 
 def cache_write(path: Path, data: dict, batch: int = 256) -> None:
     """Store every image as a cold run does: per batch, each file's digest,
-    pHash and colour descriptor, then the batch's embeddings (one commit)."""
+    pHash and colour evidence (descriptor and layout), then the batch's embeddings (one commit)."""
     st = os.stat(path.parent)
     emb, codes, colours, digests = data["emb"], data["codes"], data["colours"], data["digests"]
+    layouts = data["layouts"]
     with Cache(path) as cache:
         for a in range(0, len(digests), batch):
             for i in range(a, min(a + batch, len(digests))):
                 cache.put_digest(f"img{i:07d}.jpg".encode(), st, digests[i])
-                cache.put_file(digests[i], int(codes[i]), 0, 0, colours[i], "")
+                cache.put_file(digests[i], int(codes[i]), 0, 0, pack(colours[i], layouts[i]), "")
             cache.put_embeddings(digests[a : a + batch], "efficientnet-lite0", "synthetic", emb[a : a + batch])
 
 
 def cache_read(path: Path, data: dict) -> tuple[np.ndarray, float]:
     """A warm run's read: open the cache (its integrity check included) and
     fill new preallocated matrices through :func:`dedup.embed._from_cache`.
-    The stored embeddings and colours replace ``data``'s (freed first, so
+    The stored embeddings, colours and layouts replace ``data``'s (freed first, so
     that memory shows the warm run's single copy); sampled rows are checked
     equal.
     Returns the matrix and the seconds that opening the cache took."""
     (n, d), c = data["emb"].shape, data["colours"].shape[1]
     check = np.random.default_rng(2).choice(n, min(n, 1000), replace=False)
-    expect = data["emb"][check].copy(), data["colours"][check].copy()
-    del data["emb"], data["colours"]
+    expect = data["emb"][check].copy(), data["colours"][check].copy(), data["layouts"][check].copy()
+    del data["emb"], data["colours"], data["layouts"]
     net = SimpleNamespace(name="efficientnet-lite0", cache_id="synthetic", dim=d)
-    out = Embedded([None] * n, [np.empty((n, d), np.float32)], [np.zeros(n, bool)], np.empty((n, c), np.float32))
+    out = Embedded(
+        [None] * n,
+        [np.empty((n, d), np.float32)],
+        [np.zeros(n, bool)],
+        np.empty((n, c), np.float32),
+        np.empty((n, LAYOUT_DIM), np.uint8),
+    )
     t0 = time.perf_counter()
     with Cache(path) as cache:
         opened = time.perf_counter() - t0
         _from_cache(data["digests"], [net], cache, "synthetic", out)  # type: ignore[list-item]
-    got = out.vectors[0][check], out.colours[check]
+    got = out.vectors[0][check], out.colours[check], out.layouts[check]
     if not (out.have[0].all() and all(np.array_equal(a, b) for a, b in zip(got, expect))):
         raise AssertionError("the cache did not give back what was stored")
-    data["colours"] = out.colours
+    data["colours"], data["layouts"] = out.colours, out.layouts
     return out.vectors[0], opened
 
 

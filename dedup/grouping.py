@@ -32,7 +32,9 @@ person. How a run decides (every number is a documented default of
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -389,17 +391,20 @@ class _Clusters:
     """Union-find with member lists and a cross-pair check (small-to-large).
 
     The scored pairs are held as a CSR adjacency (NumPy arrays, both
-    directions), built without a Python loop over the pairs.
+    directions; int32 ids below 2**31 images and float32 probabilities, so
+    2 x 8 bytes a pair), built without a Python loop over the pairs.
     """
 
     def __init__(self, n: int, ij: np.ndarray, p: np.ndarray, rejected: set):
         self.parent = np.arange(n)
         self.members: dict[int, list[int]] = {i: [i] for i in range(n)}
-        src = np.concatenate([ij[:, 0], ij[:, 1]]).astype(np.int64)
+        ids = np.int32 if n < 2**31 else np.int64
+        src = np.concatenate([ij[:, 0], ij[:, 1]]).astype(ids)
         order = np.argsort(src, kind="stable")
-        self.nbr = np.concatenate([ij[:, 1], ij[:, 0]]).astype(np.int64)[order]
-        self.nbr_p = np.concatenate([p, p]).astype(np.float64)[order]
-        self.start = np.searchsorted(src[order], np.arange(n + 1))
+        self.start = np.searchsorted(src[order], np.arange(n + 1, dtype=ids))
+        del src
+        self.nbr = np.concatenate([ij[:, 1], ij[:, 0]]).astype(ids)[order]
+        self.nbr_p = np.concatenate([p, p]).astype(np.float32)[order]
         self.rejected = rejected
 
     def find(self, i: int) -> int:
@@ -413,7 +418,7 @@ class _Clusters:
     def cross(self, ra: int, rb: int) -> tuple[float, int, bool]:
         """(sum of p, count, any rejected) over scored pairs between two clusters."""
         small, other = (ra, rb) if len(self.members[ra]) <= len(self.members[rb]) else (rb, ra)
-        total, count, veto = 0.0, 0, False
+        total, count, veto = 0.0, 0, False  # summed in Python floats (float64)
         for i in self.members[small]:
             lo, hi = self.start[i], self.start[i + 1]
             for j, pp in zip(self.nbr[lo:hi].tolist(), self.nbr_p[lo:hi].tolist()):
@@ -482,12 +487,15 @@ def phash_edges(
     return out
 
 
-def classifier_edges(pairs: Pairs, confidence: np.ndarray, params: GroupingParams) -> list[Edge]:
+def classifier_edges(pairs: Pairs, confidence: np.ndarray, params: GroupingParams) -> Iterator[Edge]:
     """Rule 4: a candidate pair with calibrated P(same) >= ``min_confidence``
-    joins, strongest first (subject to the linkage check of :func:`group`)."""
+    joins, strongest first (subject to the linkage check of :func:`group`).
+    Yielded one at a time: at a million images millions of pairs qualify,
+    and a list of their tuples would cost hundreds of MB."""
     join = np.nonzero(confidence >= params.min_confidence)[0]
     join = join[np.argsort(-confidence[join], kind="stable")]
-    return [("classifier", int(pairs.ij[r, 0]), int(pairs.ij[r, 1]), float(confidence[r]), int(r)) for r in join]
+    for r in join.tolist():
+        yield ("classifier", int(pairs.ij[r, 0]), int(pairs.ij[r, 1]), float(confidence[r]), r)
 
 
 def _split_decisions(decisions: pd.DataFrame | None) -> tuple[list[tuple[int, int]], set[tuple[int, int]]]:
@@ -574,11 +582,11 @@ def group(
     conf = np.asarray(confidence, np.float64)
     rows = _PairRows(pairs, n)
     confirmed, rejected = _split_decisions(decisions)
-    edges = (
-        sha256_edges(hash_pairs, rows)
-        + reviewed_edges(confirmed, rows)
-        + phash_edges(hash_pairs, rows, pairs, conf, p)
-        + classifier_edges(pairs, conf, p)
+    edges = chain(
+        sha256_edges(hash_pairs, rows),
+        reviewed_edges(confirmed, rows),
+        phash_edges(hash_pairs, rows, pairs, conf, p),
+        classifier_edges(pairs, conf, p),
     )
     cl = _Clusters(n, pairs.ij, conf, rejected)
     record = _Record(n)

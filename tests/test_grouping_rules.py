@@ -201,6 +201,6 @@ def test_rule_phash_edges_need_a_scored_pair_with_agreeing_colour():
 
 def test_rule_classifier_edges_are_the_confident_pairs_strongest_first():
     pairs = pairs_of([(0, 1), (1, 2), (2, 3), (3, 4)])
-    edges = classifier_edges(pairs, np.array([0.91, 0.5, 0.99, 0.9]), GroupingParams(min_confidence=0.9))
+    edges = list(classifier_edges(pairs, np.array([0.91, 0.5, 0.99, 0.9]), GroupingParams(min_confidence=0.9)))
     assert [(e[1], e[2]) for e in edges] == [(2, 3), (0, 1), (3, 4)]
     assert [e[3] for e in edges] == [0.99, 0.91, 0.9]
