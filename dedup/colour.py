@@ -128,6 +128,29 @@ def _histogram(lab: np.ndarray, bins: tuple[int, int, int]) -> np.ndarray:
     return hist / hist.sum() if hist.sum() > 0 else hist
 
 
+def _shrunk_lab(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """The image shrunk to ``_SIDE`` x ``_SIDE``, in CIELAB ``(side, side, 3)``
+    float32, and its ``(side, side)`` bool foreground mask."""
+    rgb = np.asarray(image.convert("RGB").resize((_SIDE, _SIDE), Image.Resampling.BILINEAR))
+    lab = srgb_to_lab(rgb)
+    return lab, foreground_mask(lab).reshape(_SIDE, _SIDE)
+
+
+def _descriptor(lab: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    return np.sqrt(_histogram(lab[fg], (L_BINS, A_BINS, B_BINS))).astype(np.float32)
+
+
+def _layout(lab: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    rows = np.nonzero(fg.any(axis=1))[0]
+    top, bottom = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, _SIDE)
+    bands = []
+    for k in range(LAYOUT_BANDS):
+        a = top + (bottom - top) * k // LAYOUT_BANDS
+        b = top + (bottom - top) * (k + 1) // LAYOUT_BANDS
+        bands.append(np.sqrt(_histogram(lab[a:b][fg[a:b]], _LAYOUT_BINS)))
+    return np.round(np.concatenate(bands) * 255).astype(np.uint8)
+
+
 def colour_features(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     """The colour descriptor and the colour layout of an image (any mode;
     converted to RGB), from one shrunk copy.
@@ -139,26 +162,14 @@ def colour_features(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
         square root of its normalised 3 x 6 x 6 histogram times 255 (a band
         with no foreground is all 0).
     """
-    rgb = np.asarray(image.convert("RGB").resize((_SIDE, _SIDE), Image.Resampling.BILINEAR))
-    lab = srgb_to_lab(rgb)
-    fg = foreground_mask(lab)
-    descriptor = np.sqrt(_histogram(lab.reshape(-1, 3)[fg], (L_BINS, A_BINS, B_BINS))).astype(np.float32)
-    fg2 = fg.reshape(_SIDE, _SIDE)
-    rows = np.nonzero(fg2.any(axis=1))[0]
-    top, bottom = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, _SIDE)
-    bands = []
-    for k in range(LAYOUT_BANDS):
-        a = top + (bottom - top) * k // LAYOUT_BANDS
-        b = top + (bottom - top) * (k + 1) // LAYOUT_BANDS
-        bands.append(np.sqrt(_histogram(lab[a:b][fg2[a:b]], _LAYOUT_BINS)))
-    layout = np.round(np.concatenate(bands) * 255).astype(np.uint8)
-    return descriptor, layout
+    lab, fg = _shrunk_lab(image)
+    return _descriptor(lab, fg), _layout(lab, fg)
 
 
 def colour_descriptor(image: Image.Image) -> np.ndarray:
-    """The colour descriptor alone (see :func:`colour_features`):
-    ``(DIM,)`` float32, unit L2 norm."""
-    return colour_features(image)[0]
+    """The colour descriptor alone (see :func:`colour_features`; no layout
+    computed): ``(DIM,)`` float32, unit L2 norm."""
+    return _descriptor(*_shrunk_lab(image))
 
 
 def pack(descriptor: np.ndarray, layout: np.ndarray) -> np.ndarray:
@@ -201,9 +212,8 @@ def layout_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarr
         ``(mean, max)`` over the bands, each ``(...)`` float32 in [0, 1]. A
         band empty in one image and not in the other counts 1; empty in both, 0.
     """
-    shape = (*np.broadcast_shapes(np.shape(a), np.shape(b))[:-1], LAYOUT_BANDS, LAYOUT_DIM // LAYOUT_BANDS)
-    fa = np.broadcast_to(np.asarray(a, np.float32).reshape(*np.shape(a)[:-1], *shape[-2:]), shape)
-    fb = np.broadcast_to(np.asarray(b, np.float32).reshape(*np.shape(b)[:-1], *shape[-2:]), shape)
+    fa = np.asarray(a, np.float32).reshape(*np.shape(a)[:-1], LAYOUT_BANDS, -1)
+    fb = np.asarray(b, np.float32).reshape(*np.shape(b)[:-1], LAYOUT_BANDS, -1)
     bc = np.einsum("...k,...k->...", fa, fb) / np.float32(255 * 255)
     d = np.sqrt(np.clip(1.0 - bc, 0.0, 1.0))
     ea, eb = ~fa.any(axis=-1), ~fb.any(axis=-1)

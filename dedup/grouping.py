@@ -301,8 +301,7 @@ def score_pairs(
     per = np.zeros((m, len(embeddings)), np.float32)
     fd = np.zeros(m, np.float32)
     col = np.zeros(m, np.float32)
-    lay_mean = np.zeros(m, np.float32)
-    lay_max = np.zeros(m, np.float32)
+    layout = {} if layouts is None else {"layout_mean": np.zeros(m, np.float32), "layout_max": np.zeros(m, np.float32)}
     for s in range(0, m, _PAIR_BLOCK):  # gathered rows: _PAIR_BLOCK x d floats at a time
         sl = slice(s, s + _PAIR_BLOCK)
         for b, X in enumerate(embeddings):
@@ -310,7 +309,7 @@ def score_pairs(
         fd[sl] = 1.0 - _rows_dot(fused, a[sl], c[sl])
         col[sl] = colour_distance(colours[a[sl]], colours[c[sl]])
         if layouts is not None:
-            lay_mean[sl], lay_max[sl] = layout_distances(layouts[a[sl]], layouts[c[sl]])
+            layout["layout_mean"][sl], layout["layout_max"][sl] = layout_distances(layouts[a[sl]], layouts[c[sl]])
     dist = per.mean(axis=1) if len(embeddings) else np.zeros(m, np.float32)
     # neighbourhood radii in the fused space: mean distance to the k_context nearest, and to the nearest
     k = fused_ids.shape[1] if fused_ids.ndim == 2 else 0
@@ -355,8 +354,7 @@ def score_pairs(
         relative.astype(np.float32),
         bits.astype(np.int64),
         np.full(m, -1, np.int64),
-        layout_mean=lay_mean if layouts is not None else col.copy(),
-        layout_max=lay_max if layouts is not None else col.copy(),
+        **layout,  # none: Pairs lets the colour distance stand in
     )
 
 
