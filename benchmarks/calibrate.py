@@ -71,12 +71,19 @@ def set_folder(name: str) -> Path:
 
 
 def run_set(name: str, model_path: str | None = None, **kwargs):
-    """Run the default job on a labelled set; returns (result, true group per row)."""
+    """Run the default job on a labelled set, every candidate pair verified
+    (the evidence a verified pair model is fitted on); returns (result, true
+    group per row)."""
     folder = set_folder(name)
     labels = pd.read_csv(folder / "labels.csv", dtype=str, keep_default_na=False)
     labels = labels[~labels.group.str.startswith("_")]
     dd = Deduplicator(
-        backbones="efficientnet-lite0", cache=CACHE / f"{name}.sqlite", progress=False, model_path=model_path, **kwargs
+        backbones="efficientnet-lite0",
+        cache=CACHE / f"{name}.sqlite",
+        progress=False,
+        model_path=model_path,
+        verify_all=True,
+        **kwargs,
     )
     result = dd.run(folder, files=list(labels.path))
     truth = labels.set_index("path").group.reindex(result.groups.path).to_numpy()

@@ -99,6 +99,40 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
     return out
 
 
+def build_crowd_set(out: Path | None = None, photos: int = 5, crops: int = 24, seed: int = 0) -> Path:
+    """Write a crowd set: ``crops`` random crops (75-95 % of each side) of each
+    of ``photos`` ukbench-dev photos of different objects, so that every
+    photo's copies fill one another's neighbour lists (more than the 10
+    neighbours a run takes). ``labels.csv``: ``path, group`` (the photo).
+
+    Returns:
+        The set's folder (``images/``, ``labels.csv``); the same arguments
+        give the same files.
+    """
+    out = Path(out) if out is not None else SETS / "crowd-ukbench"
+    done = out / "labels.csv"
+    if done.is_file() and len(pd.read_csv(done)) == photos * crops:
+        return out
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    labels = pd.read_csv(BENCH / "ukbench-dev" / "labels.csv").sort_values("path").drop_duplicates("group")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, r in enumerate(labels.head(photos).itertuples()):
+        with Image.open(BENCH / "ukbench-dev" / r.path) as im:
+            im = im.convert("RGB")
+            for c in range(crops):
+                fw, fh = rng.uniform(0.75, 0.95, 2)
+                w, h = int(im.width * fw), int(im.height * fh)
+                x, y = int(rng.integers(0, im.width - w + 1)), int(rng.integers(0, im.height - h + 1))
+                name = f"images/{k:02d}-{c:02d}.jpg"
+                im.crop((x, y, x + w, y + h)).save(out / name, quality=90)
+                rows.append((name, r.group))
+    tmp = out / "labels.csv.tmp"
+    pd.DataFrame(rows, columns=["path", "group"]).to_csv(tmp, index=False)
+    tmp.replace(done)
+    return out
+
+
 if __name__ == "__main__":
     for set_name in ("edited-inshop", "edited-ukbench"):
         print(build_edited_set(set_name))

@@ -110,6 +110,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="skip geometric verification (RootSIFT + RANSAC; faster, finds fewer edited copies)",
     )
     p.add_argument(
+        "--verify-all",
+        action="store_true",
+        help="verify every candidate pair (default: only those whose decision verification can change)",
+    )
+    p.add_argument(
         "--neighbours",
         type=_ranged(int, 1, 1000),
         default=P.DEFAULT_K,
@@ -321,6 +326,7 @@ def _make(args) -> P.Deduplicator:
         grouping=grouping,
         # semantic clusters are a view, not duplicate groups: no geometric verification to pay for
         verify=not args.no_verify and args.similarity != "semantic",
+        verify_all=args.verify_all,
         n_neighbours=args.neighbours,
         model_path=args.pair_model,
         model=args.model,

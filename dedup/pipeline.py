@@ -321,9 +321,14 @@ class Deduplicator:
         grouping: the grouping settings (:class:`dedup.grouping.GroupingParams`,
             validated there; ``None`` for the defaults).
         verify: count RootSIFT + RANSAC inliers and the colour mismatch after
-            alignment for every candidate pair (the pair model's strongest
+            alignment for the candidate pairs (the pair model's strongest
             evidence of an edited copy and against a recoloured look-alike;
-            without it copies are found less often).
+            without it copies are found less often). With the shipped pair
+            model, only the pairs :func:`dedup.verify.worth_verifying` picks
+            are verified; the others keep the confidence of the shipped
+            model for unverified evidence (below the review threshold).
+        verify_all: verify every candidate pair (as any other pair model
+            needs, and as ``benchmarks/calibrate.py`` does to fit one).
         model_path: a pair-model JSON (``None``: the adapted model's refitted
             one when ``model`` has one, else the one shipped in the package).
         model: a folder written by ``dedup fit`` (or a loaded
@@ -380,6 +385,7 @@ class Deduplicator:
         backbones="auto",
         grouping: GroupingParams | None = None,
         verify: bool = True,
+        verify_all: bool = False,
         n_neighbours: int = DEFAULT_K,
         model_path: str | os.PathLike | None = None,
         model=None,
@@ -405,6 +411,7 @@ class Deduplicator:
         self.backbones = backbones
         self.grouping = grouping
         self.verify = verify
+        self.verify_all = verify_all
         self.model_path = model_path
         self.model = model
         self.force_model = force_model
@@ -694,7 +701,7 @@ class Deduplicator:
         indexes, fused_ids, pairs, verifier = scored.indexes, scored.fused_ids, scored.pairs, scored.verifier
         with _timed(timings, "group"):
             model = self.pair_model(adapted)
-            confidence = model.predict_pairs(pairs)
+            confidence = self.confidence(pairs, adapted)
             decisions = self._decisions(rel, dig, cache)
             grouping = group(len(files), pairs, confidence, exact, params, decisions)
 
@@ -802,24 +809,51 @@ class Deduplicator:
         with _timed(timings, "group"):
             ij = candidate_pairs(neighbour_ids + [fused_ids], extra=phash_pairs)
             pairs = score_pairs(ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context, layouts)
-            verifier = self._verify(pairs, files, digests, cache)
+            verifier = self._verify(pairs, files, digests, cache, screen=self.screens(adapted))
         return Scored(indexes, fused_ids, pairs, verifier)
 
-    def _verify(self, pairs: Pairs, files: list[Path], digests: list[str], cache: Cache | None):
+    def screens(self, adapted: AdaptedModel | None = None) -> bool:
+        """Whether verification is spent only on the pairs worth it
+        (:func:`dedup.verify.worth_verifying`): with verification on, the
+        shipped pair model, and not ``verify_all``."""
+        return bool(self.verify) and not self.verify_all and self._pair_model_source(adapted) is None
+
+    def _verify(self, pairs: Pairs, files: list[Path], digests: list[str], cache: Cache | None, screen: bool = False):
         """Fill ``pairs.inliers`` and ``pairs.mismatch`` by geometric verification
-        (cached by content); returns the verifier, or ``None`` when disabled."""
+        (cached by content) of every pair, or with ``screen`` of the pairs
+        worth it (the others keep ``inliers == -1``); returns the verifier,
+        or ``None`` when disabled."""
         if not self.verify:
             return None
-        from .verify import MAX_SIDE, GeometricVerifier
+        from .verify import MAX_SIDE, GeometricVerifier, worth_verifying
 
         max_pixels = self.max_pixels
         verifier = GeometricVerifier(_ImageAt(files, MAX_SIDE, max_pixels))
         verifier.progress = self.progress
         verify = verifier if cache is None else _CachedVerify(verifier, cache, digests)
-        if len(pairs.ij):
-            found = verify(pairs.ij)
-            pairs.inliers, pairs.mismatch = found[:, 0].astype(np.int64), found[:, 1].astype(np.float32)
+        rows = np.arange(len(pairs.ij))
+        if screen and len(rows):
+            p = PairModel.load(verified=False).predict_pairs(pairs)
+            rows = np.nonzero(worth_verifying(pairs.ij, pairs.distance, p))[0]
+        if len(rows):
+            found = verify(pairs.ij[rows])
+            pairs.inliers[rows] = found[:, 0].astype(np.int64)
+            pairs.mismatch[rows] = found[:, 1].astype(np.float32)
         return verifier
+
+    def confidence(self, pairs: Pairs, adapted: AdaptedModel | None = None) -> np.ndarray:
+        """``(m,)`` float64 calibrated P(same product) of every scored pair:
+        :meth:`pair_model`'s, except that a pair left unverified by the
+        screening (:meth:`screens`) gets the shipped model for unverified
+        evidence, which was calibrated on that evidence."""
+        model = self.pair_model(adapted)
+        if not self.screens(adapted):
+            return model.predict_pairs(pairs)
+        unchecked = np.asarray(pairs.inliers) < 0
+        out = np.empty(len(pairs.ij), np.float64)
+        out[~unchecked] = model.predict_pairs(pairs.subset(~unchecked))
+        out[unchecked] = PairModel.load(verified=False).predict_pairs(pairs.subset(unchecked))
+        return out
 
     def grouping_params(self, **overrides) -> GroupingParams:
         """This object's grouping settings, some overridden (validated).

@@ -214,3 +214,24 @@ def test_without_verification_crops_of_one_photo_still_join(tmp_path):
     p_verified = PairModel.load(None).predict_pairs(res.pairs)  # the other model on the same evidence
     assert expected_calibration_error(res.confidence, same) < expected_calibration_error(p_verified, same)
     assert (res.confidence[same] >= 0.9).mean() > (p_verified[same] >= 0.9).mean()
+
+
+@pytest.mark.slow
+def test_screened_verification_decides_as_verifying_every_pair(edited, dd):
+    """The default run verifies only the pairs worth it
+    (:func:`dedup.verify.worth_verifying`), and on edited copies beside
+    distinct products it decides every pair as verifying them all does:
+    same groups, same review pairs, same confidence for every verified pair."""
+    res, _ = edited
+    full = Deduplicator(backbones="efficientnet-lite0", progress=False, cache=dd.cache, verify_all=True).run(res.root)
+    counts, full_counts = res.meta["counts"], full.meta["counts"]
+    assert counts["pairs_verified_geometrically"] < 0.7 * counts["candidate_pairs"]
+    assert full_counts["pairs_verified_geometrically"] == full_counts["candidate_pairs"]
+    a = res.groups.set_index("path").group
+    b = full.groups.set_index("path").group.reindex(a.index)
+    assert pd.crosstab(a, b).gt(0).sum(axis=1).eq(1).all() and a.nunique() == b.nunique()
+    assert len(res.review) == len(full.review)
+    checked = res.pairs.inliers >= 0
+    assert np.array_equal(res.pairs.ij, full.pairs.ij)
+    np.testing.assert_allclose(res.confidence[checked], full.confidence[checked])
+    assert (res.confidence[~checked] < 0.5).all()
