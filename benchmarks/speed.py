@@ -313,7 +313,8 @@ def markdown(data: dict) -> str:
         "model start included (each backbone starts its runtime from the model kept by an earlier load, as "
         "every run after a machine's first does). The whole run adds the ANN "
         "index, candidate pairs, RootSIFT + RANSAC "
-        "verification of every candidate pair (both orientations) and grouping.",
+        "verification of the candidate pairs worth it (`dedup.verify.worth_verifying`; both orientations) "
+        "and grouping.",
         "",
     ]
     acc = data.get("accuracy")

@@ -1045,8 +1045,10 @@ def review_table(rows: np.ndarray, pairs: Pairs, confidence: np.ndarray, rel: li
 
     Returns:
         DataFrame ``path_a, path_b, confidence, distance, colour_distance,
-        context, rank, inliers, aligned_colour_mismatch, phash_bits``,
-        strongest first.
+        layout_mean, layout_max, context, rank, inliers,
+        aligned_colour_mismatch, phash_bits``, strongest first
+        (``layout_*``: mean and largest Hellinger distance of the colour
+        layouts' bands, [0, 1]; ``inliers`` -1: not verified).
     """
     rows = np.asarray(rows, np.int64)
     ij = pairs.ij[rows]
@@ -1057,6 +1059,8 @@ def review_table(rows: np.ndarray, pairs: Pairs, confidence: np.ndarray, rel: li
             "confidence": np.round(confidence[rows], 4),
             "distance": np.round(pairs.distance[rows], 4),
             "colour_distance": np.round(pairs.colour[rows], 4),
+            "layout_mean": np.round(pairs.layout_mean[rows], 4),
+            "layout_max": np.round(pairs.layout_max[rows], 4),
             "context": np.round(pairs.context[rows], 4),
             "rank": np.minimum(pairs.rank_ij[rows], pairs.rank_ji[rows]),
             "inliers": pairs.inliers[rows],

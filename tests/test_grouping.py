@@ -136,6 +136,7 @@ def test_a_decisions_file_is_honoured_and_kept(tmp_path):
     g = pd.read_csv(out / "groups.csv")
     review = pd.read_csv(out / "review.csv")
     assert list(review.columns[:3]) == ["path_a", "path_b", "confidence"]
+    assert {"distance", "colour_distance", "layout_mean", "layout_max", "inliers"} <= set(review.columns)
     joined = g[g.group_size > 1].groupby("group").path.apply(list)
     a, b = joined.iloc[0][:2]  # a pair the run joined
     apart = g.drop_duplicates("group").path.tolist()[:2]  # two images in different groups

@@ -10,7 +10,8 @@ Fixed names, so that a later ``query``, ``bench`` or ``evaluate`` finds them:
 * ``skipped.csv``: ``path,reason`` for every file not used.
 * ``review.csv``: doubtful pairs left apart, for a person: ``path_a, path_b,
   confidence`` and the evidence that decided (``distance, colour_distance,
-  context, rank, inliers, phash_bits``), strongest first.
+  layout_mean, layout_max, context, rank, inliers, aligned_colour_mismatch,
+  phash_bits``), strongest first.
 * ``run.json``: settings, backbones with weights provenance, counts, seconds
   per stage, a ``run_id`` and the size and SHA-256 of every other file of
   the run (``files``).
