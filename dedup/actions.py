@@ -23,14 +23,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .discover import printable
+from .discover import is_url, printable
 from .hashing import sha256_file
 
 MANIFEST = "moved-manifest.jsonl"
 
 
-def _sources(groups: pd.DataFrame, root: Path, files: list | None) -> list[Path]:
-    return [Path(f) for f in files] if files is not None else [root / p for p in groups.path]
+def _sources(groups: pd.DataFrame, root: Path, files: list | None) -> list:
+    """Each row's file: a ``Path``, or a URL ``str`` (never moved)."""
+    return [f if is_url(f) else Path(f) for f in files] if files is not None else [root / p for p in groups.path]
 
 
 def choose_keepers(groups: pd.DataFrame, root: str | os.PathLike, files: list | None = None) -> pd.Series:
@@ -49,16 +50,19 @@ def choose_keepers(groups: pd.DataFrame, root: str | os.PathLike, files: list | 
     """
     df = groups.copy()
     sources = _sources(groups, Path(root), files)
-    df["_link"] = [f.is_symlink() for f in sources]
+    df["_link"] = [not is_url(f) and f.is_symlink() for f in sources]
     df["_pixels"] = df.width.astype("int64") * df.height.astype("int64")
-    df["_bytes"] = [f.stat().st_size if f.exists() else -1 for f in sources]
+    df["_bytes"] = [f.stat().st_size if not is_url(f) and f.exists() else -1 for f in sources]
     df = df.sort_values(["group", "_link", "_pixels", "_bytes", "path"], ascending=[True, True, False, False, True])
     keep = ~df.duplicated("group", keep="first")
     return keep.reindex(groups.index)
 
 
-def _plan_one(src: Path, root: Path, dest: Path, dest_dev: int) -> tuple[Path | None, str, int]:
+def _plan_one(src: Path | str, root: Path, dest: Path, dest_dev: int) -> tuple[Path | None, str, int]:
     """Where ``src`` goes and whether it may: ``(target, problem, bytes to copy)``."""
+    if is_url(src):
+        return None, "refused: a URL, not a local file", 0
+    src = Path(src)
     try:
         rel = src.relative_to(root)
     except ValueError:
@@ -98,7 +102,7 @@ def plan_moves(
     """
     root = Path(root).absolute()
     dest = Path(dest).absolute()
-    sources = [Path(f).absolute() for f in _sources(groups, root, files)]
+    sources = [f if is_url(f) else Path(f).absolute() for f in _sources(groups, root, files)]
     keep = choose_keepers(groups, root, sources)
     kept_of = {g: p for g, p, k in zip(groups.group, groups.path, keep) if k}
     dest_dev = os.stat(dest).st_dev
@@ -107,7 +111,7 @@ def plan_moves(
         if k:
             continue
         target, problem, size = _plan_one(src, root, dest, dest_dev)
-        link = os.readlink(src) if os.path.islink(src) else ""
+        link = os.readlink(src) if not is_url(src) and os.path.islink(src) else ""
         rows.append(
             {
                 "path": r.path,

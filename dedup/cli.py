@@ -222,8 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest",
         default=None,
         metavar="FILE",
-        help="instead of SOURCE: a Parquet or CSV table of image paths (absolute or relative to it; "
-        "read by pandas, so an fsspec URL works for the table)",
+        help="instead of SOURCE: a Parquet or CSV table of image paths (absolute or relative to it) or URLs "
+        "(s3://, https://, ... read through fsspec with that protocol's package); read by pandas, so an "
+        "fsspec URL works for the table too",
     )
     run.add_argument("--image-col", default="path", help="the manifest's column of image paths (default: path)")
     _add_run_options(run)

@@ -30,6 +30,8 @@ import numpy as np
 import PIL
 from PIL import Image, ImageFile, ImageOps
 
+from .discover import is_url, read_source
+
 # Pillow's own default (about 89.5 megapixels, i.e. a 0.25 GB RGB buffer).
 DEFAULT_MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 
@@ -107,8 +109,9 @@ def load_image(
     """Decode one file as 8-bit RGB.
 
     Args:
-        path: the file, or its bytes already read (``io.BytesIO``; the
-            pipeline decodes the very bytes it hashed).
+        path: the file, a URL (``str``, read through fsspec:
+            :func:`dedup.discover.read_source`), or its bytes already read
+            (``io.BytesIO``; the pipeline decodes the very bytes it hashed).
         target_size: when given, JPEG decoding may be scaled down (draft
             mode) as long as both sides stay >= ``target_size`` pixels; the
             returned image may still be larger than that. ``None`` decodes at
@@ -123,6 +126,11 @@ def load_image(
         DecodeError: the file is empty, unreadable, not an image, truncated or
             corrupt, or larger than ``max_pixels``; the message says which.
     """
+    if is_url(path):
+        try:
+            path = io.BytesIO(read_source(path))
+        except OSError as exc:
+            raise DecodeError(f"unreadable: {exc}") from None
     im = _open(path)
     try:
         with im:

@@ -12,6 +12,7 @@ a digest and the pixels stored under it always come from the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,21 +20,38 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .cache import Cache
+from .discover import is_url, read_source
 from .hashing import sha256_file
 
 
-def cache_key(path: Path) -> bytes:
-    """The cache's key for a file: its resolved path as bytes (any name works)."""
-    return os.fsencode(path.resolve())
+def cache_key(path: Path | str) -> bytes:
+    """The cache's key for a file: its resolved path as bytes (any name
+    works), or a URL's text."""
+    return str(path).encode("utf-8") if is_url(path) else os.fsencode(Path(path).resolve())
+
+
+def _stats(paths: list, out: list) -> list[os.stat_result | None]:
+    """Each local file's ``stat`` (``None`` for a URL: no stat to trust, so a
+    URL is hashed from its bytes on every run); a failure goes to ``out``."""
+    stats: list[os.stat_result | None] = [None] * len(paths)
+    for i, p in enumerate(paths):
+        if is_url(p):
+            continue
+        try:
+            stats[i] = p.stat()
+        except OSError as exc:
+            out[i] = exc
+    return stats
 
 
 def digest_files(
-    paths: list[Path], cache: Cache | None = None, workers: int = 2, progress: bool = True
+    paths: list, cache: Cache | None = None, workers: int = 2, progress: bool = True
 ) -> list[str | OSError]:
     """SHA-256 of each file.
 
     Args:
-        paths: the files.
+        paths: the files: ``Path`` objects, or URLs as ``str`` (read through
+            fsspec and hashed on every run).
         cache: where digests of unchanged files are looked up and new ones
             stored (committed at the end); ``None`` hashes everything.
         workers: hashing threads (>= 1).
@@ -44,21 +62,18 @@ def digest_files(
         that made the file unreadable (never raised).
     """
     out: list[str | OSError | None] = [None] * len(paths)
-    stats: list[os.stat_result | None] = [None] * len(paths)
-    for i, p in enumerate(paths):
-        try:
-            stats[i] = p.stat()
-        except OSError as exc:
-            out[i] = exc
+    stats = _stats(paths, out)
     if cache is not None:
         keys = [cache_key(p) if st is not None else b"" for p, st in zip(paths, stats)]
         for i, digest in enumerate(cache.get_digests(keys, stats)):
-            if digest is not None:
+            if digest is not None and stats[i] is not None:
                 out[i] = digest
     todo = [i for i in range(len(paths)) if out[i] is None]
 
     def one(i: int) -> str | OSError:
         try:
+            if is_url(paths[i]):
+                return hashlib.sha256(read_source(paths[i])).hexdigest()
             return sha256_file(paths[i])
         except OSError as exc:
             return exc
@@ -67,7 +82,7 @@ def digest_files(
         done = tqdm(ex.map(one, todo), total=len(todo), desc="sha256", disable=not progress, unit="img")
         for i, digest in zip(todo, done):
             out[i] = digest
-            if cache is not None and isinstance(digest, str):
+            if cache is not None and isinstance(digest, str) and stats[i] is not None:
                 cache.put_digest(cache_key(paths[i]), stats[i], digest)  # type: ignore[arg-type]
     if cache is not None:
         cache.commit()

@@ -56,6 +56,37 @@ def printable(path: str | os.PathLike) -> str:
     return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def is_url(path) -> bool:
+    """Whether a source entry is a URL read through fsspec (``s3://``,
+    ``https://``, ...) rather than a local path; ``file://`` URIs count as
+    local. Only a ``str`` can be a URL (``Path`` collapses the ``//``)."""
+    return isinstance(path, str) and "://" in path and not path.startswith("file://")
+
+
+def read_source(path) -> bytes:
+    """A source file's bytes: a local path, a ``file://`` URI, or any URL
+    fsspec opens (``s3://``, ``gs://``, ``abfs://``, ``hdfs://``,
+    ``https://``, with that protocol's fsspec package installed, e.g.
+    ``s3fs``, or ``aiohttp`` for HTTP).
+
+    Raises:
+        OSError: the file cannot be read (for a URL, any error of fsspec or
+            of its protocol package, the message naming it).
+    """
+    if not is_url(path):
+        with open(str(path).removeprefix("file://") if isinstance(path, str) else path, "rb") as f:
+            return f.read()
+    import fsspec
+
+    try:
+        with fsspec.open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a missing protocol package or a remote error is an unreadable file
+        raise OSError(f"{type(exc).__name__}: {exc}") from None
+
+
 def sniff_format(head: bytes) -> str | None:
     """Name the image format of a file from its first bytes, or ``None``.
 
@@ -198,7 +229,7 @@ _GLOB_CHARS = ("*", "?", "[")
 
 def resolve_source(
     source: str | os.PathLike | None, manifest: str | os.PathLike | None = None, image_col: str = "path"
-) -> tuple[Path, list[Path] | None]:
+) -> tuple[Path, list[Path | str] | None]:
     """What a run reads: a folder, a glob, or a manifest table of image paths.
 
     Args:
@@ -214,15 +245,20 @@ def resolve_source(
 
     Returns:
         ``(root, files)``: the folder paths are reported relative to, and
-        the files to run on (``None``: walk ``root``).
+        the files to run on (``None``: walk ``root``): ``Path`` objects, and
+        URLs as ``str`` (reported as they are).
 
     Raises:
         NotADirectoryError: ``source`` is neither a folder nor a glob.
         FileNotFoundError: the manifest does not exist, or a glob matches
             no file.
-        ValueError: ``image_col`` is not a column of the manifest, or a path
-            in it is a remote URL (the run's driver reads every image for
-            verification and the gallery; copy or mount the files first).
+        ValueError: ``image_col`` is not a column of the manifest.
+
+    A manifest's entries may be URLs (``s3://...``, ``https://...``): they
+    are kept as ``str`` and read through fsspec (:func:`read_source`) by
+    every stage that needs their bytes: hashing, decoding, verification and
+    the gallery (each reads the file again; with the Spark engine the
+    executors do the first two).
     """
     import glob
 
@@ -239,13 +275,11 @@ def resolve_source(
                 f"manifest {manifest} has no column {image_col!r}; its columns: {', '.join(table.columns)}"
             )
         root = Path(".") if remote else Path(text.removeprefix("file://")).resolve().parent
-        files = []
+        files: list[Path | str] = []
         for value in table[image_col].dropna().astype(str):
-            if "://" in value and not value.startswith("file://"):
-                raise ValueError(
-                    f"manifest {manifest}: {value!r} is a remote URL; the run reads every image at the driver "
-                    "(verification, gallery): copy or mount the images and list local paths"
-                )
+            if is_url(value):
+                files.append(value)
+                continue
             p = Path(value.removeprefix("file://"))
             files.append(p if p.is_absolute() else root / p)
         return root, files

@@ -35,6 +35,7 @@ from .colour import DIM as COLOUR_DIM
 from .colour import LAYOUT_DIM, colour_features, pack, unpack
 from .decode import DECODER_ID, DecodeError, load_image
 from .digest import cache_key
+from .discover import read_source
 from .hashing import phash
 
 #: Items read from the cache at a time by a warm run.
@@ -151,9 +152,9 @@ def decode_task(
     processes or in Spark's Python workers alike.
 
     Args:
-        read: ``path -> bytes`` (raising ``OSError``) instead of reading a
-            local file (the Spark engine's :func:`dedup.spark.read_bytes`,
-            which also opens fsspec URLs).
+        read: ``path -> bytes`` (raising ``OSError``) instead of
+            :func:`dedup.discover.read_source` (a local file, or a URL
+            through fsspec).
 
     Returns:
         ``(digest, reason, facts, prepared)``: the SHA-256 of the bytes read
@@ -162,7 +163,7 @@ def decode_task(
         ``need_embed`` is False).
     """
     try:
-        data = Path(path).read_bytes() if read is None else read(str(path))
+        data = read_source(path) if read is None else read(str(path))
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or exc}", None, None
     digest = hashlib.sha256(data).hexdigest()

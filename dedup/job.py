@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from .discover import is_url
 from .lock import Lock
 
 if TYPE_CHECKING:
@@ -123,11 +124,13 @@ def check_outside(root: str | os.PathLike, **targets: str | os.PathLike | None) 
 def input_folders(root: str | os.PathLike, files: list | None = None) -> list[Path]:
     """The folders a run reads: ``root`` when it walks it, or with ``files``
     (a glob's or a manifest's; absolute or relative to ``root``) every folder
-    holding one of them. No output may lie inside any of them."""
+    holding one of them (URLs are not folders of this machine and are left
+    out). No output may lie inside any of them."""
     root = Path(root)
     if not files:
         return [root]
-    return sorted({Path(f).parent if Path(f).is_absolute() else (root / f).parent for f in files})
+    local = [f for f in files if not is_url(f)]
+    return sorted({Path(f).parent if Path(f).is_absolute() else (root / f).parent for f in local})
 
 
 def run_job(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .discover import is_url
+
 #: Longest file name in bytes on common file systems (ext4, XFS, APFS, NTFS).
 NAME_MAX = 255
 
@@ -31,7 +33,9 @@ def link_clusters(
     named by size then group order; each link points at the original file
     (absolute path) and is named like it (a number is prefixed on a clash).
     Originals are never touched. ``files``: the real path of each row
-    (``Result.files``); default ``root / path``.
+    (``Result.files``); default ``root / path``. A URL (a manifest's remote
+    entry) cannot be linked: it is listed in the folder's ``urls.txt``
+    instead, one per line.
 
     Returns:
         The number of links made.
@@ -43,7 +47,10 @@ def link_clusters(
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} exists and is not empty; choose a new folder")
     root = Path(root).resolve()
-    real = [Path(f).resolve() for f in files] if files is not None else [root / p for p in groups.path]
+    if files is None:
+        real: list = [root / p for p in groups.path]
+    else:
+        real = [f if is_url(f) else Path(f).resolve() for f in files]
     made = 0
     sized = pd.Series(range(len(groups)), index=groups.index).groupby(groups.group.to_numpy(), sort=False).apply(list)
     counters: dict[int, int] = {}
@@ -55,7 +62,12 @@ def link_clusters(
         counters[n] = i + 1
         folder = dest / f"cluster_with_{n}" / f"cluster_{i}"
         folder.mkdir(parents=True, exist_ok=True)
+        urls = [str(real[row]) for row in paths if is_url(real[row])]
+        if urls:
+            (folder / "urls.txt").write_text("".join(u + "\n" for u in urls), encoding="utf-8")
         for j, row in enumerate(paths):
+            if is_url(real[row]):
+                continue
             name = real[row].name
             link = folder / name
             if link.exists() or link.is_symlink():

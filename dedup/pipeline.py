@@ -44,7 +44,7 @@ from .calibration import PairModel
 from .colour import LAYOUT_DIM
 from .decode import DEFAULT_MAX_PIXELS, load_image
 from .digest import digest_files
-from .discover import Skipped, discover, printable
+from .discover import Skipped, discover, is_url, printable
 from .embed import decode_and_embed
 from .grouping import (
     STAGES,
@@ -162,14 +162,19 @@ class Embeddings:
     inference_seconds: float = 0.0
 
 
-def _discover(root: Path, files: list | None) -> tuple[list[Path], list[Skipped]]:
+def _discover(root: Path, files: list | None) -> tuple[list, list[Skipped]]:
     """Stage 1: the image files under ``root``, or among ``files`` (absolute or
-    relative to ``root``; a missing one is skipped as "file not found")."""
+    relative to ``root``; a missing one is skipped as "file not found"; a URL,
+    a ``str``, is kept as it is: one that is not an image is skipped when
+    decoded)."""
     if files is None:
         return discover(root)
-    paths: list[Path] = []
+    paths: list = []
     skipped: list[Skipped] = []
     for f in files:
+        if is_url(f):
+            paths.append(f)
+            continue
         p = Path(f) if Path(f).is_absolute() else root / f
         found, sk = discover(p) if p.exists() else ([], [Skipped(p, "file not found")])
         paths += found
@@ -195,14 +200,16 @@ class Scored:
     verifier: GeometricVerifier | None
 
 
-def _rel(path: Path, root: Path) -> str:
+def _rel(path: Path | str, root: Path) -> str:
+    if is_url(path):
+        return str(path)
     try:
-        return path.relative_to(root).as_posix()
+        return Path(path).relative_to(root).as_posix()
     except ValueError:
-        return path.as_posix()
+        return Path(path).as_posix()
 
 
-def _shown(path: Path, root: Path) -> str:
+def _shown(path: Path | str, root: Path) -> str:
     """``path`` relative to ``root``, printable (what groups.csv and skipped.csv show)."""
     return printable(_rel(path, root))
 

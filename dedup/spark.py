@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .discover import read_source
 from .hashing import substrings
 from .index import COARSE_DIM, _top_k, kmeans_lists
 
@@ -344,25 +345,12 @@ _LOADED: dict = {}
 
 
 def read_bytes(path: str) -> bytes:
-    """A file's bytes: a local path, a ``file://`` URI, or any URL fsspec
-    opens (``s3://``, ``gs://``, ``abfs://``, ``hdfs://``, ``https://``,
-    with that protocol's fsspec package installed).
+    """A file's bytes, local or any URL fsspec opens: :func:`dedup.discover.read_source`.
 
     Raises:
         OSError: the file cannot be read.
     """
-    if "://" not in path:
-        with open(path, "rb") as f:
-            return f.read()
-    import fsspec
-
-    try:
-        with fsspec.open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a missing protocol package or a remote error is an unreadable file
-        raise OSError(f"{type(exc).__name__}: {exc}") from None
+    return read_source(path)
 
 
 def _digest_batches(batches):

@@ -51,6 +51,31 @@ def checksums(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def http_images():
+    """products-flipkart/images served over HTTP on localhost (a thread of
+    Python's http.server): ``(base URL, folder)``; a remote catalogue for
+    manifests of URLs, read through fsspec (aiohttp) as s3:// or https:// is."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    folder = bench_set("products-flipkart") / "images"
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # noqa: D401 - keep the test output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", folder
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
 def flipkart_run(tmp_path_factory):
     """The CLI run on products-flipkart/images: (completed process, out folder)."""
     out = tmp_path_factory.mktemp("flipkart-out")

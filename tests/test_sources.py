@@ -35,15 +35,45 @@ def test_a_manifest_lists_absolute_and_relative_paths(tmp_path, kind):
     assert input_folders(root, files) == sorted({images[1].parent, tmp_path.resolve()})
 
 
-def test_a_manifest_refuses_a_missing_column_and_remote_urls(tmp_path):
+def test_a_manifest_refuses_a_missing_column_and_keeps_urls(tmp_path):
     manifest = tmp_path / "m.csv"
-    pd.DataFrame({"url": ["s3://bucket/a.jpg"]}).to_csv(manifest, index=False)
+    pd.DataFrame({"url": ["s3://bucket/a.jpg", "https://shop.example/b.jpg", "c.jpg"]}).to_csv(manifest, index=False)
     with pytest.raises(ValueError, match="no column 'path'; its columns: url"):
         resolve_source(None, manifest)
-    with pytest.raises(ValueError, match="remote URL"):
-        resolve_source(None, manifest, "url")
+    root, files = resolve_source(None, manifest, "url")
+    assert files == ["s3://bucket/a.jpg", "https://shop.example/b.jpg", tmp_path.resolve() / "c.jpg"]
+    assert input_folders(root, files) == [tmp_path.resolve()]  # a URL is no folder of this machine
     with pytest.raises(FileNotFoundError, match="no such manifest"):
         resolve_source(None, tmp_path / "absent.csv")
+
+
+def test_a_manifest_of_urls_runs_like_the_folder(http_images, flipkart_run, tmp_path):
+    """`run --manifest` listing products-flipkart as HTTP URLs (plus one that
+    answers 404): the folder run's groups, URLs reported as they are, the
+    missing one skipped with its reason, the gallery's thumbnails fetched."""
+    from urllib.parse import quote
+
+    base, folder = http_images
+    names = sorted(p.name for p in folder.iterdir())
+    rows = [f"{base}/{quote(n)}" for n in names] + [f"{base}/absent.jpg"]
+    pd.DataFrame({"url": rows}).to_csv(tmp_path / "urls.csv", index=False)
+    out = tmp_path / "out"
+    proc = run_cli("run", "--manifest", str(tmp_path / "urls.csv"), "--image-col", "url", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = pd.read_csv(out / "groups.csv")
+    assert set(got.path) == set(rows[:-1])
+    local = pd.read_csv(flipkart_run[1] / "groups.csv")
+
+    def same(paths, groups) -> set:
+        """Pairs of file names in one group."""
+        named = list(zip((Path(p).name for p in paths), groups))
+        return {frozenset((a, b)) for a, ga in named for b, gb in named if a != b and ga == gb}
+
+    assert same(got.path, got.group) == same(local.path, local.group) and same(got.path, got.group)
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped.set_index("path").loc[rows[-1], "reason"].startswith("unreadable")
+    gallery = (out / "gallery.html").read_text()
+    assert gallery.count("data:image/jpeg;base64,") >= len(got[got.group_size > 1])
 
 
 def test_the_cli_never_writes_beside_a_manifests_images(tmp_path):

@@ -147,17 +147,21 @@ def test_spark_engine_gives_the_local_groups_on_ukbench_dev(spark, tmp_path):
 
 
 @pytest.mark.slow
-def test_spark_engine_runs_from_a_manifest_with_the_cli(flipkart_run, tmp_path):
+def test_spark_engine_runs_from_a_manifest_with_the_cli(flipkart_run, http_images, tmp_path):
     """`run --manifest FILE --engine spark` on products-flipkart listed in a
-    CSV (relative and absolute paths, and a row that is no image): the CLI's
-    local run's groups, groups.parquet beside groups.csv, the bad row skipped."""
+    CSV (absolute paths, HTTP URLs that the executors and the driver read
+    through fsspec, and a relative row that is no image): the CLI's local
+    run's groups, groups.parquet beside groups.csv, the bad row skipped."""
+    from urllib.parse import quote
+
     import pandas as pd
 
     images = sorted((bench_set("products-flipkart") / "images").iterdir())
     listed = tmp_path / "listing"
     listed.mkdir()
     (listed / "notes.txt").write_text("not an image")
-    rows = [str(p) for p in images] + ["notes.txt"]
+    base = http_images[0]
+    rows = [str(p) if k % 2 else f"{base}/{quote(p.name)}" for k, p in enumerate(images)] + ["notes.txt"]
     pd.DataFrame({"image": rows, "sku": range(len(rows))}).to_csv(listed / "manifest.csv", index=False)
     out = tmp_path / "out"
     proc = run_cli(
@@ -168,6 +172,7 @@ def test_spark_engine_runs_from_a_manifest_with_the_cli(flipkart_run, tmp_path):
     local = pd.read_csv(flipkart_run[1] / "groups.csv")
     got = pd.read_csv(out / "groups.csv")
     assert sorted(Path(p).name for p in got.path) == sorted(Path(p).name for p in local.path)
+    assert got.path.str.startswith("http://").sum() == 10
     by_name = {Path(p).name: g for p, g in zip(got.path, got.group)}
     local_by_name = {Path(p).name: g for p, g in zip(local.path, local.group)}
     pairs = lambda m: {(a, b) for a in m for b in m if a < b and m[a] == m[b]}  # noqa: E731

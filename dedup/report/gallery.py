@@ -18,12 +18,13 @@ import numpy as np
 import pandas as pd
 
 from ..decode import DecodeError, load_image
+from ..discover import is_url
 from .files import atomic_write
 
 THUMB_SIDE = 160
 
 
-def _thumb_data_uri(path: Path, digest: str | None = None, cache=None) -> str:
+def _thumb_data_uri(path: Path | str, digest: str | None = None, cache=None) -> str:
     """An inline JPEG thumbnail (longest side THUMB_SIDE px), from the cache when it has one."""
     jpeg = cache.get_thumb(digest, THUMB_SIDE) if cache is not None and digest else None
     if jpeg is None:
@@ -142,7 +143,7 @@ def write_gallery(
         The written path.
     """
     root, path = Path(root), Path(path)
-    real = [Path(f) for f in files] if files is not None else [root / p for p in groups.path]
+    real = [f if is_url(f) else Path(f) for f in files] if files is not None else [root / p for p in groups.path]
     groups = groups.assign(real_file=real)
     multi = groups[groups.group_size > 1]
     singles = groups[groups.group_size == 1]
@@ -207,7 +208,7 @@ def _group_section(gid, members: pd.DataFrame, cache) -> list[str]:
     ]
     for r in members.itertuples():
         p = r.real_file
-        size = p.stat().st_size if p.exists() else 0
+        size = p.stat().st_size if not is_url(p) and p.exists() else 0
         conf = getattr(r, "confidence", np.nan)
         dist = "" if pd.isna(conf) else f"confidence {conf:.2f}"
         uri = _thumb_data_uri(p, getattr(r, "sha256", None), cache)
