@@ -100,7 +100,7 @@ class Result:
         verifier: the geometric verifier used (or ``None``).
         files: the real path of each row of ``groups`` (``groups.path`` is
             made printable: a name that is not valid UTF-8 is backslash-escaped
-            there, so act on files through this list).
+            there, so act on files through this list); a URL stays a ``str``.
     """
 
     root: Path
@@ -148,7 +148,7 @@ class Embeddings:
     """
 
     paths: list[str]
-    files: list[Path]
+    files: list  # Path, or a URL as str
     digests: list[str]
     facts: list
     embeddings: dict[str, np.ndarray]
@@ -527,7 +527,9 @@ class Deduplicator:
         Args:
             root: the catalogue folder; paths in the result are relative to it.
             files: restrict the run to these files (absolute or relative to
-                ``root``) instead of walking ``root``; used by ``bench``.
+                ``root``, or URLs as ``str``, read through fsspec:
+                :func:`dedup.discover.read_source`) instead of walking
+                ``root``; used by ``bench`` and by manifests.
             backbones: the output of :meth:`check`, when already called.
 
         Returns:
