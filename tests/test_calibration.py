@@ -24,14 +24,18 @@ from dedup.pipeline import Deduplicator
 
 @pytest.fixture(scope="module")
 def evidence(tmp_path_factory):
-    """Candidate pairs of every photo of 10 inshop-women cuts in 3+ colours:
+    """Candidate pairs of every photo of 10 inshop-women cuts in 3+ colours,
+    every pair verified (the evidence the shipped verified model is for):
     (evidence matrix, same-product 0/1 per pair, run result, true group per image)."""
     lab = labels_of("inshop-women")
     per_cut = lab.groupby("cut").group.nunique()
     cuts = sorted(per_cut[per_cut >= 3].index)[1:40:4]
     sub = lab[lab.cut.isin(cuts)]
     dd = Deduplicator(
-        backbones="efficientnet-lite0", progress=False, cache=tmp_path_factory.mktemp("cache") / "c.sqlite"
+        backbones="efficientnet-lite0",
+        progress=False,
+        cache=tmp_path_factory.mktemp("cache") / "c.sqlite",
+        verify_all=True,
     )
     res = dd.run(bench_set("inshop-women"), files=list(sub.path))
     truth = sub.set_index("path").group.reindex(res.groups.path).to_numpy()

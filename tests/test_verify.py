@@ -4,6 +4,7 @@ detection, and which pairs verification is spent on."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import bench_set, labels_of
 from PIL import Image
 
@@ -56,15 +57,20 @@ def test_a_mirrored_copy_verifies_and_another_product_does_not(tmp_path):
     assert found[1, 0] < 15, found
 
 
-def test_worth_verifying_keeps_likely_pairs_and_each_images_nearest():
+def test_worth_verifying_keeps_likely_pairs_each_images_nearest_and_near_pairs():
     ij = np.array([[0, 1], [0, 2], [0, 3], [0, 4], [5, 6], [5, 7]])
     distance = np.array([0.5, 0.1, 0.2, 0.3, 0.6, 0.7])
     p = np.array([0.9, 0.01, 0.01, 0.01, 0.01, 0.01])
-    keep = worth_verifying(ij, distance, p, min_confidence=0.05, nearest=1)
+    keep = worth_verifying(ij, distance, p, min_confidence=0.05, nearest=1, max_distance=-1)
     # (0, 1) likely; (0, 2) image 0's nearest; (5, 6) image 5's nearest; (0, 3) is
     # image 3's nearest (its only pair); so is (0, 4) for image 4 and (5, 7) for 7
     assert keep.tolist() == [True, True, True, True, True, True]
-    keep = worth_verifying(np.r_[ij, [[3, 4]]], np.r_[distance, 0.05], np.r_[p, 0.01], 0.05, 1)
+    # a pair (3, 4) nearer than both of theirs: (0, 3) and (0, 4) are nobody's nearest
+    keep = worth_verifying(np.r_[ij, [[3, 4]]], np.r_[distance, 0.05], np.r_[p, 0.01], 0.05, 1, -1)
     assert keep.tolist() == [True, True, False, False, True, True, True]
-    assert worth_verifying(ij, distance, p, min_confidence=0.05, nearest=0).tolist() == [True] + [False] * 5
-    assert worth_verifying(ij, distance, p, min_confidence=0.0, nearest=0).all()
+    keep = worth_verifying(np.r_[ij, [[3, 4]]], np.r_[distance, 0.05], np.r_[p, 0.01], 0.05, 1, 0.2)
+    assert keep.tolist() == [True, True, True, False, True, True, True]  # (0, 3) at 0.2: near enough
+    assert worth_verifying(ij, distance, p, 0.05, 0, -1).tolist() == [True] + [False] * 5
+    assert worth_verifying(ij, distance, p, 0.0, 0, -1).all()
+    with pytest.raises(ValueError, match="6 pairs, 5 distances"):
+        worth_verifying(ij, distance[:5], p)
