@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .discover import is_url
+from .report.files import atomic_write
 
 #: Longest file name in bytes on common file systems (ext4, XFS, APFS, NTFS).
 NAME_MAX = 255
@@ -64,7 +65,8 @@ def link_clusters(
         folder.mkdir(parents=True, exist_ok=True)
         urls = [str(real[row]) for row in paths if is_url(real[row])]
         if urls:
-            (folder / "urls.txt").write_text("".join(u + "\n" for u in urls), encoding="utf-8")
+            text = "".join(u + "\n" for u in urls)
+            atomic_write(folder / "urls.txt", lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
         for j, row in enumerate(paths):
             if is_url(real[row]):
                 continue

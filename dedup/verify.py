@@ -10,15 +10,16 @@ homography; the score is the number of inlier matches. The second image is
 also matched mirrored, and the larger count is kept, so a mirrored re-upload
 verifies like any copy. The mirrored features are not detected again: each
 keypoint is reflected and its descriptor's bins permuted
-(:func:`mirror_features`, the flip-invariance argument of Ma et al.,
-"MI-SIFT", ACM MM 2010), which halves the feature cost; measured against
-SIFT computed on the flipped image at the reflected keypoints, the mean
-cosine is 0.99.
+(:func:`mirror_features`; a reflection reorders SIFT's cells and
+orientation bins, as analysed by Guo et al., "MIFT", ACCV 2010, and Zhao
+and Ngo, "F-SIFT", IEEE TIP 2013), which halves the feature cost; measured
+against SIFT computed on the flipped image at the reflected keypoints, the
+mean cosine is 0.99.
 
 Not every candidate pair is worth verifying: :func:`worth_verifying` picks
 those whose decision verification can change (chosen by
 ``benchmarks/verify_screen.py``: on every labelled set the groups are the
-same as with every pair verified, for 15-55 % of the pairs).
+same as with every pair verified, for 14-54 % of the pairs).
 
 An edited copy (crop, pad, watermark, rotation, re-encoding) keeps dozens to
 hundreds of inliers; a look-alike of the same kind keeps few. A colour

@@ -58,7 +58,11 @@ def test_a_manifest_of_urls_runs_like_the_folder(http_images, flipkart_run, tmp_
     rows = [f"{base}/{quote(n)}" for n in names] + [f"{base}/absent.jpg"]
     pd.DataFrame({"url": rows}).to_csv(tmp_path / "urls.csv", index=False)
     out = tmp_path / "out"
-    proc = run_cli("run", "--manifest", str(tmp_path / "urls.csv"), "--image-col", "url", "--out", str(out), "--quiet")
+    links = tmp_path / "links"
+    proc = run_cli(
+        "run", "--manifest", str(tmp_path / "urls.csv"), "--image-col", "url", "--out", str(out), "--quiet",
+        "--link-dir", str(links),
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = pd.read_csv(out / "groups.csv")
     assert set(got.path) == set(rows[:-1])
@@ -72,6 +76,9 @@ def test_a_manifest_of_urls_runs_like_the_folder(http_images, flipkart_run, tmp_
     assert same(got.path, got.group) == same(local.path, local.group) and same(got.path, got.group)
     skipped = pd.read_csv(out / "skipped.csv")
     assert skipped.set_index("path").loc[rows[-1], "reason"].startswith("unreadable")
+    listed = sorted(line for f in links.rglob("urls.txt") for line in f.read_text().splitlines())
+    assert listed == sorted(got[got.group_size > 1].path)  # a URL cannot be linked: it is listed
+    assert not any(p.is_symlink() for p in links.rglob("*"))
     gallery = (out / "gallery.html").read_text()
     assert gallery.count("data:image/jpeg;base64,") >= len(got[got.group_size > 1])
 
