@@ -6,6 +6,7 @@ Originals are never touched: each entry is a symbolic link to one.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -23,6 +24,10 @@ def _numbered(name: str, j: int) -> str:
     stem, suffix = os.path.splitext(name)
     room = NAME_MAX - len(os.fsencode(f"{j}_")) - len(os.fsencode(suffix))
     return f"{j}_" + os.fsdecode(os.fsencode(stem)[: max(room, 1)]) + suffix
+
+
+def _write_lines(lines: list[str], path: Path) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 def link_clusters(
@@ -65,8 +70,7 @@ def link_clusters(
         folder.mkdir(parents=True, exist_ok=True)
         urls = [str(real[row]) for row in paths if is_url(real[row])]
         if urls:
-            text = "".join(u + "\n" for u in urls)
-            atomic_write(folder / "urls.txt", lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+            atomic_write(folder / "urls.txt", functools.partial(_write_lines, urls))
         for j, row in enumerate(paths):
             if is_url(real[row]):
                 continue
