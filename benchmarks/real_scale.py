@@ -8,8 +8,9 @@ runs in a fresh process: discovery, hashing, decoding and embedding cold
 (``Deduplicator.embed`` writing a fresh cache), its seconds and peak
 resident memory (sampled every 10 ms), then the whole ``Deduplicator.run``
 warm from that cache, its seconds and peak. No geometric verification
-(RootSIFT on every candidate pair of 60k images would take hours on two
-cores; ``benchmarks/scale.py`` times the other stages at 1M). The grouping
+(RootSIFT features of 60k photos, and the matches of the pairs worth
+verifying, would add about half an hour on two cores, by ukbench-dev's
+rates; ``benchmarks/scale.py`` times the other stages at 1M). The grouping
 is scored against the shared labels (a crop belongs to its photo's product).
 
     python benchmarks/real_scale.py [--crops 26] [--n 6000 --n 20000 --n 0] [--readme]
