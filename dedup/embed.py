@@ -24,7 +24,6 @@ from collections import deque
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -144,7 +143,6 @@ def decode_task(
     nets: list[Backbone],
     need_embed: list[bool],
     max_pixels: int | None,
-    read: Callable[[str], bytes] | None = None,
 ):
     """Read, hash and decode one file; compute what every stage needs from its pixels.
 
@@ -152,9 +150,8 @@ def decode_task(
     processes or in Spark's Python workers alike.
 
     Args:
-        read: ``path -> bytes`` (raising ``OSError``) instead of
-            :func:`dedup.discover.read_source` (a local file, or a URL
-            through fsspec).
+        path: a local file or a URL, read by :func:`dedup.discover.read_source`
+            (fsspec for a URL).
 
     Returns:
         ``(digest, reason, facts, prepared)``: the SHA-256 of the bytes read
@@ -163,7 +160,7 @@ def decode_task(
         ``need_embed`` is False).
     """
     try:
-        data = read_source(path) if read is None else read(str(path))
+        data = read_source(path)
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or exc}", None, None
     digest = hashlib.sha256(data).hexdigest()

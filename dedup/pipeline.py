@@ -192,12 +192,16 @@ class Scored:
             when a model is used).
         pairs: :class:`dedup.grouping.Pairs`, inliers filled in when verified.
         verifier: the geometric verifier, or ``None`` when disabled.
+        p_unverified: ``(m,)`` float64 P(same product) of every pair from the
+            shipped model for unverified evidence, when verification was
+            screened (:meth:`Deduplicator.screens`); else ``None``.
     """
 
     indexes: dict[str, AnnIndex]
     fused_ids: np.ndarray
     pairs: Pairs
     verifier: GeometricVerifier | None
+    p_unverified: np.ndarray | None = None
 
 
 def _rel(path: Path | str, root: Path) -> str:
@@ -710,7 +714,7 @@ class Deduplicator:
         indexes, fused_ids, pairs, verifier = scored.indexes, scored.fused_ids, scored.pairs, scored.verifier
         with _timed(timings, "group"):
             model = self.pair_model(adapted)
-            confidence = self.confidence(pairs, adapted)
+            confidence = self.confidence(pairs, adapted, scored.p_unverified)
             decisions = self._decisions(rel, dig, cache)
             grouping = group(len(files), pairs, confidence, exact, params, decisions)
 
@@ -818,8 +822,8 @@ class Deduplicator:
         with _timed(timings, "group"):
             ij = candidate_pairs(neighbour_ids + [fused_ids], extra=phash_pairs)
             pairs = score_pairs(ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context, layouts)
-            verifier = self._verify(pairs, files, digests, cache, screen=self.screens(adapted))
-        return Scored(indexes, fused_ids, pairs, verifier)
+            verifier, p_unverified = self._verify(pairs, files, digests, cache, screen=self.screens(adapted))
+        return Scored(indexes, fused_ids, pairs, verifier, p_unverified)
 
     def screens(self, adapted: AdaptedModel | None = None) -> bool:
         """Whether verification is spent only on the pairs worth it
@@ -827,13 +831,16 @@ class Deduplicator:
         shipped pair model, and not ``verify_all``."""
         return bool(self.verify) and not self.verify_all and self._pair_model_source(adapted) is None
 
-    def _verify(self, pairs: Pairs, files: list[Path], digests: list[str], cache: Cache | None, screen: bool = False):
+    def _verify(
+        self, pairs: Pairs, files: list[Path], digests: list[str], cache: Cache | None, screen: bool = False
+    ) -> tuple[GeometricVerifier | None, np.ndarray | None]:
         """Fill ``pairs.inliers`` and ``pairs.mismatch`` by geometric verification
         (cached by content) of every pair, or with ``screen`` of the pairs
-        worth it (the others keep ``inliers == -1``); returns the verifier,
-        or ``None`` when disabled."""
+        worth it (the others keep ``inliers == -1``); returns the verifier
+        (``None`` when disabled) and, with ``screen``, the unverified model's
+        P(same product) of every pair that chose them."""
         if not self.verify:
-            return None
+            return None, None
         from .verify import MAX_SIDE, GeometricVerifier, worth_verifying
 
         max_pixels = self.max_pixels
@@ -841,27 +848,34 @@ class Deduplicator:
         verifier.progress = self.progress
         verify = verifier if cache is None else _CachedVerify(verifier, cache, digests)
         rows = np.arange(len(pairs.ij))
-        if screen and len(rows):
-            p = PairModel.load(verified=False).predict_pairs(pairs)
+        p = None
+        if screen:
+            p = PairModel.load(verified=False).predict_pairs(pairs)  # inliers still -1: unverified evidence
             rows = np.nonzero(worth_verifying(pairs.ij, pairs.distance, p))[0]
         if len(rows):
             found = verify(pairs.ij[rows])
             pairs.inliers[rows] = found[:, 0].astype(np.int64)
             pairs.mismatch[rows] = found[:, 1].astype(np.float32)
-        return verifier
+        return verifier, p
 
-    def confidence(self, pairs: Pairs, adapted: AdaptedModel | None = None) -> np.ndarray:
+    def confidence(
+        self, pairs: Pairs, adapted: AdaptedModel | None = None, p_unverified: np.ndarray | None = None
+    ) -> np.ndarray:
         """``(m,)`` float64 calibrated P(same product) of every scored pair:
         :meth:`pair_model`'s, except that a pair left unverified by the
         screening (:meth:`screens`) gets the shipped model for unverified
-        evidence, which was calibrated on that evidence."""
+        evidence, which was calibrated on that evidence (``p_unverified``,
+        :attr:`Scored.p_unverified`, when the screen computed it already)."""
         model = self.pair_model(adapted)
         if not self.screens(adapted):
             return model.predict_pairs(pairs)
         unchecked = np.asarray(pairs.inliers) < 0
         out = np.empty(len(pairs.ij), np.float64)
         out[~unchecked] = model.predict_pairs(pairs.subset(~unchecked))
-        out[unchecked] = PairModel.load(verified=False).predict_pairs(pairs.subset(unchecked))
+        if p_unverified is not None:
+            out[unchecked] = np.asarray(p_unverified, np.float64)[unchecked]
+        else:
+            out[unchecked] = PairModel.load(verified=False).predict_pairs(pairs.subset(unchecked))
         return out
 
     def grouping_params(self, **overrides) -> GroupingParams:

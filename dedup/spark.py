@@ -344,15 +344,6 @@ _COMPUTED_SCHEMA = _FACTS_SCHEMA + ", vecs array<array<float>>, seconds double"
 _LOADED: dict = {}
 
 
-def read_bytes(path: str) -> bytes:
-    """A file's bytes, local or any URL fsspec opens: :func:`dedup.discover.read_source`.
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    return read_source(path)
-
-
 def _digest_batches(batches):
     """mapInPandas: ``(row, path)`` -> ``(row, sha256, reason)``."""
     import hashlib
@@ -361,7 +352,7 @@ def _digest_batches(batches):
         sha, why = [], []
         for p in pdf["path"]:
             try:
-                sha.append(hashlib.sha256(read_bytes(p)).hexdigest())
+                sha.append(hashlib.sha256(read_source(p)).hexdigest())
                 why.append(None)
             except OSError as exc:
                 sha.append(None)
@@ -384,7 +375,8 @@ def _loaded(nets: list) -> list:
 def _feature_batches(nets: list, decoder: str, max_pixels: int | None, batch_size: int):
     """mapInPandas factory: ``(sha256, path)`` rows -> facts and embeddings
     (:data:`_COMPUTED_SCHEMA`), by the local engine's own per-file code
-    (:func:`dedup.embed.decode_task`, reading through :func:`read_bytes`),
+    (:func:`dedup.embed.decode_task`, reading through
+    :func:`dedup.discover.read_source`),
     ``batch_size`` images per inference."""
     import time
 
@@ -400,7 +392,7 @@ def _feature_batches(nets: list, decoder: str, max_pixels: int | None, batch_siz
                     row = {"sha256": sha, "decoder": decoder, "reason": None, "phash": None, "width": None}
                     row.update(height=None, note=None, colour=None, vecs=None, seconds=0.0)
                     need = [True] * len(models)
-                    digest, reason, facts, prepared = decode_task(path, models, need, max_pixels, read_bytes)
+                    digest, reason, facts, prepared = decode_task(path, models, need, max_pixels)
                     if digest is not None and digest != sha:
                         reason = CHANGED_WHILE_READ
                     if reason is not None:
