@@ -161,6 +161,53 @@ class Pairs:
         """The pairs in a slice of rows (views, no copy)."""
         return Pairs(**{f.name: getattr(self, f.name)[sl] for f in fields(self)})
 
+    def to_frame(self) -> pd.DataFrame:
+        """The pairs as a table, one row per pair: columns ``i, j``, one
+        column per attribute (``per_backbone`` as ``per_backbone_0 ..
+        per_backbone_{b-1}``), dtypes as the attributes'. The form in which
+        the Spark engine holds them (:mod:`dedup.spark_grouping`);
+        :meth:`from_frame` reads it back."""
+        cols: dict[str, np.ndarray] = {"i": self.ij[:, 0], "j": self.ij[:, 1]}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "per_backbone":
+                cols.update({f"per_backbone_{b}": value[:, b] for b in range(value.shape[1])})
+            elif f.name != "ij":
+                cols[f.name] = value
+        return pd.DataFrame(cols)
+
+    @classmethod
+    def from_frame(cls, df: pd.DataFrame) -> "Pairs":
+        """:class:`Pairs` from a :meth:`to_frame` table (other columns ignored).
+
+        Raises:
+            KeyError: a column of :meth:`to_frame` is missing.
+        """
+        per = sorted((c for c in df.columns if c.startswith("per_backbone_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+        kinds = {f.name: getattr(_EMPTY, f.name).dtype for f in fields(cls) if f.name not in ("ij", "per_backbone")}
+        return cls(
+            ij=np.stack([df["i"].to_numpy(np.int64), df["j"].to_numpy(np.int64)], axis=1).reshape(-1, 2),
+            per_backbone=np.stack([df[c].to_numpy(np.float32) for c in per], axis=1).reshape(len(df), len(per)),
+            **{name: df[name].to_numpy(dtype) for name, dtype in kinds.items()},
+        )
+
+
+_F32, _I64 = np.zeros(0, np.float32), np.zeros(0, np.int64)
+#: A table with no pairs (the dtypes of :meth:`Pairs.from_frame`).
+_EMPTY = Pairs(
+    ij=np.zeros((0, 2), np.int64),
+    distance=_F32,
+    per_backbone=np.zeros((0, 0), np.float32),
+    colour=_F32,
+    fused=_F32,
+    context=_F32,
+    rank_ij=_I64,
+    rank_ji=_I64,
+    relative=_F32,
+    phash_bits=_I64,
+    inliers=_I64,
+)
+
 
 def fused_vectors(embeddings: list[np.ndarray], colours: np.ndarray, colour_weight: float) -> np.ndarray:
     """Embeddings and colour histograms in one unit vector per image.

@@ -714,9 +714,13 @@ class Deduplicator:
         indexes, fused_ids, pairs, verifier = scored.indexes, scored.fused_ids, scored.pairs, scored.verifier
         with _timed(timings, "group"):
             model = self.pair_model(adapted)
-            confidence = self.confidence(pairs, adapted, scored.p_unverified)
             decisions = self._decisions(rel, dig, cache)
-            grouping = group(len(files), pairs, confidence, exact, params, decisions)
+            if engine is None:
+                confidence = self.confidence(pairs, adapted, scored.p_unverified)
+                grouping = group(len(files), pairs, confidence, exact, params, decisions)
+            else:  # the same decisions and groups, as DataFrame columns and a group-apply
+                unverified = PairModel.load(verified=False) if self.screens(adapted) else None
+                grouping, confidence = engine.group(len(files), pairs, exact, model, params, decisions, unverified)
 
         df = groups_table(rel, grouping, facts, dig)
         review = review_table(grouping.review, pairs, confidence, rel)

@@ -25,10 +25,13 @@ on first use (``pip install pyspark`` and a Java runtime, 17 or newer).
 * :class:`SparkEngine`: the ``--engine spark`` run's distributed steps
   (hashing, decoding and embedding with ``mapInPandas``, a Parquet
   features table, and the two searches above), which
-  :class:`dedup.pipeline.Deduplicator` calls in place of the local ones.
-  The pair evidence, the decisions and the grouping then run on the
-  driver with the local engine's code, so both engines give the same
-  groups (tested); ``benchmarks/spark.py`` measures the two side by side.
+  :class:`dedup.pipeline.Deduplicator` calls in place of the local ones,
+  and :meth:`SparkEngine.group`: the decisions as columns of the pair table
+  and the split of each connected component as a group-apply
+  (:mod:`dedup.spark_grouping`). The pair evidence (distances, colour,
+  geometric verification) is still gathered at the driver, with the local
+  engine's code. Both engines give the same groups (tested);
+  ``benchmarks/spark.py`` measures the two side by side.
 """
 
 from __future__ import annotations
@@ -422,8 +425,8 @@ def _feature_batches(nets: list, decoder: str, max_pixels: int | None, batch_siz
 
 class SparkEngine:
     """The ``--engine spark`` run's distributed steps (``run`` calls them;
-    everything after them, the pair evidence, the decisions and the report,
-    is the local engine's code on the driver).
+    the pair evidence and the report are the local engine's code on the
+    driver).
 
     * :meth:`digests`: SHA-256 of every file (``mapInPandas``);
     * :meth:`decode_and_embed`: pHash, colour descriptor and embeddings of
@@ -433,7 +436,9 @@ class SparkEngine:
     * :meth:`neighbours`: :func:`neighbours` (the run calls it above its
       ``exact_knn_max`` rows only; below, the driver's exact search is much
       faster than a Spark job: ``benchmarks/spark.py``);
-    * :meth:`phash_pairs`: :func:`phash_pairs`.
+    * :meth:`phash_pairs`: :func:`phash_pairs`;
+    * :meth:`group`: the decisions and the groups
+      (:mod:`dedup.spark_grouping`).
 
     Args:
         master: the Spark master URL (``local[*]``, ``yarn``, ``k8s://...``),
@@ -616,6 +621,41 @@ class SparkEngine:
             return np.zeros((0, k), np.int64)
         df = vectors_frame(self.spark, X).repartition(self._parallelism())
         return neighbour_arrays(neighbours(df, k), len(X), k)[0]
+
+    def group(
+        self,
+        n: int,
+        pairs,
+        hash_pairs: dict,
+        model,
+        params=None,
+        decisions: pd.DataFrame | None = None,
+        unverified=None,
+    ) -> tuple:
+        """The decisions and the grouping of :func:`dedup.grouping.group` as
+        Spark jobs (:mod:`dedup.spark_grouping`: the decision as columns of
+        the pair table, the split per connected component as a group-apply).
+
+        Args:
+            n: images; pairs: the scored :class:`dedup.grouping.Pairs`;
+            hash_pairs: ``{"sha256": (e, 2), "phash": (e, 2)}`` int64 pairs.
+            model, unverified: the pair models of
+                :func:`dedup.spark_grouping.decide`; params: the settings.
+            decisions: a person's decisions (``i, j, same``) or ``None``.
+
+        Returns:
+            ``(grouping, confidence)``: the :class:`dedup.grouping.Grouping`
+            and the ``(m,)`` float64 P(same product) of every pair.
+        """
+        from .spark_grouping import decide, group_pairs, pairs_frame
+
+        decided = decide(pairs_frame(self.spark, pairs, self._parallelism()), model, params, unverified).persist()
+        confidence = np.full(len(pairs.ij), np.nan, np.float64)
+        got = pd.DataFrame(decided.select("row", "confidence").toPandas())
+        confidence[got["row"].to_numpy(np.int64)] = got["confidence"].to_numpy(np.float64)
+        grouping = group_pairs(decided, n, hash_pairs, params, decisions)
+        decided.unpersist()
+        return grouping, confidence
 
     def phash_pairs(self, codes: np.ndarray, max_distance: int) -> np.ndarray:
         """``(e, 2)`` int64 pairs ``i < j`` of pHashes within ``max_distance``

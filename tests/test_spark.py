@@ -111,6 +111,60 @@ def test_connected_components_match_scipy_on_random_graphs(spark, collect_max):
         assert got["component"].tolist() == [smallest[c] for c in lab]
 
 
+def _random_pairs(rng, n: int, m: int):
+    """``m`` random scored pairs among ``n`` images, with confidences that
+    join about a third of them, and random pHash, SHA-256 and decided pairs."""
+    import pandas as pd
+
+    from dedup.grouping import Pairs
+
+    ij = np.unique(np.sort(rng.integers(0, n, (m, 2)), axis=1), axis=0)
+    ij = ij[ij[:, 0] < ij[:, 1]]
+    m = len(ij)
+    f32 = lambda: rng.random(m, dtype=np.float32)  # noqa: E731
+    ints = lambda: rng.integers(0, 10, m)  # noqa: E731
+    pairs = Pairs(ij, f32(), f32()[:, None], f32() * 0.3, f32(), f32(), ints(), ints(), f32(), ints(), ints())
+    conf = np.round(rng.beta(0.6, 0.6, m), 2)  # rounded: many ties, which must break as on the whole table
+    sha = ij[rng.choice(m, 3, replace=False)][:, ::-1]  # listed either way round
+    phash = np.concatenate([ij[rng.choice(m, 25, replace=False)], rng.integers(0, n, (5, 2))])
+    told = ij[rng.choice(m, 40, replace=False)]
+    decisions = pd.DataFrame({"i": told[:, 1], "j": told[:, 0], "same": rng.random(40) < 0.3})
+    return pairs, conf, {"sha256": sha, "phash": phash}, decisions
+
+
+def test_distributed_grouping_equals_the_local_grouping(spark):
+    """The decisions as columns and the per-component group-apply give
+    :func:`dedup.grouping.group`'s grouping field for field (labels, stage,
+    confidence, distance, partner, review rows), on random pair tables with
+    ties, pHash and SHA-256 pairs, and a person's confirmed and rejected
+    pairs; and the decision column is the thresholds applied to the
+    pair model's probability."""
+    from dedup.calibration import PairModel
+    from dedup.grouping import GroupingParams, group
+    from dedup.spark_grouping import decide, group_pairs, pairs_frame
+
+    params = GroupingParams()
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        n = 300
+        pairs, conf, hashes, decisions = _random_pairs(rng, n, 900)
+        want = group(n, pairs, conf, hashes, params, decisions)
+        assert 10 < len(np.unique(want.labels)) < n - 10 and len(want.review) > 0  # a table with some of everything
+        frame = pairs_frame(spark, pairs).toPandas().sort_values("row").assign(confidence=conf)
+        got = group_pairs(spark.createDataFrame(frame), n, hashes, params, decisions)
+        for name in ("labels", "stage", "partner", "review"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        np.testing.assert_array_equal(got.confidence, want.confidence)
+        np.testing.assert_array_equal(got.distance, want.distance)
+
+    model = PairModel.load(verified=False)
+    decided = decide(pairs_frame(spark, pairs), model, params).toPandas().sort_values("row")
+    p = model.predict_pairs(pairs)
+    np.testing.assert_allclose(decided["confidence"].to_numpy(), p, rtol=1e-12)  # batched: last bit may differ
+    expect = np.where(p >= params.min_confidence, "join", np.where(p >= params.review_confidence, "review", "apart"))
+    np.testing.assert_array_equal(decided["decision"].to_numpy(), expect)
+
+
 @pytest.mark.slow
 def test_spark_engine_gives_the_local_groups_on_ukbench_dev(spark, tmp_path):
     """The same settings on both engines: the same groups, image for image.
