@@ -59,13 +59,18 @@ SPARK_LISTS_PER_ROW = 3
 SPARK_CHUNK = 65_536
 
 
-def session(master: str = "local[2]", shuffle_partitions: int = 4, app_name: str = "dedup") -> "SparkSession":
+def session(
+    master: str = "local[2]", shuffle_partitions: int = 4, app_name: str = "dedup", driver_memory: str | None = None
+) -> "SparkSession":
     """A Spark session for dedup's jobs (the running one if there is one).
 
     Args:
         master: the Spark master URL (``local[N]``, ``yarn``, ``k8s://...``,
             ``spark://...``).
         shuffle_partitions: ``spark.sql.shuffle.partitions``.
+        driver_memory: ``spark.driver.memory`` (``"6g"``; in local mode the
+            one JVM's heap), effective only when this call starts the JVM;
+            ``None``: Spark's default (1g).
 
     Returns:
         A ``pyspark.sql.SparkSession`` with Arrow transfers on and the UI off.
@@ -87,6 +92,8 @@ def session(master: str = "local[2]", shuffle_partitions: int = 4, app_name: str
         .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
     )
+    if driver_memory is not None:
+        builder = builder.config("spark.driver.memory", driver_memory)
     if master.startswith("local"):
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     return builder.getOrCreate()

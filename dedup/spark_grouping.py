@@ -15,7 +15,8 @@ pairs and more) need not sit whole in one Python process:
    join (SHA-256 and pHash pairs, confirmed decisions, ``join`` decisions;
    :func:`dedup.spark.connected_components`), then the per-component split
    as a cogrouped ``applyInPandas`` that runs :func:`dedup.grouping.group`
-   on one component's pairs and links. The split of a component depends
+   on the pairs and links of whole components (a bucket of them per task,
+   :data:`BUCKETS_PER_CORE`). The split of a component depends
    only on what lies inside it (joins are tried strongest first and the
    linkage check averages the pairs between two parts of one component),
    and a component's images are numbered in the run's order, so the groups
@@ -37,6 +38,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Link kinds of the per-component task besides the scored pairs.
 _LINKS = ("sha256", "phash", "confirmed", "rejected")
+#: Tasks of the split per core of the session: components are independent,
+#: so a task splits a bucket of them (chosen by a hash of the component id)
+#: in one call of :func:`dedup.grouping.group`, instead of one Python call
+#: per component (measured in ``benchmarks/spark.py``: at 100,000 rows the
+#: per-component group-apply took 207 s, most of it per-call overhead).
+BUCKETS_PER_CORE = 4
 _SPLIT_SCHEMA = "id long, label long, stage string, confidence double, distance float, partner long"
 
 
@@ -123,9 +130,11 @@ def _links(hash_pairs: dict, decisions: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def _split(params: GroupingParams, columns: list[str]):
-    """cogroup applyInPandas: one component's pairs and links -> its images'
-    labels (the smallest image id of each group), stage, confidence,
-    distance and partner, by :func:`dedup.grouping.group`."""
+    """cogroup applyInPandas: the pairs and links of a bucket of whole
+    components -> their images' labels (the smallest image id of each
+    group), stage, confidence, distance and partner, by one call of
+    :func:`dedup.grouping.group` (on a union of components it splits each
+    as it would alone: no join or check crosses a component)."""
 
     def run(pairs_pdf: pd.DataFrame, links: pd.DataFrame) -> pd.DataFrame:
         if pairs_pdf.empty:  # a component joined by links alone
@@ -214,9 +223,13 @@ def group_pairs(
     inside = within(decided)
     links_in = within(links).select("component", "kind", "i", "j", "order")
     columns = [c for c in decided.columns if c not in ("row", "decision")]  # the pair columns and confidence
+    # components are independent, so several share a task: one call of group() per bucket, not per component
+    buckets = max(1, spark.sparkContext.defaultParallelism) * BUCKETS_PER_CORE
+    bucket = (F.abs(F.xxhash64("component")) % buckets).alias("bucket")
     split = (
-        inside.groupBy("component")
-        .cogroup(links_in.groupBy("component"))
+        inside.select(bucket, "row", *columns)
+        .groupBy("bucket")
+        .cogroup(links_in.select(bucket, "kind", "i", "j", "order").groupBy("bucket"))
         .applyInPandas(_split(params, ["row", *columns]), _SPLIT_SCHEMA)
     )
     got = pd.DataFrame(split.toPandas())
