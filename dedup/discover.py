@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +66,73 @@ def is_url(path) -> bool:
     return isinstance(path, str) and "://" in path and not path.startswith("file://")
 
 
+#: Environment variable naming the folder of the running job's download
+#: spool (:func:`download_spool`); an environment variable, so that decoding
+#: worker processes share the spool of the run that started them.
+SPOOL_ENV = "DEDUP_DOWNLOAD_SPOOL"
+#: A download is kept in the spool only while its file system keeps at least
+#: this many bytes free (and 10% of its size), so a spool never fills a disk.
+SPOOL_MIN_FREE = 2 * 2**30
+
+
+@contextmanager
+def download_spool(parent: str | os.PathLike | None = None) -> Iterator[Path]:
+    """For its duration, each URL that :func:`read_source` reads is
+    downloaded once: the bytes are kept in a temporary folder and read from
+    there by every later stage (the SHA-256 pass, decoding, geometric
+    verification and the gallery each read a URL's image). The folder and
+    everything in it is removed on exit. Nested spools share the outer one.
+
+    Args:
+        parent: where the temporary folder is made (default: the system's
+            temporary folder).
+
+    Yields:
+        The spool folder.
+    """
+    import tempfile
+
+    if os.environ.get(SPOOL_ENV):
+        yield Path(os.environ[SPOOL_ENV])
+        return
+    with tempfile.TemporaryDirectory(prefix="dedup-downloads-", dir=parent) as folder:
+        os.environ[SPOOL_ENV] = folder
+        try:
+            yield Path(folder)
+        finally:
+            os.environ.pop(SPOOL_ENV, None)
+
+
+def _spooled(url: str) -> Path | None:
+    """The spool file of ``url`` in the active spool, or ``None`` without one."""
+    import hashlib
+
+    folder = os.environ.get(SPOOL_ENV)
+    return Path(folder) / hashlib.sha256(url.encode("utf-8")).hexdigest() if folder else None
+
+
+def _keep(spooled: Path, data: bytes) -> None:
+    """Keep a download in the spool (atomically: a complete file or none),
+    unless the disk is nearly full or the spool is gone."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(spooled.parent).free
+        if free - len(data) < max(SPOOL_MIN_FREE, free // 10):
+            return
+        part = spooled.with_name(f"{spooled.name}.{os.getpid()}.{threading.get_ident()}.part")
+        part.write_bytes(data)
+        os.replace(part, spooled)
+    except OSError:  # a spool that cannot keep a file only costs a second download
+        pass
+
+
 def read_source(path) -> bytes:
     """A source file's bytes: a local path, a ``file://`` URI, or any URL
     fsspec opens (``s3://``, ``gs://``, ``abfs://``, ``hdfs://``,
     ``https://``, with that protocol's fsspec package installed, e.g.
-    ``s3fs``, or ``aiohttp`` for HTTP).
+    ``s3fs``, or ``aiohttp`` for HTTP). Within :func:`download_spool`, a URL
+    is downloaded once and read from the spool afterwards.
 
     Raises:
         OSError: the file cannot be read (for a URL, any error of fsspec or
@@ -76,15 +141,24 @@ def read_source(path) -> bytes:
     if not is_url(path):
         with open(str(path).removeprefix("file://") if isinstance(path, str) else path, "rb") as f:
             return f.read()
+    spooled = _spooled(path)
+    if spooled is not None:
+        try:
+            return spooled.read_bytes()
+        except OSError:
+            pass  # not downloaded yet
     import fsspec
 
     try:
         with fsspec.open(path, "rb") as f:
-            return f.read()
+            data = f.read()
     except OSError:
         raise
     except Exception as exc:  # noqa: BLE001 - a missing protocol package or a remote error is an unreadable file
         raise OSError(f"{type(exc).__name__}: {exc}") from None
+    if spooled is not None:
+        _keep(spooled, data)
+    return data
 
 
 def sniff_format(head: bytes) -> str | None:

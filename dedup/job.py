@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .discover import is_url
+from .discover import download_spool, is_url
 from .lock import Lock
 
 if TYPE_CHECKING:
@@ -181,7 +182,8 @@ def run_job(
     if view.link_dir and Path(view.link_dir).is_dir() and any(Path(view.link_dir).iterdir()):
         raise FileExistsError(f"--link-dir {view.link_dir} exists and is not empty; choose a new folder")
     out.mkdir(parents=True, exist_ok=True)
-    with Lock(out / OUT_LOCK, f"output folder {out}"):
+    urls = any(is_url(f) for f in files or ())
+    with Lock(out / OUT_LOCK, f"output folder {out}"), download_spool() if urls else nullcontext():
         result = dedup.run(root, files=files, backbones=backbones)
         duplicates = result.groups
         report.retract(out)  # from here until run.json is rewritten, OUT holds no complete run

@@ -25,6 +25,7 @@ gallery and moving duplicates; the CLI only parses arguments and calls it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -44,7 +45,7 @@ from .calibration import PairModel
 from .colour import LAYOUT_DIM
 from .decode import DEFAULT_MAX_PIXELS, load_image
 from .digest import digest_files
-from .discover import Skipped, discover, is_url, printable
+from .discover import Skipped, discover, download_spool, is_url, printable
 from .embed import decode_and_embed
 from .grouping import (
     STAGES,
@@ -552,9 +553,10 @@ class Deduplicator:
             paths, skipped = _discover(root, files)
 
         cache = self.open_cache()
-        try:
-            inputs = self._embed(root, paths, skipped, nets, cache, timings)
-            result = self._run(root, inputs, nets, cache, timings)
+        try:  # a URL is downloaded once, then read by every stage from the spool
+            with download_spool() if any(is_url(p) for p in paths) else contextlib.nullcontext():
+                inputs = self._embed(root, paths, skipped, nets, cache, timings)
+                result = self._run(root, inputs, nets, cache, timings)
         finally:
             if cache is not None:
                 cache.close()

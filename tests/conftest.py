@@ -54,22 +54,30 @@ def checksums(folder: Path) -> dict[str, str]:
 def http_images():
     """products-flipkart/images served over HTTP on localhost (a thread of
     Python's http.server): ``(base URL, folder)``; a remote catalogue for
-    manifests of URLs, read through fsspec (aiohttp) as s3:// or https:// is."""
+    manifests of URLs, read through fsspec (aiohttp) as s3:// or https:// is.
+    Yields ``(base URL, folder, downloads)``: ``downloads`` counts the GET
+    requests answered per URL path (a ``collections.Counter``; clear it first)."""
     import functools
     import threading
+    from collections import Counter
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
     folder = bench_set("products-flipkart") / "images"
+    downloads: Counter = Counter()
 
     class Quiet(SimpleHTTPRequestHandler):
         def log_message(self, *args):  # noqa: D401 - keep the test output clean
             pass
 
+        def do_GET(self):  # noqa: N802 - http.server's name
+            downloads[self.path] += 1
+            super().do_GET()
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", folder
+        yield f"http://127.0.0.1:{server.server_address[1]}", folder, downloads
     finally:
         server.shutdown()
         server.server_close()

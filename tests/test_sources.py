@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 import pytest
@@ -53,17 +54,23 @@ def test_a_manifest_of_urls_runs_like_the_folder(http_images, flipkart_run, tmp_
     missing one skipped with its reason, the gallery's thumbnails fetched."""
     from urllib.parse import quote
 
-    base, folder = http_images
+    base, folder, downloads = http_images
     names = sorted(p.name for p in folder.iterdir())
     rows = [f"{base}/{quote(n)}" for n in names] + [f"{base}/absent.jpg"]
     pd.DataFrame({"url": rows}).to_csv(tmp_path / "urls.csv", index=False)
     out = tmp_path / "out"
     links = tmp_path / "links"
+    spools = tmp_path / "tmp"
+    spools.mkdir()
+    downloads.clear()
     proc = run_cli(
         "run", "--manifest", str(tmp_path / "urls.csv"), "--image-col", "url", "--out", str(out), "--quiet",
-        "--link-dir", str(links),
+        "--link-dir", str(links), env={"TMPDIR": str(spools)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # each image downloaded once, though hashing, decoding, verification and the gallery all read it
+    assert {f"/{quote(n)}" for n in names} <= set(downloads) and max(downloads.values()) == 1
+    assert not list(spools.glob("dedup-downloads-*"))  # the download spool is gone with the run
     got = pd.read_csv(out / "groups.csv")
     assert set(got.path) == set(rows[:-1])
     local = pd.read_csv(flipkart_run[1] / "groups.csv")
@@ -97,3 +104,26 @@ def test_the_cli_never_writes_beside_a_manifests_images(tmp_path):
     assert both.returncode != 0 and "either SOURCE" in both.stderr
     assert sorted(p.name for p in work.iterdir()) == ["a.jpg"]
     assert Path(tmp_path / "m.csv").is_file()
+
+
+def test_a_download_spool_fetches_each_url_once_and_is_removed(http_images):
+    """Within download_spool a URL is fetched once and its bytes read back
+    from the spool (a nested spool shares it); outside one, every read
+    fetches; the spool's folder is removed on exit, and a 404 stays an OSError."""
+    from dedup.discover import download_spool, read_source
+
+    base, folder, downloads = http_images
+    name = sorted(p.name for p in folder.iterdir())[3]
+    url = f"{base}/{quote(name)}"
+    want = (folder / name).read_bytes()
+    downloads.clear()
+    with download_spool() as spool:
+        assert read_source(url) == want
+        with download_spool() as inner:
+            assert inner == spool and read_source(url) == want
+        assert [p.read_bytes() for p in spool.iterdir()] == [want]  # one complete file, no partial one
+        with pytest.raises(OSError):
+            read_source(f"{base}/absent.jpg")
+    assert downloads[f"/{quote(name)}"] == 1
+    assert not spool.exists()
+    assert read_source(url) == want and downloads[f"/{quote(name)}"] == 2
