@@ -71,7 +71,7 @@ def is_url(path) -> bool:
 #: worker processes share the spool of the run that started them.
 SPOOL_ENV = "DEDUP_DOWNLOAD_SPOOL"
 #: A download is kept in the spool only while its file system keeps at least
-#: this many bytes free (and 10% of its size), so a spool never fills a disk.
+#: this many bytes free, and a tenth of its size, so a spool never fills a disk.
 SPOOL_MIN_FREE = 2 * 2**30
 
 
@@ -117,8 +117,8 @@ def _keep(spooled: Path, data: bytes) -> None:
     import shutil
 
     try:
-        free = shutil.disk_usage(spooled.parent).free
-        if free - len(data) < max(SPOOL_MIN_FREE, free // 10):
+        disk = shutil.disk_usage(spooled.parent)
+        if disk.free - len(data) < max(SPOOL_MIN_FREE, disk.total // 10):
             return
         part = spooled.with_name(f"{spooled.name}.{os.getpid()}.{threading.get_ident()}.part")
         part.write_bytes(data)

@@ -380,10 +380,10 @@ class Deduplicator:
             :data:`dedup.backbones.runtime.RUNTIMES`; ``auto``: the fastest
             installed, measured per backbone by ``benchmarks/speed.py``).
         engine: ``"local"`` (this process: threads, the SQLite cache) or
-            ``"spark"`` (hashing, decoding, embedding, the neighbour lists
-            and the pHash search as Spark jobs, :class:`dedup.spark.SparkEngine`;
-            the pair evidence and decisions then run on the driver with the
-            same code, so the groups are the local engine's), or a
+            ``"spark"`` (hashing, decoding, embedding, the neighbour lists,
+            the pHash search, the decisions and the grouping as Spark jobs,
+            :class:`dedup.spark.SparkEngine`; the pair evidence runs on the
+            driver; the groups are the local engine's), or a
             :class:`dedup.spark.SparkEngine`.
         spark_master: the Spark master URL for ``engine="spark"``.
         features: the Spark engine's features folder (Parquet tables of

@@ -36,8 +36,6 @@ from .grouping import Grouping, GroupingParams, Pairs, _renumber, group
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
-#: Link kinds of the per-component task besides the scored pairs.
-_LINKS = ("sha256", "phash", "confirmed", "rejected")
 #: Tasks of the split per core of the session: components are independent,
 #: so a task splits a bucket of them (chosen by a hash of the component id)
 #: in one call of :func:`dedup.grouping.group`, instead of one Python call

@@ -157,6 +157,12 @@ def test_distributed_grouping_equals_the_local_grouping(spark):
         np.testing.assert_array_equal(got.confidence, want.confidence)
         np.testing.assert_array_equal(got.distance, want.distance)
 
+    # nothing may join: every image alone, the doubtful pairs listed for review
+    frame = pairs_frame(spark, pairs).toPandas().sort_values("row").assign(confidence=conf * 0.85)
+    got, want = group_pairs(spark.createDataFrame(frame), n, {}, params), group(n, pairs, conf * 0.85, {}, params)
+    assert (got.stage == "single").all() and len(np.unique(got.labels)) == n
+    np.testing.assert_array_equal(got.review, want.review)
+
     model = PairModel.load(verified=False)
     decided = decide(pairs_frame(spark, pairs), model, params).toPandas().sort_values("row")
     p = model.predict_pairs(pairs)
