@@ -23,15 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .discover import is_url, printable
+from .discover import is_url, printable, row_files
 from .hashing import sha256_file
 
 MANIFEST = "moved-manifest.jsonl"
-
-
-def _sources(groups: pd.DataFrame, root: Path, files: list | None) -> list:
-    """Each row's file: a ``Path``, or a URL ``str`` (never moved)."""
-    return [f if is_url(f) else Path(f) for f in files] if files is not None else [root / p for p in groups.path]
 
 
 def choose_keepers(groups: pd.DataFrame, root: str | os.PathLike, files: list | None = None) -> pd.Series:
@@ -49,7 +44,7 @@ def choose_keepers(groups: pd.DataFrame, root: str | os.PathLike, files: list | 
         then the largest resolution, the largest file, the first path.
     """
     df = groups.copy()
-    sources = _sources(groups, Path(root), files)
+    sources = row_files(groups.path, root, files)
     df["_link"] = [not is_url(f) and f.is_symlink() for f in sources]
     df["_pixels"] = df.width.astype("int64") * df.height.astype("int64")
     df["_bytes"] = [f.stat().st_size if not is_url(f) and f.exists() else -1 for f in sources]
@@ -102,7 +97,7 @@ def plan_moves(
     """
     root = Path(root).absolute()
     dest = Path(dest).absolute()
-    sources = [f if is_url(f) else Path(f).absolute() for f in _sources(groups, root, files)]
+    sources = [f if is_url(f) else Path(f).absolute() for f in row_files(groups.path, root, files)]
     keep = choose_keepers(groups, root, sources)
     kept_of = {g: p for g, p, k in zip(groups.group, groups.path, keep) if k}
     dest_dev = os.stat(dest).st_dev

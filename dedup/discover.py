@@ -66,6 +66,23 @@ def is_url(path) -> bool:
     return isinstance(path, str) and "://" in path and not path.startswith("file://")
 
 
+def row_files(paths, root: str | os.PathLike, files: list | None = None) -> list:
+    """Each report row's source: ``files[i]`` when the run's files are given
+    (``Result.files``: a ``Path``, or a URL kept as its ``str``), else
+    ``root / paths[i]``.
+
+    Args:
+        paths: the rows' paths relative to ``root`` (``groups.csv``'s ``path``).
+        root: the catalogue folder; files: the run's files, one per row, or ``None``.
+
+    Returns:
+        A list of ``Path`` or URL ``str``, one per row.
+    """
+    if files is not None:
+        return [f if is_url(f) else Path(f) for f in files]
+    return [Path(root) / p for p in paths]
+
+
 #: Environment variable naming the folder of the running job's download
 #: spool (:func:`download_spool`); an environment variable, so that decoding
 #: worker processes share the spool of the run that started them.

@@ -48,6 +48,9 @@ from .index import COARSE_DIM, _top_k, kmeans_lists
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
+    from .calibration import PairModel
+    from .grouping import Grouping, GroupingParams, Pairs
+
 #: Rows per k-means list in :func:`neighbours` (each list is searched as one
 #: dense matrix product in one task).
 SPARK_LIST_SIZE = 1_024
@@ -632,13 +635,13 @@ class SparkEngine:
     def group(
         self,
         n: int,
-        pairs,
+        pairs: "Pairs",
         hash_pairs: dict,
-        model,
-        params=None,
+        model: "PairModel",
+        params: "GroupingParams | None" = None,
         decisions: pd.DataFrame | None = None,
-        unverified=None,
-    ) -> tuple:
+        unverified: "PairModel | None" = None,
+    ) -> "tuple[Grouping, np.ndarray]":
         """The decisions and the grouping of :func:`dedup.grouping.group` as
         Spark jobs (:mod:`dedup.spark_grouping`: the decision as columns of
         the pair table, the split per connected component as a group-apply).

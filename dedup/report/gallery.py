@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ..decode import DecodeError, load_image
-from ..discover import is_url
+from ..discover import is_url, row_files
 from .files import atomic_write
 
 THUMB_SIDE = 160
@@ -143,7 +143,7 @@ def write_gallery(
         The written path.
     """
     root, path = Path(root), Path(path)
-    real = [f if is_url(f) else Path(f) for f in files] if files is not None else [root / p for p in groups.path]
+    real = row_files(groups.path, root, files)
     groups = groups.assign(real_file=real)
     multi = groups[groups.group_size > 1]
     singles = groups[groups.group_size == 1]
