@@ -178,7 +178,8 @@ class Pairs:
 
     @classmethod
     def from_frame(cls, df: pd.DataFrame) -> "Pairs":
-        """:class:`Pairs` from a :meth:`to_frame` table (other columns ignored).
+        """:class:`Pairs` from a :meth:`to_frame` table (other columns
+        ignored), its arrays writable copies.
 
         Raises:
             KeyError: a column of :meth:`to_frame` is missing.
@@ -188,7 +189,8 @@ class Pairs:
         return cls(
             ij=np.stack([df["i"].to_numpy(np.int64), df["j"].to_numpy(np.int64)], axis=1).reshape(-1, 2),
             per_backbone=np.stack([df[c].to_numpy(np.float32) for c in per], axis=1).reshape(len(df), len(per)),
-            **{name: df[name].to_numpy(dtype) for name, dtype in kinds.items()},
+            # copies: a frame from Arrow (Spark's toPandas) may hand out read-only buffers
+            **{name: np.array(df[name].to_numpy(dtype), copy=True) for name, dtype in kinds.items()},
         )
 
 

@@ -782,7 +782,11 @@ class Deduplicator:
     ) -> "Scored":
         """Stages 5 and the evidence of stage 6: the ANN indexes, the candidate
         pairs and their evidence (geometric verification included, cached
-        by content), before any decision.
+        by content), before any decision. On the Spark engine above
+        ``exact_knn_max`` images (and without an adapted model), the lists
+        and the evidence are Spark jobs
+        (:meth:`dedup.spark.SparkEngine.pair_evidence`); verification stays
+        at the driver.
 
         Args:
             emb: backbone name -> ``(n, d)`` float32 L2-normalised embeddings.
@@ -804,6 +808,22 @@ class Deduplicator:
         params = self.grouping_params()
         engine = self.spark_engine()
         search = None if engine is None else engine.neighbours
+        if engine is not None and adapted is None and len(colours) > self.exact_knn_max:
+            # lists and evidence as Spark jobs, each pair scored where the search found it
+            with _timed(timings, "index"):
+                fused_ids, pairs = engine.pair_evidence(
+                    list(emb.values()),
+                    colours,
+                    layouts,
+                    codes,
+                    phash_pairs,
+                    self.n_neighbours + 1,
+                    params.colour_weight,
+                    params.k_context,
+                )
+            with _timed(timings, "group"):
+                verifier, p_unverified = self._verify(pairs, files, digests, cache, screen=self.screens(adapted))
+            return Scored({}, fused_ids, pairs, verifier, p_unverified)
         with _timed(timings, "index"):
             if fused is None:
                 fused = self.fused_space(list(emb.values()), colours, adapted)

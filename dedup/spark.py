@@ -114,18 +114,63 @@ def vectors_frame(spark: "SparkSession", X: np.ndarray, ids: np.ndarray | None =
     return spark.createDataFrame(pdf, "id long, vec array<float>")
 
 
-def _plan(df: "DataFrame", n: int, list_size: int, coarse_dim: int, sample_max: int, seed: int):
-    """PCA and k-means lists trained at the driver on a sample of ``df``."""
+def _plan(df: "DataFrame", n: int, list_size: int, coarse_dim: int, sample_max: int, seed: int, stacked):
+    """PCA and k-means lists trained at the driver on a sample of ``df``'s rows (``stacked(pdf)``: their vectors)."""
     from sklearn.decomposition import PCA
 
     n_lists = max(1, n // max(1, list_size))
     want = min(n, max(32 * n_lists, 2_000), sample_max)
     rows = pd.DataFrame(df.sample(fraction=min(1.0, 1.2 * want / max(n, 1)), seed=seed).limit(want).toPandas())
-    S = np.stack(rows["vec"].to_numpy()).astype(np.float32)
+    S = stacked(rows)
     dim = max(1, min(coarse_dim, S.shape[1], len(S)))
     pca = PCA(dim, svd_solver="randomized", random_state=seed).fit(S)
     comp, mean = pca.components_.astype(np.float32), pca.mean_.astype(np.float32)
     return comp, mean, kmeans_lists((S - mean) @ comp.T, min(n_lists, len(S)), seed)
+
+
+def _vec(pdf: pd.DataFrame) -> np.ndarray:
+    """The ``vec`` column of a batch as an ``(m, d)`` float32 matrix."""
+    return np.stack(pdf["vec"].to_numpy()).astype(np.float32)
+
+
+def spread_to_lists(
+    df: "DataFrame",
+    stacked,
+    list_size: int = SPARK_LIST_SIZE,
+    lists_per_row: int = SPARK_LISTS_PER_ROW,
+    coarse_dim: int = COARSE_DIM,
+    sample_max: int = 50_000,
+    seed: int = 0,
+) -> "DataFrame":
+    """Each row of ``df``, copied to each of its ``lists_per_row`` nearest
+    k-means lists: ``df``'s columns plus ``list`` (long). The lists are
+    trained at the driver on at most ``sample_max`` rows, after a PCA to
+    ``coarse_dim`` dimensions, and broadcast; ``stacked(pdf)`` gives a
+    batch's ``(m, d)`` float32 unit vectors. The search step of
+    :func:`neighbours` and :func:`dedup.spark_evidence.neighbour_evidence`.
+    """
+    n = df.count()
+    comp, mean, centres = _plan(df, n, list_size, coarse_dim, sample_max, seed, stacked)
+    spark = df.sparkSession
+    b_comp, b_mean, b_cent = (spark.sparkContext.broadcast(a) for a in (comp, mean, centres))
+    r = int(max(1, min(lists_per_row, len(centres))))
+
+    def assign(batches):
+        C = b_cent.value
+        c2 = (C**2).sum(axis=1)
+        for pdf in batches:
+            if pdf.empty:
+                continue
+            Y = (stacked(pdf) - b_mean.value) @ b_comp.value.T
+            d = c2[None, :] - 2 * Y @ C.T
+            near = np.argpartition(d, r - 1, axis=1)[:, :r] if r < len(C) else np.tile(np.arange(len(C)), (len(pdf), 1))
+            out = pdf.iloc[np.repeat(np.arange(len(pdf)), near.shape[1])].reset_index(drop=True)
+            out.insert(0, "list", near.ravel().astype(np.int64))
+            yield out
+
+    return df.mapInPandas(
+        assign, ", ".join(["list long", *(f"{f.name} {f.dataType.simpleString()}" for f in df.schema.fields)])
+    )
 
 
 def neighbours(
@@ -158,45 +203,19 @@ def neighbours(
     Source: SemDeDup (Abbas et al., 2023) for the per-cluster exact step;
     multiple assignment as in Jegou et al., TPAMI 2011.
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    n = df.count()
-    comp, mean, centres = _plan(df, n, list_size, coarse_dim, sample_max, seed)
-    spark = df.sparkSession
-    b_comp, b_mean, b_cent = (spark.sparkContext.broadcast(a) for a in (comp, mean, centres))
-    r = int(max(1, min(lists_per_row, len(centres))))
-
-    def assign(batches):
-        C = b_cent.value
-        c2 = (C**2).sum(axis=1)
-        for pdf in batches:
-            if pdf.empty:
-                continue
-            V = np.stack(pdf["vec"].to_numpy()).astype(np.float32)
-            Y = (V - b_mean.value) @ b_comp.value.T
-            d = c2[None, :] - 2 * Y @ C.T
-            near = np.argpartition(d, r - 1, axis=1)[:, :r] if r < len(C) else np.tile(np.arange(len(C)), (len(V), 1))
-            yield pd.DataFrame(
-                {
-                    "list": near.ravel().astype(np.int64),
-                    "id": np.repeat(pdf["id"].to_numpy(), near.shape[1]),
-                    "vec": np.repeat(pdf["vec"].to_numpy(), near.shape[1]),
-                }
-            )
+    spread = spread_to_lists(df, _vec, list_size, lists_per_row, coarse_dim, sample_max, seed)
 
     def search(pdf: pd.DataFrame) -> pd.DataFrame:
-        V = np.stack(pdf["vec"].to_numpy()).astype(np.float32)
+        V = _vec(pdf)
         ids = pdf["id"].to_numpy()
         cols, dist = _top_k(V @ V.T, min(k, len(V)))
         return pd.DataFrame({"id": ids, "nbrs": list(ids[cols]), "dists": list(dist.astype(np.float32))})
 
     out_schema = "id long, nbrs array<long>, dists array<float>"
-    spread = df.mapInPandas(assign, "list long, id long, vec array<float>")
     per_list = spread.groupBy("list").applyInPandas(search, out_schema)
-    if r == 1 or len(centres) == 1:
-        return per_list
-    from pyspark.sql import Window
-
     flat = per_list.select("id", F.explode(F.arrays_zip("nbrs", "dists")).alias("z")).select(
         "id", F.col("z.nbrs").alias("nbr"), F.col("z.dists").alias("dist")
     )
@@ -631,6 +650,54 @@ class SparkEngine:
             return np.zeros((0, k), np.int64)
         df = vectors_frame(self.spark, X).repartition(self._parallelism())
         return neighbour_arrays(neighbours(df, k), len(X), k)[0]
+
+    def pair_evidence(
+        self,
+        embeddings: list[np.ndarray],
+        colours: np.ndarray,
+        layouts: np.ndarray | None,
+        codes: np.ndarray,
+        phash_pairs: np.ndarray | None,
+        k: int,
+        colour_weight: float,
+        k_context: int = 10,
+    ) -> "tuple[np.ndarray, Pairs]":
+        """The candidate pairs and their evidence as Spark jobs
+        (:func:`dedup.spark_evidence.pair_evidence`: each pair scored in the
+        neighbour-search task that finds it, the radii and ranks by window
+        functions), in place of the local :func:`dedup.grouping.candidate_pairs`
+        and :func:`~dedup.grouping.score_pairs`.
+
+        Args:
+            embeddings: per backbone ``(n, d_b)`` float32, L2-normalised.
+            colours: ``(n, DIM)`` float32; layouts: ``(n, LAYOUT_DIM)`` uint8
+                or ``None``; codes: ``(n,)`` uint64 pHashes.
+            phash_pairs: ``(e, 2)`` int64 pHash near-duplicates, also candidates.
+            k: list length (the row itself first); colour_weight, k_context:
+                the grouping's settings.
+
+        Returns:
+            ``(fused_ids, pairs)``: ``(n, k)`` int64 fused-space lists (-1
+            padded) and the :class:`dedup.grouping.Pairs` (``i < j``, sorted;
+            not yet verified).
+        """
+        from .grouping import Pairs
+        from .spark_evidence import features_frame, list_arrays, pair_evidence
+
+        n = len(colours)
+        df = features_frame(self.spark, embeddings, colours, layouts, codes, self._parallelism()).persist()
+        extra = None
+        if phash_pairs is not None and len(phash_pairs):
+            pdf = pd.DataFrame(np.sort(np.asarray(phash_pairs, np.int64), axis=1), columns=["a", "b"])
+            extra = self.spark.createDataFrame(pdf, "a long, b long")
+        scored, lists = pair_evidence(df, len(embeddings), colour_weight, k, k_context, extra)
+        try:
+            got = pd.DataFrame(scored.toPandas()).sort_values(["i", "j"], kind="stable").reset_index(drop=True)
+            fused_ids = list_arrays(lists, n, k)
+        finally:
+            lists.unpersist()
+            df.unpersist()
+        return fused_ids, Pairs.from_frame(got)
 
     def group(
         self,

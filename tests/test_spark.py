@@ -28,12 +28,18 @@ def spark():
 
 
 @pytest.fixture(scope="module")
-def real_vectors():
-    """EfficientNet-Lite0 embeddings of the 600 ukbench-dev photos."""
+def ukbench_embedded():
+    """The 600 ukbench-dev photos embedded (EfficientNet-Lite0), with their
+    colour descriptors, colour layouts and pHashes."""
     from dedup.pipeline import Deduplicator
 
-    e = Deduplicator(backbones="efficientnet-lite0", cache=False, progress=False).embed(bench_set("ukbench-dev"))
-    return e.embeddings["efficientnet-lite0"]
+    return Deduplicator(backbones="efficientnet-lite0", cache=False, progress=False).embed(bench_set("ukbench-dev"))
+
+
+@pytest.fixture(scope="module")
+def real_vectors(ukbench_embedded):
+    """EfficientNet-Lite0 embeddings of the 600 ukbench-dev photos."""
+    return ukbench_embedded.embeddings["efficientnet-lite0"]
 
 
 def test_distributed_neighbours_keep_recall_against_exact_search(spark, real_vectors):
@@ -65,6 +71,83 @@ def test_distributed_neighbours_on_one_list_are_exact(spark, real_vectors):
     exact_ids, exact_d = exact_knn(X, X, 6)
     np.testing.assert_allclose(d, exact_d, atol=1e-5)
     assert recall_at_k(ids, exact_ids) >= 0.999
+
+
+def _two_backbones(e):
+    """Real rows with two embedding spaces: EfficientNet-Lite0's, and a fixed
+    random projection of it to 256-d (another space, so the per-backbone
+    columns and lists are exercised)."""
+    X = e.embeddings["efficientnet-lite0"]
+    Y = X @ np.random.default_rng(7).standard_normal((X.shape[1], 256)).astype(np.float32)
+    return [X, (Y / np.linalg.norm(Y, axis=1, keepdims=True)).astype(np.float32)]
+
+
+_EVIDENCE_FIELDS = ("distance", "per_backbone", "colour", "fused", "context", "relative", "layout_mean", "layout_max")
+
+
+def _assert_same_evidence(got, want):
+    np.testing.assert_array_equal(got.ij, want.ij)
+    for name in ("rank_ij", "rank_ji", "phash_bits", "inliers", "mismatch"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    for name in _EVIDENCE_FIELDS:  # float32 sums in another order: the last bits may differ
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_distributed_pair_evidence_equals_score_pairs(spark, ukbench_embedded):
+    """On one k-means list (an exact search) the Spark engine's candidate
+    pairs and every column of their evidence equal the local engine's
+    candidate_pairs + score_pairs, on real rows with two backbones, pHash
+    near-duplicates among the candidates (some in no kNN list: scored
+    through the join) and, once, no colour layouts."""
+    from dedup.grouping import GroupingParams, candidate_pairs, fused_vectors, score_pairs
+    from dedup.index import exact_knn
+    from dedup.spark import SparkEngine
+
+    e, params, K = ukbench_embedded, GroupingParams(), 11
+    E, n = _two_backbones(e), len(e.colours)
+    rng = np.random.default_rng(3)
+    far = np.sort(rng.choice(n, (30, 2), replace=True), axis=1)
+    phash = np.unique(np.concatenate([near_duplicate_pairs(e.codes, 10)[0], far[far[:, 0] < far[:, 1]]]), axis=0)
+    fused = fused_vectors(E, e.colours, params.colour_weight)
+    fused_ids = exact_knn(fused, fused, K)[0]
+    lists = [exact_knn(X, X, K)[0] for X in E]
+    ij = candidate_pairs(lists + [fused_ids], extra=phash)
+    engine = SparkEngine()
+    engine._spark = spark
+    for layouts in (e.layouts, None):
+        want = score_pairs(ij, E, e.colours, fused, fused_ids, e.codes, params.k_context, layouts)
+        ids, got = engine.pair_evidence(E, e.colours, layouts, e.codes, phash, K, params.colour_weight)
+        np.testing.assert_array_equal(ids, fused_ids)
+        _assert_same_evidence(got, want)
+    assert len(np.setdiff1d(phash[:, 0] * n + phash[:, 1], ij[:, 0] * n + ij[:, 1])) == 0
+
+
+def test_distributed_pair_evidence_over_many_lists(spark, ukbench_embedded):
+    """With many small k-means lists (each row in 3 of them, pairs found by
+    several lists), the neighbourhood statistics by window functions (ranks,
+    context radii, nearest distances) equal score_pairs' on the same lists,
+    and the candidates keep >= 0.95 of the exact search's."""
+    from dedup.grouping import GroupingParams, candidate_pairs, fused_parts, score_pairs
+    from dedup.index import exact_knn
+    from dedup.spark_evidence import features_frame, list_arrays, pair_evidence
+
+    e, params, K = ukbench_embedded, GroupingParams(), 11
+    E, n = _two_backbones(e), len(e.colours)
+    df = features_frame(spark, E, e.colours, e.layouts, e.codes)
+    scored, lists = pair_evidence(df, 2, params.colour_weight, K, params.k_context, list_size=60, lists_per_row=3)
+    from dedup.grouping import Pairs
+
+    got = Pairs.from_frame(scored.toPandas().sort_values(["i", "j"]))
+    fused_ids = list_arrays(lists, n, K)
+    lists.unpersist()
+    fused = fused_parts(E, e.colours, params.colour_weight)
+    assert (fused_ids >= 0).all()
+    want = score_pairs(got.ij, E, e.colours, fused, fused_ids, e.codes, params.k_context, e.layouts)
+    _assert_same_evidence(got, want)
+    F = fused.stack()
+    exact = candidate_pairs([exact_knn(X, X, K)[0] for X in E] + [exact_knn(F, F, K)[0]])
+    found = np.intersect1d(exact[:, 0] * n + exact[:, 1], got.ij[:, 0] * n + got.ij[:, 1])
+    assert len(found) >= 0.95 * len(exact)
 
 
 @pytest.mark.parametrize("max_distance", [0, 4, 10])
