@@ -10,15 +10,18 @@
    work, plus serialisation between the JVM and the Python workers.
 2. **The steps after embedding at scale**, on ``benchmarks/scale.py``'s
    synthetic rows (one 1280-d embedding, colour descriptor and layout, and
-   pHash each), the Spark engine's way: the distributed kNN of the
-   colour-fused vectors read from Parquet (:func:`dedup.spark.neighbours`,
-   with its recall@10 against exact search on 500 rows), the multi-index
-   pHash join (its pairs checked against the local exact search) and the
-   connected components of its pairs, the pair evidence (at the driver,
-   the local engine's code), then the decisions as columns and the
-   per-component group-apply (:mod:`dedup.spark_grouping`); beside them the
-   local engine's kNN (up to :data:`LOCAL_KNN_MAX` rows), pHash search,
-   decisions and grouping on the same rows, and whether the groups agree.
+   pHash each) in a Parquet features table, the Spark engine's way: the
+   multi-index pHash join (its pairs checked against the local exact
+   search) and the connected components of its pairs; the candidate pairs
+   and their evidence (:func:`dedup.spark_evidence.pair_evidence`: kNN of
+   the embedding and of the colour-fused space, each pair scored in the
+   task that finds it, ranks and radii by window functions; the fused
+   lists' recall@10 against exact search on 500 rows); then the decisions
+   as columns and the per-component group-apply
+   (:mod:`dedup.spark_grouping`), with no vector at the driver. Beside them
+   the local engine's kNN (up to :data:`LOCAL_KNN_MAX` rows), pHash search,
+   the evidence of the same candidates at the driver (is it Spark's?),
+   decisions and grouping, and whether the groups agree.
 
     python benchmarks/spark.py [--n 20000 --n 1000000] [--driver-memory 6g] [--readme]
 
@@ -45,9 +48,7 @@ from dedup.calibration import PairModel  # noqa: E402
 from dedup.evaluate import pairwise_scores  # noqa: E402
 from dedup.grouping import (  # noqa: E402
     GroupingParams,
-    candidate_pairs,
     fused_parts,
-    fused_vectors,
     group,
     score_pairs,
 )
@@ -92,44 +93,49 @@ def embedding_rates(root: Path, driver_memory: str | None = None) -> dict:
     return out
 
 
-def _parquet_rows(path: Path, vectors) -> None:
-    """Write ``(id, vec)`` rows to a Parquet file, 65,536 at a time (``vectors(a, b)`` gives rows a..b):
-    the features table as a data lake holds it, and never a second copy of the matrix in memory."""
+def _parquet_rows(path: Path, n: int, columns) -> None:
+    """Write rows to a Parquet file, 65,536 at a time (``columns(a, b)`` gives rows a..b as
+    ``{name: array}``; 2-d float32 arrays become list columns, 2-d uint8 arrays binary ones):
+    the features table as a data lake holds it, and never a second copy in memory."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    def column(x: np.ndarray):
+        if x.ndim == 1:
+            return pa.array(x)
+        if x.dtype == np.uint8:
+            return pa.array([bytes(r) for r in x], pa.binary())
+        flat = pa.array(np.ascontiguousarray(x, np.float32).reshape(-1))
+        return pa.FixedSizeListArray.from_arrays(flat, x.shape[1]).cast(pa.list_(pa.float32()))
+
     writer = None
-    for a in range(0, n_rows := vectors.n, 65_536):
-        V = np.ascontiguousarray(vectors(a, min(a + 65_536, n_rows)), np.float32)
-        vec = pa.FixedSizeListArray.from_arrays(pa.array(V.reshape(-1)), V.shape[1]).cast(pa.list_(pa.float32()))
-        table = pa.table({"id": pa.array(np.arange(a, a + len(V), dtype=np.int64)), "vec": vec})
+    for a in range(0, n, 65_536):
+        b = min(a + 65_536, n)
+        table = pa.table(
+            {"id": pa.array(np.arange(a, b, dtype=np.int64)), **{k: column(v) for k, v in columns(a, b).items()}}
+        )
         writer = writer or pq.ParquetWriter(path, table.schema)
         writer.write_table(table)
     if writer is not None:
         writer.close()
 
 
-class _Fused:
-    """The fused vectors of rows a..b (:func:`dedup.grouping.fused_vectors`), made on demand."""
-
-    def __init__(self, emb: np.ndarray, colours: np.ndarray, weight: float):
-        self.emb, self.colours, self.weight, self.n = emb, colours, weight, len(emb)
-
-    def __call__(self, a: int, b: int) -> np.ndarray:
-        return fused_vectors([self.emb[a:b]], self.colours[a:b], self.weight)
-
-
 def after_embedding(n: int, stats, tmp: Path) -> dict:
     """Every step after embedding on ``n`` synthetic rows, the Spark engine's way, beside the local engine.
 
-    The Spark engine's steps: the kNN of the fused vectors (read from a Parquet file), the pHash
-    join and its components, then, after the pair evidence (gathered at the driver by the local
-    engine's code, timed), the decisions as columns and the per-component group-apply. Beside
-    them, the local engine's pHash search, decisions and grouping on the same pairs (its kNN
-    only up to ``LOCAL_KNN_MAX`` rows: ``benchmarks/scale.py`` times it at a million), and
-    whether both give the same groups."""
+    The Spark engine's steps, from a Parquet features table: the pHash join and its components,
+    the candidate pairs and their evidence (:func:`dedup.spark_evidence.pair_evidence`: the kNN
+    searches of the embedding and of the colour-fused space, each pair scored in the task that
+    finds it, ranks and radii by window functions), then the decisions as columns and the
+    per-component group-apply, all without the vectors at the driver. Beside them, the local
+    engine's code on the same rows: its kNN (up to ``LOCAL_KNN_MAX`` rows:
+    ``benchmarks/scale.py`` times it at a million), pHash search, the evidence of the same
+    candidate pairs at the driver, decisions and grouping; and whether both give the same
+    evidence and the same groups."""
     from dedup import spark as S
-    from dedup.spark_grouping import decide, group_pairs, pairs_frame
+    from dedup.grouping import Pairs
+    from dedup.spark_evidence import list_arrays, pair_evidence
+    from dedup.spark_grouping import decide, group_pairs
 
     data = synthetic(n, stats=stats)
     X, codes = data["emb"], data["codes"]
@@ -145,45 +151,63 @@ def after_embedding(n: int, stats, tmp: Path) -> dict:
         return out
 
     K = DEFAULT_K + 1  # as the run asks its indexes: the row itself and its k nearest
-    fused = _Fused(X, data["colours"], params.colour_weight)
-    path = tmp / f"fused-{n}.parquet"
-    timed("write_parquet", lambda: _parquet_rows(path, fused))
+    path = tmp / f"features-{n}.parquet"
+
+    def columns(a: int, b: int) -> dict:
+        c = data["codes"][a:b].view(np.int64)
+        return {"e0": X[a:b], "colour": data["colours"][a:b], "layout": data["layouts"][a:b], "code": c}
+
+    timed("write_parquet", lambda: _parquet_rows(path, n, columns))
+    parts = fused_parts([X], data["colours"], params.colour_weight)  # the fused rows, never stacked
     if n <= LOCAL_KNN_MAX:
-        F = fused(0, n)
+        F = parts.stack()
         timed("local_knn", lambda: clustered_knn(F, K) if n > EXACT_KNN_MAX else exact_knn(F, F, K))
         del F
-    df = spark.read.parquet(str(path))
-    ids = timed("spark_knn", lambda: S.neighbour_arrays(S.neighbours(df, K), n, K)[0])
-    queries = np.sort(np.random.default_rng(1).choice(n, min(n, 500), replace=False))
-    parts = fused_parts([X], data["colours"], params.colour_weight)  # the same rows, never stacked
-    row["spark_knn_recall_at_10"] = round(knn_recall(parts, ids, queries), 4)
-
     want = timed("local_phash", lambda: near_duplicate_pairs(codes, 4)[0])
     got = timed("spark_phash", lambda: S.SparkEngine(MASTER).phash_pairs(codes, 4))
     row["phash_pairs"] = int(len(got))
     row["phash_pairs_equal_local"] = bool(np.array_equal(got, want))
-    edges = spark.createDataFrame(pd.DataFrame(got.astype(np.int64), columns=["a", "b"]))
+    edges = spark.createDataFrame(pd.DataFrame(got.astype(np.int64), columns=["a", "b"]), "a long, b long")
     timed("spark_components", lambda: S.connected_components(edges, spark.range(n).select("id")).count())
 
+    df = spark.read.parquet(str(path))
+    scored, lists = pair_evidence(df, 1, params.colour_weight, K, params.k_context, edges)
+    scored = scored.withColumn("row", scored["i"] * n + scored["j"])  # a key in the (i, j) order of the local table
+    row["candidate_pairs"] = timed("spark_evidence", lambda: scored.persist().count())
+    ids = list_arrays(lists, n, K)
+    queries = np.sort(np.random.default_rng(1).choice(n, min(n, 500), replace=False))
+    row["spark_knn_recall_at_10"] = round(knn_recall(parts, ids, queries), 4)
+
+    model = PairModel.load(verified=False)  # no pixels here: no verification, as with --no-verify
     hp = {"sha256": np.zeros((0, 2), np.int64), "phash": got}
 
-    def evidence():
-        ij = candidate_pairs([ids], extra=got)
-        return score_pairs(ij, [X], data["colours"], parts, ids, codes, params.k_context, data["layouts"])
-
-    pairs = timed("driver_evidence", evidence)
-    row["candidate_pairs"] = int(len(pairs.ij))
-    model = PairModel.load(verified=False)  # no pixels here: no verification, as with --no-verify
-    conf = timed("local_decide", lambda: model.predict_pairs(pairs))
-    local = timed("local_group", lambda: group(n, pairs, conf, hp, params))
-
     def distributed():
-        decided = decide(pairs_frame(spark, pairs), model, params).persist()
+        decided = decide(scored, model, params).persist()
         g = group_pairs(decided, n, hp, params)
         decided.unpersist()
         return g
 
     grouping = timed("spark_decide_group", distributed)
+    spark_pairs = timed(
+        "collect_pairs", lambda: Pairs.from_frame(scored.drop("row").toPandas().sort_values(["i", "j"]))
+    )
+    scored.unpersist()
+    lists.unpersist()
+    pairs = timed(
+        "driver_evidence",
+        lambda: score_pairs(spark_pairs.ij, [X], data["colours"], parts, ids, codes, params.k_context, data["layouts"]),
+    )
+    diffs = [
+        float(np.abs(getattr(spark_pairs, f).astype(np.float64) - getattr(pairs, f)).max(initial=0))
+        for f in ("distance", "colour", "fused", "context", "layout_mean", "layout_max")
+    ]
+    ranks_equal = np.array_equal(spark_pairs.rank_ij, pairs.rank_ij) and np.array_equal(
+        spark_pairs.rank_ji, pairs.rank_ji
+    )
+    row["evidence_max_abs_difference"] = float(f"{max(diffs):.2g}")
+    row["ranks_equal"] = bool(ranks_equal)
+    conf = timed("local_decide", lambda: model.predict_pairs(pairs))
+    local = timed("local_group", lambda: group(n, pairs, conf, hp, params))
     row["groups_equal_local"] = bool(np.array_equal(grouping.labels, local.labels))
     row["groups"] = int(len(np.unique(local.labels)))
     row["planted"] = pairwise_scores(local.labels, data["product"])
@@ -209,15 +233,18 @@ def report(rates: dict, rows: list[dict], readme: bool) -> None:
     sec = lambda r, k: f"{r[k + '_seconds']:,.1f} s" if k + "_seconds" in r else "not run"  # noqa: E731
     scale_table = "\n".join(
         [
-            "| rows | kNN, local | kNN, Spark (recall@10) | pHash, local | pHash, Spark (pairs, equal) "
-            "| components, Spark | pair evidence, driver | decide + group, local | decide + group, Spark "
-            "| groups (equal) |",
+            "| rows | kNN, local | candidates + evidence, Spark (kNN recall@10, pairs) | pHash, local "
+            "| pHash, Spark (pairs, equal) | components, Spark | same pairs' evidence, driver (equal) "
+            "| decide + group, local | decide + group, Spark | groups (equal) |",
             "|---|---|---|---|---|---|---|---|---|---|",
             *(
-                f"| {r['n']:,} | {sec(r, 'local_knn')} | {sec(r, 'spark_knn')} ({r['spark_knn_recall_at_10']:.3f}) "
+                f"| {r['n']:,} | {sec(r, 'local_knn')} | {sec(r, 'spark_evidence')} "
+                f"({r['spark_knn_recall_at_10']:.3f}, {r['candidate_pairs']:,}) "
                 f"| {sec(r, 'local_phash')} | {sec(r, 'spark_phash')} ({r['phash_pairs']:,}, "
                 f"{'yes' if r['phash_pairs_equal_local'] else 'NO'}) | {sec(r, 'spark_components')} "
-                f"| {sec(r, 'driver_evidence')} | {r['local_decide_seconds'] + r['local_group_seconds']:,.1f} s "
+                f"| {sec(r, 'driver_evidence')} ({'yes' if r['ranks_equal'] else 'NO'}, "
+                f"max diff {r['evidence_max_abs_difference']:.0e}) "
+                f"| {r['local_decide_seconds'] + r['local_group_seconds']:,.1f} s "
                 f"| {sec(r, 'spark_decide_group')} | {r['groups']:,} ({'yes' if r['groups_equal_local'] else 'NO'}) |"
                 for r in rows
             ),
@@ -232,12 +259,16 @@ def report(rates: dict, rows: list[dict], readme: bool) -> None:
         "# The Spark engine against the local engine, on one machine\n\n"
         "See `benchmarks/spark.py`. First table: hashing, decoding and embedding the same photos. "
         "Second: the steps after embedding on synthetic rows (`benchmarks/scale.py`'s data: one 1280-d "
-        "embedding, a colour descriptor and layout and a pHash per row), with the Spark engine's "
-        "kNN on the colour-fused vectors read from Parquet, and the candidate pairs' evidence "
-        "gathered at the driver (no verification: synthetic rows have no pixels). The local kNN column "
+        "embedding, a colour descriptor and layout and a pHash per row) read from a Parquet features "
+        "table. *candidates + evidence, Spark*: `dedup.spark_evidence.pair_evidence`, the kNN of the "
+        "embedding and of the colour-fused space with each pair scored in the search task that finds it, "
+        "ranks and context radii by window functions (no verification: synthetic rows have no pixels). "
+        "*same pairs' evidence, driver*: the local engine's `score_pairs` on the same candidates and "
+        "lists, whether its ranks equal Spark's and the largest difference of a distance column. "
+        "The local kNN column "
         f"is the local engine's search (exact up to {EXACT_KNN_MAX:,} rows, clustered above; run up to "
         f"{LOCAL_KNN_MAX:,} rows here). *groups (equal)*: the groups found, and whether the Spark "
-        "engine's decisions and group-apply give the local grouping's labels on the same pairs.\n\n" + table + "\n"
+        "engine's evidence, decisions and group-apply give the local grouping's labels.\n\n" + table + "\n"
     )
     write("spark", {"machine": m, "master": MASTER, "embedding": rates, "after_embedding": rows}, md)
     if readme:

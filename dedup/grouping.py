@@ -347,19 +347,28 @@ def score_pairs(
     """
     m, n = len(ij), len(fused)
     a, c = ij[:, 0], ij[:, 1]
+    codes = np.asarray(phashes, np.uint64)
     per = np.zeros((m, len(embeddings)), np.float32)
     fd = np.zeros(m, np.float32)
-    col = np.zeros(m, np.float32)
-    layout = {} if layouts is None else {"layout_mean": np.zeros(m, np.float32), "layout_max": np.zeros(m, np.float32)}
+    scalar = {name: np.zeros(m, np.float32) for name in ("distance", "colour", "layout_mean", "layout_max")}
+    bits = np.zeros(m, np.int64)
     for s in range(0, m, _PAIR_BLOCK):  # gathered rows: _PAIR_BLOCK x d floats at a time
         sl = slice(s, s + _PAIR_BLOCK)
-        for b, X in enumerate(embeddings):
-            per[sl, b] = 1.0 - np.einsum("ij,ij->i", X[a[sl]], X[c[sl]])
+        ev = pair_columns(
+            [X[a[sl]] for X in embeddings],
+            [X[c[sl]] for X in embeddings],
+            colours[a[sl]],
+            colours[c[sl]],
+            None if layouts is None else layouts[a[sl]],
+            None if layouts is None else layouts[c[sl]],
+            codes[a[sl]],
+            codes[c[sl]],
+        )
+        per[sl] = ev["per_backbone"]
+        bits[sl] = ev["phash_bits"]
+        for name, col in scalar.items():
+            col[sl] = ev[name]
         fd[sl] = 1.0 - _rows_dot(fused, a[sl], c[sl])
-        col[sl] = colour_distance(colours[a[sl]], colours[c[sl]])
-        if layouts is not None:
-            layout["layout_mean"][sl], layout["layout_max"][sl] = layout_distances(layouts[a[sl]], layouts[c[sl]])
-    dist = per.mean(axis=1) if len(embeddings) else np.zeros(m, np.float32)
     # neighbourhood radii in the fused space: mean distance to the k_context nearest, and to the nearest
     k = fused_ids.shape[1] if fused_ids.ndim == 2 else 0
     r = np.ones(n, np.float32)
@@ -385,26 +394,71 @@ def score_pairs(
     context = fd / np.sqrt(r[a] * r[c]) if m else np.zeros(0, np.float32)
     relative = fd / np.minimum(r1[a], r1[c]) if m else np.zeros(0, np.float32)
     rij, rji = _ranks(ij, fused_ids) if m and k else (np.full(m, k, np.int64), np.full(m, k, np.int64))
-    codes = np.asarray(phashes, np.uint64)
-    bits = (
-        np.unpackbits((codes[a] ^ codes[c]).view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-        if m
-        else np.zeros(0, np.int64)
-    )
     return Pairs(
         ij.astype(np.int64),
-        dist.astype(np.float32),
+        scalar["distance"],
         per,
-        col.astype(np.float32),
+        scalar["colour"],
         fd,
         context.astype(np.float32),
         rij,
         rji,
         relative.astype(np.float32),
-        bits.astype(np.int64),
+        bits,
         np.full(m, -1, np.int64),
-        **layout,  # none: Pairs lets the colour distance stand in
+        layout_mean=scalar["layout_mean"],
+        layout_max=scalar["layout_max"],
     )
+
+
+def pair_columns(
+    emb_a: list[np.ndarray],
+    emb_b: list[np.ndarray],
+    colours_a: np.ndarray,
+    colours_b: np.ndarray,
+    layouts_a: np.ndarray | None,
+    layouts_b: np.ndarray | None,
+    codes_a: np.ndarray,
+    codes_b: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The evidence of pairs whose two rows are at hand (row ``t`` of each
+    ``_a`` array against row ``t`` of the ``_b`` array): every column of
+    :class:`Pairs` that needs only the two images, not their neighbourhoods
+    nor the fused space. Both engines score pairs with it
+    (:func:`score_pairs`; :mod:`dedup.spark_evidence` in the Spark task
+    that holds both rows).
+
+    Args:
+        emb_a, emb_b: per backbone ``(m, d_b)`` float32, L2-normalised.
+        colours_a, colours_b: ``(m, dedup.colour.DIM)`` float32 colour descriptors.
+        layouts_a, layouts_b: ``(m, dedup.colour.LAYOUT_DIM)`` uint8, or
+            ``None``: the colour distance stands in for both layout distances.
+        codes_a, codes_b: ``(m,)`` 64-bit pHashes (uint64, or int64 holding the same bits).
+
+    Returns:
+        ``per_backbone`` ``(m, B)`` float32 cosine distances; ``distance``
+        (their mean, 0 without a backbone), ``colour`` (Hellinger),
+        ``layout_mean``, ``layout_max`` ``(m,)`` float32; ``phash_bits``
+        ``(m,)`` int64 Hamming distance.
+    """
+    m = len(codes_a)
+    per = np.zeros((m, len(emb_a)), np.float32)
+    for b, (A, B) in enumerate(zip(emb_a, emb_b)):
+        per[:, b] = 1.0 - np.einsum("ij,ij->i", A, B)
+    colour = colour_distance(colours_a, colours_b)
+    if layouts_a is None or layouts_b is None:
+        lay_mean, lay_max = colour.copy(), colour.copy()
+    else:
+        lay_mean, lay_max = layout_distances(layouts_a, layouts_b)
+    x = np.ascontiguousarray(np.asarray(codes_a).view(np.uint64) ^ np.asarray(codes_b).view(np.uint64))
+    return {
+        "per_backbone": per,
+        "distance": per.mean(axis=1).astype(np.float32) if len(emb_a) else np.zeros(m, np.float32),
+        "colour": colour,
+        "layout_mean": lay_mean,
+        "layout_max": lay_max,
+        "phash_bits": np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1).astype(np.int64),
+    }
 
 
 @dataclass

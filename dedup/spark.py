@@ -28,9 +28,12 @@ on first use (``pip install pyspark`` and a Java runtime, 17 or newer).
   :class:`dedup.pipeline.Deduplicator` calls in place of the local ones,
   and :meth:`SparkEngine.group`: the decisions as columns of the pair table
   and the split of each connected component as a group-apply
-  (:mod:`dedup.spark_grouping`). The pair evidence (distances, colour,
-  geometric verification) is still gathered at the driver, with the local
-  engine's code. Both engines give the same groups (tested);
+  (:mod:`dedup.spark_grouping`), and above ``exact_knn_max`` images
+  :meth:`SparkEngine.pair_evidence`: the candidate pairs scored in the
+  neighbour-search tasks that find them, the ranks and context radii by
+  window functions (:mod:`dedup.spark_evidence`). Geometric verification
+  (it reads the pixels of the pairs worth it) runs at the driver, with the
+  local engine's code. Both engines give the same groups (tested);
   ``benchmarks/spark.py`` measures the two side by side.
 """
 
@@ -454,17 +457,22 @@ def _feature_batches(nets: list, decoder: str, max_pixels: int | None, batch_siz
 
 class SparkEngine:
     """The ``--engine spark`` run's distributed steps (``run`` calls them;
-    the pair evidence and the report are the local engine's code on the
-    driver).
+    geometric verification and the report are the local engine's code on
+    the driver).
 
     * :meth:`digests`: SHA-256 of every file (``mapInPandas``);
     * :meth:`decode_and_embed`: pHash, colour descriptor and embeddings of
       every content not yet in the features folder (``mapInPandas``, each
       Python worker loading the models once), appended to the folder's
       Parquet tables; then everything read back to the driver;
-    * :meth:`neighbours`: :func:`neighbours` (the run calls it above its
-      ``exact_knn_max`` rows only; below, the driver's exact search is much
-      faster than a Spark job: ``benchmarks/spark.py``);
+    * :meth:`pair_evidence`: the candidate pairs and their evidence
+      (:mod:`dedup.spark_evidence`; the run calls it above its
+      ``exact_knn_max`` rows only; below, the driver's exact search and
+      scoring are much faster than Spark jobs: ``benchmarks/spark.py``);
+    * :meth:`neighbours`: :func:`neighbours` (the run calls it above
+      ``exact_knn_max`` rows when an adapted model (``dedup fit``) projects
+      the fused space, which :meth:`pair_evidence` does not search; the
+      evidence is then scored at the driver);
     * :meth:`phash_pairs`: :func:`phash_pairs`;
     * :meth:`group`: the decisions and the groups
       (:mod:`dedup.spark_grouping`).

@@ -45,8 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .colour import colour_distance, layout_distances
-from .grouping import CONTEXT_PRIOR_RADIUS
+from .grouping import CONTEXT_PRIOR_RADIUS, pair_columns
 from .index import COARSE_DIM, _top_k
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -118,7 +117,7 @@ def _stacked(parts: list[np.ndarray], weights: list[float]) -> np.ndarray:
     return out * _inv_norms(parts, weights)[:, None]
 
 
-def pair_columns(
+def _scored(
     parts_a: list[np.ndarray],
     parts_b: list[np.ndarray],
     layouts_a: np.ndarray | None,
@@ -127,44 +126,18 @@ def pair_columns(
     codes_b: np.ndarray,
     fused_weights: list[float],
 ) -> dict[str, np.ndarray]:
-    """The evidence of pairs whose two rows are at hand (row ``t`` of the ``_a``
-    arrays against row ``t`` of the ``_b`` arrays), as
-    :func:`dedup.grouping.score_pairs` computes it.
-
-    Args:
-        parts_a, parts_b: per backbone ``(m, d_b)`` float32 embeddings, then
-            ``(m, DIM)`` float32 colour descriptors.
-        layouts_a, layouts_b: ``(m, LAYOUT_DIM)`` uint8 or ``None``.
-        codes_a, codes_b: ``(m,)`` int64 pHashes (uint64 bits).
-        fused_weights: the fused space's weight of each part
-            (:func:`dedup.grouping.fused_parts`).
-
-    Returns:
-        ``per_backbone_b`` (cosine distance), ``distance`` (their mean),
-        ``colour`` (Hellinger), ``fused`` (cosine distance in the fused
-        space), ``layout_mean``, ``layout_max`` (float32) and ``phash_bits``
-        (int64) columns, each ``(m,)``.
-    """
-    m, B = len(codes_a), len(parts_a) - 1
-    out: dict[str, np.ndarray] = {}
-    dots = [np.einsum("ij,ij->i", A, Bm) for A, Bm in zip(parts_a, parts_b)]
-    for b in range(B):
-        out[f"per_backbone_{b}"] = (1.0 - dots[b]).astype(np.float32)
-    per = np.stack([out[f"per_backbone_{b}"] for b in range(B)], axis=1) if B else np.zeros((m, 1), np.float32)
-    out["distance"] = per.mean(axis=1).astype(np.float32) if B else np.zeros(m, np.float32)
-    out["colour"] = colour_distance(parts_a[-1], parts_b[-1])
-    fused = np.zeros(m, np.float32)
-    for d, w in zip(dots, fused_weights):
-        fused += np.float32(w) * d
+    """The evidence columns of pairs whose two rows are at hand: the local
+    engine's :func:`dedup.grouping.pair_columns` (``parts``: the embeddings,
+    then the colour descriptors), plus ``fused``, the cosine distance in
+    the fused space (as :meth:`dedup.index.WeightedVectors.pair_dot`)."""
+    ev = pair_columns(parts_a[:-1], parts_b[:-1], parts_a[-1], parts_b[-1], layouts_a, layouts_b, codes_a, codes_b)
+    out = {f"per_backbone_{b}": ev["per_backbone"][:, b] for b in range(len(parts_a) - 1)}
+    out.update({k: v for k, v in ev.items() if k != "per_backbone"})
+    fused = np.zeros(len(codes_a), np.float32)
+    for A, B, w in zip(parts_a, parts_b, fused_weights):
+        fused += np.float32(w) * np.einsum("ij,ij->i", A, B)
     fused *= _inv_norms(parts_a, fused_weights) * _inv_norms(parts_b, fused_weights)
     out["fused"] = (1.0 - fused).astype(np.float32)
-    if layouts_a is None or layouts_b is None:
-        out["layout_mean"] = out["colour"].copy()
-        out["layout_max"] = out["colour"].copy()
-    else:
-        out["layout_mean"], out["layout_max"] = layout_distances(layouts_a, layouts_b)
-    x = np.ascontiguousarray(np.asarray(codes_a, np.int64) ^ np.asarray(codes_b, np.int64))
-    out["phash_bits"] = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1).astype(np.int64)
     return out
 
 
@@ -195,7 +168,7 @@ def neighbour_evidence(
     :func:`dedup.spark.neighbours`' (PCA + k-means lists trained on a sample
     at the driver, each row sent to its nearest lists, exact search per
     list), and each list's task computes the evidence of the pairs it found
-    (:func:`pair_columns`); each row then keeps its best ``k`` over its
+    (:func:`dedup.grouping.pair_columns`); each row then keeps its best ``k`` over its
     lists, ranked by a window.
 
     Args:
@@ -212,7 +185,7 @@ def neighbour_evidence(
         DataFrame ``(id, nbr, pos, dist, <evidence>)``, at most ``k`` rows an
         id: ``pos`` (int, 0 = nearest; the row itself included) and ``dist``
         (float, the cosine distance in the searched space), then the columns
-        of :func:`pair_columns`.
+        of :func:`_scored`.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -233,7 +206,7 @@ def neighbour_evidence(
         cols, dist = _top_k(V @ V.T, min(k, len(V)))
         a = np.repeat(np.arange(len(V)), cols.shape[1])
         c = cols.reshape(-1)
-        ev = pair_columns(
+        ev = _scored(
             [X[a] for X in parts],
             [X[c] for X in parts],
             None if lay is None else lay[a],
@@ -265,7 +238,7 @@ def _joined_evidence(pairs: "DataFrame", df: "DataFrame", n_backbones: int, fuse
             if pdf.empty:
                 continue
             side = {s: pdf[[f"{s}_{c}" for c in keep]].rename(columns=lambda c: c[2:]).assign(id=0) for s in ("x", "y")}
-            ev = pair_columns(
+            ev = _scored(
                 _parts(side["x"], B),
                 _parts(side["y"], B),
                 _layouts(side["x"]),

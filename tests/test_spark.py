@@ -270,7 +270,7 @@ def test_spark_engine_gives_the_local_groups_on_ukbench_dev(spark, tmp_path):
     cache = tmp_path / "cache.sqlite"
     local = Deduplicator(backbones="efficientnet-lite0", cache=cache, progress=False).run(root)
     engine = SparkEngine(features=str(tmp_path / "features"))
-    # exact_knn_max=0: the neighbour lists too come from Spark, not the driver's exact search
+    # exact_knn_max=0: the neighbour lists and the pair evidence too come from Spark jobs, not the driver
     dd = Deduplicator(backbones="efficientnet-lite0", cache=cache, progress=False, engine=engine, exact_knn_max=0)
     part = dd.run(root, files=list(local.groups.path[:100]))
     assert part.meta["counts"]["embedded"] == 100
