@@ -51,6 +51,13 @@ from .index import COARSE_DIM, _top_k
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
+#: Rows of a k-means list searched (and their found pairs scored) at once in
+#: :func:`neighbour_evidence`: memory ``SEARCH_BLOCK x list rows`` float32
+#: similarities plus ``2 x SEARCH_BLOCK x k`` gathered rows (about 400 MB at
+#: k = 11 and 2,144 floats a row). The first 1M-row run gathered a whole
+#: list's pairs at once, and a large list ran a Python worker out of memory.
+SEARCH_BLOCK = 1_024
+
 #: Evidence columns of a scored pair, besides ``per_backbone_b`` (float32 each, ``phash_bits`` int64).
 _EVIDENCE = ("colour", "fused", "layout_mean", "layout_max")
 
@@ -203,19 +210,24 @@ def neighbour_evidence(
         parts, lay = _parts(pdf, B), _layouts(pdf)
         ids, codes = pdf["id"].to_numpy(np.int64), pdf["code"].to_numpy(np.int64)
         V = _stacked(parts, search_weights)
-        cols, dist = _top_k(V @ V.T, min(k, len(V)))
-        a = np.repeat(np.arange(len(V)), cols.shape[1])
-        c = cols.reshape(-1)
-        ev = _scored(
-            [X[a] for X in parts],
-            [X[c] for X in parts],
-            None if lay is None else lay[a],
-            None if lay is None else lay[c],
-            codes[a],
-            codes[c],
-            fused_weights,
-        )
-        return pd.DataFrame({"id": ids[a], "nbr": ids[c], "dist": dist.reshape(-1).astype(np.float32), **ev})
+        out = []
+        # in blocks of rows: a large list never holds its whole similarity
+        # matrix, nor every found pair's two rows, at once
+        for s in range(0, len(V), SEARCH_BLOCK):
+            cols, dist = _top_k(V[s : s + SEARCH_BLOCK] @ V.T, min(k, len(V)))
+            a = np.repeat(np.arange(s, s + len(cols)), cols.shape[1])
+            c = cols.reshape(-1)
+            ev = _scored(
+                [X[a] for X in parts],
+                [X[c] for X in parts],
+                None if lay is None else lay[a],
+                None if lay is None else lay[c],
+                codes[a],
+                codes[c],
+                fused_weights,
+            )
+            out.append(pd.DataFrame({"id": ids[a], "nbr": ids[c], "dist": dist.reshape(-1).astype(np.float32), **ev}))
+        return pd.concat(out, ignore_index=True)
 
     found = spread.groupBy("list").applyInPandas(search, _evidence_schema(B, "id long, nbr long, dist float"))
     order = Window.partitionBy("id").orderBy("dist", "nbr")
