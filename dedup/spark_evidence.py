@@ -46,7 +46,8 @@ import numpy as np
 import pandas as pd
 
 from .grouping import CONTEXT_PRIOR_RADIUS, pair_columns
-from .index import COARSE_DIM, _top_k
+from .index import COARSE_DIM, WeightedVectors, _top_k
+from .spark import SPARK_LIST_SIZE, SPARK_LISTS_PER_ROW, spread_to_lists
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
@@ -110,20 +111,6 @@ def _layouts(pdf: pd.DataFrame) -> np.ndarray | None:
     return np.stack([np.frombuffer(bytes(x), np.uint8) for x in raw])
 
 
-def _inv_norms(parts: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """``1 / ||[sqrt(w_p) X_p]||`` per row (as :class:`dedup.index.WeightedVectors` normalises)."""
-    sq = np.zeros(len(parts[0]), np.float64)
-    for X, w in zip(parts, weights):
-        sq += w * np.einsum("ij,ij->i", X, X)
-    return (1.0 / np.maximum(np.sqrt(sq), 1e-12)).astype(np.float32)
-
-
-def _stacked(parts: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    """The unit rows ``[sqrt(w_p) X_p] / norm`` of a batch (:class:`dedup.index.WeightedVectors.rows`)."""
-    out = np.hstack([X * np.float32(np.sqrt(w)) for X, w in zip(parts, weights)])
-    return out * _inv_norms(parts, weights)[:, None]
-
-
 def _scored(
     parts_a: list[np.ndarray],
     parts_b: list[np.ndarray],
@@ -143,7 +130,7 @@ def _scored(
     fused = np.zeros(len(codes_a), np.float32)
     for A, B, w in zip(parts_a, parts_b, fused_weights):
         fused += np.float32(w) * np.einsum("ij,ij->i", A, B)
-    fused *= _inv_norms(parts_a, fused_weights) * _inv_norms(parts_b, fused_weights)
+    fused *= WeightedVectors(parts_a, fused_weights).inv_norm * WeightedVectors(parts_b, fused_weights).inv_norm
     out["fused"] = (1.0 - fused).astype(np.float32)
     return out
 
@@ -160,8 +147,8 @@ def neighbour_evidence(
     search_weights: list[float],
     fused_weights: list[float],
     k: int,
-    list_size: int = 1_024,
-    lists_per_row: int = 3,
+    list_size: int = SPARK_LIST_SIZE,
+    lists_per_row: int = SPARK_LISTS_PER_ROW,
     coarse_dim: int = COARSE_DIM,
     sample_max: int = 50_000,
     seed: int = 0,
@@ -184,9 +171,7 @@ def neighbour_evidence(
         search_weights, fused_weights: ``B + 1`` non-negative weights each.
         k: neighbours per row (the row itself normally first).
         list_size, lists_per_row, coarse_dim, sample_max, seed: as in
-            :func:`dedup.spark.neighbours` (the defaults are its
-            :data:`~dedup.spark.SPARK_LIST_SIZE` and
-            :data:`~dedup.spark.SPARK_LISTS_PER_ROW`).
+            :func:`dedup.spark.neighbours`.
 
     Returns:
         DataFrame ``(id, nbr, pos, dist, <evidence>)``, at most ``k`` rows an
@@ -197,19 +182,17 @@ def neighbour_evidence(
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from .spark import spread_to_lists
-
     B = n_backbones
 
     def stacked(pdf: pd.DataFrame) -> np.ndarray:
-        return _stacked(_parts(pdf, B), search_weights)
+        return WeightedVectors(_parts(pdf, B), search_weights).stack()
 
     spread = spread_to_lists(df, stacked, list_size, lists_per_row, coarse_dim, sample_max, seed)
 
     def search(pdf: pd.DataFrame) -> pd.DataFrame:
         parts, lay = _parts(pdf, B), _layouts(pdf)
         ids, codes = pdf["id"].to_numpy(np.int64), pdf["code"].to_numpy(np.int64)
-        V = _stacked(parts, search_weights)
+        V = WeightedVectors(parts, search_weights).stack()
         out = []
         # in blocks of rows: a large list never holds its whole similarity
         # matrix, nor every found pair's two rows, at once
