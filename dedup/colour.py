@@ -107,25 +107,40 @@ def foreground_mask(lab: np.ndarray) -> np.ndarray:
     return fg
 
 
-def _histogram(lab: np.ndarray, bins: tuple[int, int, int]) -> np.ndarray:
-    """Soft (trilinear) joint L* x a* x b* histogram of ``(m, 3)`` CIELAB
-    pixels, a*/b* clipped to +-:data:`AB_RANGE`; ``(prod(bins),)`` float64,
-    summing to 1 (all zero for no pixels)."""
+def _histograms(lab: np.ndarray, bins: tuple[int, int, int], group: np.ndarray | None = None, groups: int = 1):
+    """Soft (trilinear) joint L* x a* x b* histograms of ``(m, 3)`` CIELAB
+    pixels, a*/b* clipped to +-:data:`AB_RANGE`, one per pixel group.
+
+    Args:
+        lab: ``(m, 3)`` pixels; bins: ``(nl, na, nb)``.
+        group: ``(m,)`` int group of each pixel in ``[0, groups)``
+            (``None``: all in group 0).
+
+    Returns:
+        ``(groups, nl * na * nb)`` float64, each row summing to 1 (all zero
+        for a group with no pixels). The eight corner weights of every pixel
+        go into one ``np.bincount``.
+    """
     nl, na, nb = bins
+    size = nl * na * nb
     l0, lw = _soft_bin(lab[:, 0], 0, 100, nl)
     a0, aw = _soft_bin(np.clip(lab[:, 1], -AB_RANGE, AB_RANGE), -AB_RANGE, AB_RANGE, na)
     b0, bw = _soft_bin(np.clip(lab[:, 2], -AB_RANGE, AB_RANGE), -AB_RANGE, AB_RANGE, nb)
-    size = nl * na * nb
-    hist = np.zeros(size, np.float64)
+    offset = 0 if group is None else np.asarray(group, np.int64) * size
+    idx, wts = [], []
     for dl in (0, 1):
         for da in (0, 1):
             for db in (0, 1):
-                w = (lw if dl else 1 - lw) * (aw if da else 1 - aw) * (bw if db else 1 - bw)
-                idx = (np.minimum(l0 + dl, nl - 1) * na + np.minimum(a0 + da, na - 1)) * nb + np.minimum(
-                    b0 + db, nb - 1
+                wts.append((lw if dl else 1 - lw) * (aw if da else 1 - aw) * (bw if db else 1 - bw))
+                idx.append(
+                    (np.minimum(l0 + dl, nl - 1) * na + np.minimum(a0 + da, na - 1)) * nb
+                    + np.minimum(b0 + db, nb - 1)
+                    + offset
                 )
-                hist += np.bincount(idx, weights=w, minlength=size)
-    return hist / hist.sum() if hist.sum() > 0 else hist
+    hist = np.bincount(np.concatenate(idx), weights=np.concatenate(wts), minlength=groups * size)
+    hist = hist.reshape(groups, size)
+    total = hist.sum(axis=1, keepdims=True)
+    return np.divide(hist, total, out=np.zeros_like(hist), where=total > 0)
 
 
 def _shrunk_lab(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
@@ -137,18 +152,19 @@ def _shrunk_lab(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _descriptor(lab: np.ndarray, fg: np.ndarray) -> np.ndarray:
-    return np.sqrt(_histogram(lab[fg], (L_BINS, A_BINS, B_BINS))).astype(np.float32)
+    return np.sqrt(_histograms(lab[fg], (L_BINS, A_BINS, B_BINS))[0]).astype(np.float32)
 
 
 def _layout(lab: np.ndarray, fg: np.ndarray) -> np.ndarray:
     rows = np.nonzero(fg.any(axis=1))[0]
     top, bottom = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, _SIDE)
-    bands = []
-    for k in range(LAYOUT_BANDS):
-        a = top + (bottom - top) * k // LAYOUT_BANDS
-        b = top + (bottom - top) * (k + 1) // LAYOUT_BANDS
-        bands.append(np.sqrt(_histogram(lab[a:b][fg[a:b]], _LAYOUT_BINS)))
-    return np.round(np.concatenate(bands) * 255).astype(np.uint8)
+    # band k holds rows top + (bottom - top) * k // BANDS up to the next band's first
+    starts = [top + (bottom - top) * k // LAYOUT_BANDS for k in range(LAYOUT_BANDS)]
+    band = np.searchsorted(np.array(starts[1:]), np.arange(lab.shape[0]), side="right")
+    inside = fg & ((np.arange(lab.shape[0]) >= top) & (np.arange(lab.shape[0]) < bottom))[:, None]
+    group = np.broadcast_to(band[:, None], fg.shape)[inside]
+    hists = _histograms(lab[inside], _LAYOUT_BINS, group, LAYOUT_BANDS)
+    return np.round(np.sqrt(hists).ravel() * 255).astype(np.uint8)
 
 
 def colour_features(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
