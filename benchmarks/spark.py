@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -192,9 +193,13 @@ def after_embedding(n: int, stats, tmp: Path) -> dict:
         return g
 
     grouping = timed("spark_decide_group", distributed)
-    spark_pairs = timed(
-        "collect_pairs", lambda: Pairs.from_frame(scored.drop("row").toPandas().sort_values(["i", "j"]))
-    )
+    table = tmp / f"pairs-{n}.parquet"  # through files: a collect of 10^7 pairs passes maxResultSize
+
+    def collect() -> Pairs:
+        scored.drop("row").write.parquet(str(table))
+        return Pairs.from_frame(pd.read_parquet(table).sort_values(["i", "j"]))
+
+    spark_pairs = timed("collect_pairs", collect)
     scored.unpersist()
     lists.unpersist()
     data = synthetic(n, stats=stats)  # the same rows (seeded)
@@ -222,6 +227,7 @@ def after_embedding(n: int, stats, tmp: Path) -> dict:
     row["planted"] = pairwise_scores(local.labels, data["product"])
     print(f"  {n:>9,d} {row}", flush=True)
     path.unlink()
+    shutil.rmtree(table, ignore_errors=True)
     return row
 
 
