@@ -107,7 +107,9 @@ def foreground_mask(lab: np.ndarray) -> np.ndarray:
     return fg
 
 
-def _histograms(lab: np.ndarray, bins: tuple[int, int, int], group: np.ndarray | None = None, groups: int = 1):
+def _histograms(
+    lab: np.ndarray, bins: tuple[int, int, int], group: np.ndarray | None = None, groups: int = 1
+) -> np.ndarray:
     """Soft (trilinear) joint L* x a* x b* histograms of ``(m, 3)`` CIELAB
     pixels, a*/b* clipped to +-:data:`AB_RANGE`, one per pixel group.
 

@@ -63,6 +63,12 @@ SPARK_LISTS_PER_ROW = 3
 #: job's results are committed to the features folder before the next
 #: starts, so an interrupted cold run loses at most one chunk.
 SPARK_CHUNK = 65_536
+#: Most rows :func:`collect_pandas` brings to the driver in one transfer. A
+#: scored pair row (:meth:`dedup.grouping.Pairs.to_frame`) is about 80 bytes
+#: in Arrow, so one transfer stays well under Spark's default
+#: ``spark.driver.maxResultSize`` of 1 GiB, which the candidate pairs of a
+#: 1M-image run exceeded in one piece (``benchmarks/spark.py``).
+COLLECT_ROWS = 2_000_000
 
 
 def session(
@@ -231,6 +237,42 @@ def neighbours(
         .agg(F.sort_array(F.collect_list(F.struct("dist", "nbr"))).alias("z"))
     )
     return ranked.select("id", F.col("z.nbr").alias("nbrs"), F.col("z.dist").alias("dists"))
+
+
+def collect_pandas(df: "DataFrame", key: str, max_rows: int | None = None) -> pd.DataFrame:
+    """A DataFrame to the driver as one pandas frame, in transfers of at most
+    about ``max_rows`` rows, so that no single collect passes the cluster's
+    ``spark.driver.maxResultSize``, whatever it is set to.
+
+    The frame is persisted and counted once, then collected in
+    ``ceil(rows / max_rows)`` slices by ``pmod(key, slices)`` (Arrow
+    ``toPandas`` each), then unpersisted.
+
+    Args:
+        df: any DataFrame; key: an integer column spreading its rows
+            (a pair table's ``i``).
+        max_rows: rows per transfer, >= 1 (``None``: :data:`COLLECT_ROWS`).
+
+    Returns:
+        The rows in no particular order, the columns and dtypes of ``toPandas``.
+
+    Raises:
+        ValueError: ``max_rows < 1``.
+    """
+    from pyspark.sql import functions as F
+
+    max_rows = COLLECT_ROWS if max_rows is None else max_rows
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    df = df.persist()
+    try:
+        slices = max(1, -(-df.count() // max_rows))
+        if slices == 1:
+            return pd.DataFrame(df.toPandas())
+        parts = [pd.DataFrame(df.where(F.pmod(F.col(key), F.lit(slices)) == s).toPandas()) for s in range(slices)]
+        return pd.concat(parts, ignore_index=True)
+    finally:
+        df.unpersist()
 
 
 def neighbour_arrays(nbrs: "DataFrame", n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -700,7 +742,7 @@ class SparkEngine:
             extra = self.spark.createDataFrame(pdf, "a long, b long")
         scored, lists = pair_evidence(df, len(embeddings), colour_weight, k, k_context, extra)
         try:
-            got = pd.DataFrame(scored.toPandas()).sort_values(["i", "j"], kind="stable").reset_index(drop=True)
+            got = collect_pandas(scored, "i").sort_values(["i", "j"], kind="stable").reset_index(drop=True)
             fused_ids = list_arrays(lists, n, k)
         finally:
             lists.unpersist()
@@ -736,7 +778,7 @@ class SparkEngine:
 
         decided = decide(pairs_frame(self.spark, pairs, self._parallelism()), model, params, unverified).persist()
         confidence = np.full(len(pairs.ij), np.nan, np.float64)
-        got = pd.DataFrame(decided.select("row", "confidence").toPandas())
+        got = collect_pandas(decided.select("row", "confidence"), "row")
         confidence[got["row"].to_numpy(np.int64)] = got["confidence"].to_numpy(np.float64)
         grouping = group_pairs(decided, n, hash_pairs, params, decisions)
         decided.unpersist()

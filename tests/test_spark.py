@@ -93,15 +93,20 @@ def _assert_same_evidence(got, want):
         np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-def test_distributed_pair_evidence_equals_score_pairs(spark, ukbench_embedded):
+def test_distributed_pair_evidence_equals_score_pairs(spark, ukbench_embedded, monkeypatch):
     """On one k-means list (an exact search) the Spark engine's candidate
     pairs and every column of their evidence equal the local engine's
     candidate_pairs + score_pairs, on real rows with two backbones, pHash
     near-duplicates among the candidates (some in no kNN list: scored
-    through the join) and, once, no colour layouts."""
+    through the join) and, once, no colour layouts. The pairs come to the
+    driver in slices of at most 700 rows (as a 1M-image run's do in slices
+    of dedup.spark.COLLECT_ROWS), none lost or repeated."""
+    import dedup.spark
     from dedup.grouping import GroupingParams, candidate_pairs, fused_vectors, score_pairs
     from dedup.index import exact_knn
     from dedup.spark import SparkEngine
+
+    monkeypatch.setattr(dedup.spark, "COLLECT_ROWS", 700)
 
     e, params, K = ukbench_embedded, GroupingParams(), 11
     E, n = _two_backbones(e), len(e.colours)
