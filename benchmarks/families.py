@@ -44,6 +44,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from _common import BENCH, ROOT, machine, write
+from calibrate import recall_at_precision
 from PIL import Image, ImageOps
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
@@ -63,15 +64,6 @@ PRECISIONS = (0.95, 0.8, 0.5)
 HEIGHTS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 
 
-def recall_at_precision(score: np.ndarray, y: np.ndarray, target: float) -> float:
-    """Largest share of positives above a cut of ``score`` (higher = more alike)
-    whose selection is at least ``target`` precise; 0 when none is."""
-    order = np.argsort(-score, kind="stable")
-    tp = np.cumsum(y[order])
-    ok = np.nonzero(tp / np.arange(1, len(y) + 1) >= target)[0]
-    return float(tp[ok.max()] / max(y.sum(), 1)) if len(ok) else 0.0
-
-
 def greyscale_embeddings(paths: list[str]) -> np.ndarray:
     """``(n, 1280)`` float32 EfficientNet-Lite0 embeddings of the photos turned grey."""
     net = make_backbone(BACKBONE)
@@ -85,6 +77,13 @@ def greyscale_embeddings(paths: list[str]) -> np.ndarray:
         ]
         out.append(net.embed(np.stack(batch)))
     return np.vstack(out)
+
+
+def average_linkage(X: np.ndarray) -> np.ndarray:
+    """SciPy's average-linkage tree of ``(n, d)`` unit rows by cosine distance."""
+    D = np.clip(1 - X @ X.T, 0, 2)
+    np.fill_diagonal(D, 0)
+    return linkage(squareform(D, checks=False), "average")
 
 
 def silhouettes(paths: list[str], side: int = 64) -> np.ndarray:
@@ -115,8 +114,7 @@ def main() -> None:
         "greyscale embedding cosine similarity": G @ G.T,
         "silhouette IoU": inter / np.maximum(area[:, None] + area[None, :] - inter, 1),
     }
-    sim = E @ E.T - 2 * np.eye(n)  # no photo its own neighbour
-    nn = sim.argmax(1)
+    nn = (evidence["embedding cosine similarity"] - 2 * np.eye(n)).argmax(1)  # no photo its own neighbour
     has_variants = pd.Series(cut).map(pd.Series(product).groupby(cut).nunique()).to_numpy() > 1
     nearest = {
         "photos": int(has_variants.sum()),
@@ -169,9 +167,7 @@ def main() -> None:
     families = [
         {"method": "the run's product groups as families", "height": None, **_scores(result.groups.group, cuts)}
     ]
-    D = np.clip(1 - E @ E.T, 0, 2)
-    np.fill_diagonal(D, 0)
-    Z = linkage(squareform(D, checks=False), "average")
+    Z = average_linkage(E)
     for h in HEIGHTS:
         families.append(
             {"method": "average linkage, embedding", "height": h, **_scores(fcluster(Z, h, "distance"), cuts)}
@@ -182,19 +178,17 @@ def main() -> None:
     fit_cuts = set(np.random.default_rng(0).choice(names, len(names) // 2, replace=False).tolist())
     train = np.array([c in fit_cuts for c in cut])
     test = ~train
-    Z = learned_whitening(E[train], matching_pairs(cut[train]), DEFAULT_DIM, DEFAULT_SHRINKAGE).transform(E[test])
+    W = learned_whitening(E[train], matching_pairs(cut[train]), DEFAULT_DIM, DEFAULT_SHRINKAGE).transform(E[test])
     ct, pt = cut[test], product[test]
-    it = np.triu_indices(len(Z), 1)
+    it = np.triu_indices(len(W), 1)
     two = (pt[:, None] != pt[None, :])[it]
-    sz, yz = (Z @ Z.T)[it][two], (ct[:, None] == ct[None, :])[it][two]
+    sz, yz = (W @ W.T)[it][two], (ct[:, None] == ct[None, :])[it][two]
     fitted = {
         "images": int(test.sum()),
         "variant_pairs": int(yz.sum()),
         **{f"variant_recall_at_p{t}": round(recall_at_precision(sz, yz, t), 4) for t in PRECISIONS},
     }
-    Dz = np.clip(1 - Z @ Z.T, 0, 2)
-    np.fill_diagonal(Dz, 0)
-    Lz = linkage(squareform(Dz, checks=False), "average")
+    Lz = average_linkage(W)
     test_cuts = pd.factorize(ct)[0]
     for h in (0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
         families.append(
