@@ -124,34 +124,63 @@ def _parquet_rows(path: Path, n: int, columns) -> None:
         writer.close()
 
 
-def after_embedding(n: int, stats, tmp: Path) -> dict:
-    """Every step after embedding on ``n`` synthetic rows, the Spark engine's way, beside the local engine.
+def _rss_gb() -> str:
+    """This process's resident memory now and at its peak (Linux ``/proc``), for the log."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    gb = lambda k: int(status[k].split()[0]) / 2**20  # noqa: E731
+    return f"RSS {gb('VmRSS'):.1f} GB (peak {gb('VmHWM'):.1f} GB)"
 
-    The Spark engine's steps, from a Parquet features table: the pHash join and its components,
-    the candidate pairs and their evidence (:func:`dedup.spark_evidence.pair_evidence`: the kNN
-    searches of the embedding and of the colour-fused space, each pair scored in the task that
-    finds it, ranks and radii by window functions), then the decisions as columns and the
-    per-component group-apply, all without the vectors at the driver. Beside them, the local
-    engine's code on the same rows: its kNN (up to ``LOCAL_KNN_MAX`` rows:
-    ``benchmarks/scale.py`` times it at a million), pHash search, the evidence of the same
-    candidate pairs at the driver, decisions and grouping; and whether both give the same
-    evidence and the same groups."""
+
+def _stop_spark(spark) -> None:
+    """Stop the Spark session and its JVM (local mode: the driver and the executors), so that the
+    driver-side comparison has the machine's memory; the next :func:`dedup.spark.session` starts a
+    new JVM."""
+    from pyspark import SparkContext
+
+    spark.stop()
+    gateway = SparkContext._gateway
+    if gateway is not None:
+        gateway.shutdown()
+        proc = getattr(gateway, "proc", None)
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+
+
+def spark_steps(n: int, stats, tmp: Path, driver_memory: str | None) -> tuple[dict, dict]:
+    """Every step after embedding on ``n`` synthetic rows, the Spark engine's way.
+
+    From a Parquet features table: the pHash join and its components, the candidate pairs and
+    their evidence (:func:`dedup.spark_evidence.pair_evidence`: the kNN searches of the
+    embedding and of the colour-fused space, each pair scored in the task that finds it, ranks
+    and radii by window functions), then the decisions as columns and the per-component
+    group-apply, all without the vectors at the driver. Before them, on the same rows, the local
+    engine's kNN (up to ``LOCAL_KNN_MAX`` rows: ``benchmarks/scale.py`` times it at a million)
+    and pHash search. The scored pairs are written to ``tmp`` (Parquet), then the Spark session
+    and its JVM are stopped.
+
+    Returns:
+        The row of timings so far, and what :func:`driver_comparison` needs: the fused kNN lists
+        ``ids`` ``(n, K)`` int64, the pHash pairs, the Spark grouping's labels and the pairs' table.
+    """
     from dedup import spark as S
-    from dedup.grouping import Pairs
     from dedup.spark_evidence import list_arrays, pair_evidence
     from dedup.spark_grouping import decide, group_pairs
 
     data = synthetic(n, stats=stats)
     X, codes = data["emb"], data["codes"]
     params = GroupingParams()
-    spark = S.session(MASTER, shuffle_partitions=4)
+    spark = S.session(MASTER, shuffle_partitions=4, driver_memory=driver_memory)
+    spark.sparkContext.setLogLevel("ERROR")
     row: dict = {"n": n}
 
     def timed(name: str, fn):
         t = time.perf_counter()
         out = fn()
         row[f"{name}_seconds"] = round(time.perf_counter() - t, 1)
-        print(f"  {n:>9,d} {name:<16s} {row[f'{name}_seconds']:8.1f} s", flush=True)
+        print(f"  {n:>9,d} {name:<16s} {row[f'{name}_seconds']:8.1f} s   {_rss_gb()}", flush=True)
         return out
 
     K = DEFAULT_K + 1  # as the run asks its indexes: the row itself and its k nearest
@@ -162,9 +191,8 @@ def after_embedding(n: int, stats, tmp: Path) -> dict:
         return {"e0": X[a:b], "colour": data["colours"][a:b], "layout": data["layouts"][a:b], "code": c}
 
     timed("write_parquet", lambda: _parquet_rows(path, n, columns))
-    parts = fused_parts([X], data["colours"], params.colour_weight)  # the fused rows, never stacked
     if n <= LOCAL_KNN_MAX:
-        F = parts.stack()
+        F = fused_parts([X], data["colours"], params.colour_weight).stack()
         timed("local_knn", lambda: clustered_knn(F, K) if n > EXACT_KNN_MAX else exact_knn(F, F, K))
         del F
     want = timed("local_phash", lambda: near_duplicate_pairs(codes, 4)[0])
@@ -174,15 +202,14 @@ def after_embedding(n: int, stats, tmp: Path) -> dict:
     edges = spark.createDataFrame(pd.DataFrame(got.astype(np.int64), columns=["a", "b"]), "a long, b long")
     timed("spark_components", lambda: S.connected_components(edges, spark.range(n).select("id")).count())
 
-    # the Spark path needs no vector at the driver: free them while it runs (made again below)
-    del data, X, parts
+    # the Spark path needs no vector at the driver: free them while it runs (made again later)
+    data = X = codes = want = None  # type: ignore[assignment]
     gc.collect()
     df = spark.read.parquet(str(path))
     scored, lists = pair_evidence(df, 1, params.colour_weight, K, params.k_context, edges)
-    scored = scored.withColumn("row", scored["i"] * n + scored["j"])  # a key in the (i, j) order of the local table
+    scored = scored.withColumn("row", scored["i"] * n + scored["j"])  # the group-apply's key: (i, j) order
     row["candidate_pairs"] = timed("spark_evidence", lambda: scored.persist().count())
     ids = list_arrays(lists, n, K)
-
     model = PairModel.load(verified=False)  # no pixels here: no verification, as with --no-verify
     hp = {"sha256": np.zeros((0, 2), np.int64), "phash": got}
 
@@ -194,22 +221,53 @@ def after_embedding(n: int, stats, tmp: Path) -> dict:
 
     grouping = timed("spark_decide_group", distributed)
     table = tmp / f"pairs-{n}.parquet"  # through files: a collect of 10^7 pairs passes maxResultSize
-
-    def collect() -> Pairs:
-        scored.drop("row").write.parquet(str(table))
-        return Pairs.from_frame(pd.read_parquet(table).sort_values(["i", "j"]))
-
-    spark_pairs = timed("collect_pairs", collect)
+    timed("write_pairs", lambda: scored.drop("row").write.parquet(str(table)))
     scored.unpersist()
     lists.unpersist()
+    _stop_spark(spark)
+    path.unlink()
+    return row, {"ids": ids, "hp": hp, "labels": grouping.labels, "table": table}
+
+
+def driver_comparison(row: dict, stats, spark_out: dict) -> None:
+    """The local engine's code on the rows and candidates of :func:`spark_steps`, at the driver.
+
+    Fills ``row`` with the fused lists' recall@10 against exact search (500 queries), whether the
+    driver's evidence of the same candidate pairs equals Spark's (``score_pairs``: ranks equal,
+    largest difference of a distance column), the local decisions and grouping, and whether
+    both engines give the same groups. Peak memory at a million rows: the synthetic vectors
+    (9 GB), the two pair tables (about 1 GB each per 10^7 pairs).
+    """
+    from dedup.grouping import Pairs
+
+    n, params, model = row["n"], GroupingParams(), PairModel.load(verified=False)
+
+    def timed(name: str, fn):
+        t = time.perf_counter()
+        out = fn()
+        row[f"{name}_seconds"] = round(time.perf_counter() - t, 1)
+        print(f"  {n:>9,d} {name:<16s} {row[f'{name}_seconds']:8.1f} s   {_rss_gb()}", flush=True)
+        return out
+
+    def read() -> Pairs:
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(spark_out["table"]).sort_by([("i", "ascending"), ("j", "ascending")])
+        return Pairs.from_frame(t.to_pandas())
+
+    spark_pairs = timed("read_pairs", read)
+    gc.collect()
     data = synthetic(n, stats=stats)  # the same rows (seeded)
-    X = data["emb"]
+    data.pop("digests")
+    X, ids = data["emb"], spark_out["ids"]
     parts = fused_parts([X], data["colours"], params.colour_weight)
     queries = np.sort(np.random.default_rng(1).choice(n, min(n, 500), replace=False))
     row["spark_knn_recall_at_10"] = round(knn_recall(parts, ids, queries), 4)
     pairs = timed(
         "driver_evidence",
-        lambda: score_pairs(spark_pairs.ij, [X], data["colours"], parts, ids, codes, params.k_context, data["layouts"]),
+        lambda: score_pairs(
+            spark_pairs.ij, [X], data["colours"], parts, ids, data["codes"], params.k_context, data["layouts"]
+        ),
     )
     diffs = [
         float(np.abs(getattr(spark_pairs, f).astype(np.float64) - getattr(pairs, f)).max(initial=0))
@@ -220,15 +278,38 @@ def after_embedding(n: int, stats, tmp: Path) -> dict:
     )
     row["evidence_max_abs_difference"] = float(f"{max(diffs):.2g}")
     row["ranks_equal"] = bool(ranks_equal)
+    for key in ("emb", "colours", "layouts"):
+        data.pop(key)
+    spark_pairs = X = parts = None  # type: ignore[assignment]
+    gc.collect()
     conf = timed("local_decide", lambda: model.predict_pairs(pairs))
-    local = timed("local_group", lambda: group(n, pairs, conf, hp, params))
-    row["groups_equal_local"] = bool(np.array_equal(grouping.labels, local.labels))
+    local = timed("local_group", lambda: group(n, pairs, conf, spark_out["hp"], params))
+    row["groups_equal_local"] = bool(np.array_equal(spark_out["labels"], local.labels))
     row["groups"] = int(len(np.unique(local.labels)))
     row["planted"] = pairwise_scores(local.labels, data["product"])
     print(f"  {n:>9,d} {row}", flush=True)
-    path.unlink()
-    shutil.rmtree(table, ignore_errors=True)
-    return row
+    shutil.rmtree(spark_out["table"], ignore_errors=True)
+
+
+def _scale_row(r: dict) -> str:
+    """One size's row of the README table; a size whose driver-side comparison has not run yet
+    (or did not finish) shows its Spark timings and "not run" there."""
+    sec = lambda k: f"{r[k + '_seconds']:,.1f} s" if k + "_seconds" in r else "not run"  # noqa: E731
+    yes = lambda k: "yes" if r[k] else "NO"  # noqa: E731
+    compared = "groups" in r
+    recall = f"{r['spark_knn_recall_at_10']:.3f}, " if "spark_knn_recall_at_10" in r else ""
+    evidence = (
+        f"{sec('driver_evidence')} ({yes('ranks_equal')}, max diff {r['evidence_max_abs_difference']:.0e})"
+        if "ranks_equal" in r
+        else "not run"
+    )
+    local = f"{r['local_decide_seconds'] + r['local_group_seconds']:,.1f} s" if compared else "not run"
+    groups = f"{r['groups']:,} ({yes('groups_equal_local')})" if compared else "not compared"
+    return (
+        f"| {r['n']:,} | {sec('local_knn')} | {sec('spark_evidence')} ({recall}{r['candidate_pairs']:,}) "
+        f"| {sec('local_phash')} | {sec('spark_phash')} ({r['phash_pairs']:,}, {yes('phash_pairs_equal_local')}) "
+        f"| {sec('spark_components')} | {evidence} | {local} | {sec('spark_decide_group')} | {groups} |"
+    )
 
 
 def report(rates: dict, rows: list[dict], readme: bool) -> None:
@@ -245,24 +326,13 @@ def report(rates: dict, rows: list[dict], readme: bool) -> None:
             ),
         ]
     )
-    sec = lambda r, k: f"{r[k + '_seconds']:,.1f} s" if k + "_seconds" in r else "not run"  # noqa: E731
     scale_table = "\n".join(
         [
             "| rows | kNN, local | candidates + evidence, Spark (kNN recall@10, pairs) | pHash, local "
             "| pHash, Spark (pairs, equal) | components, Spark | same pairs' evidence, driver (equal) "
             "| decide + group, local | decide + group, Spark | groups (equal) |",
             "|---|---|---|---|---|---|---|---|---|---|",
-            *(
-                f"| {r['n']:,} | {sec(r, 'local_knn')} | {sec(r, 'spark_evidence')} "
-                f"({r['spark_knn_recall_at_10']:.3f}, {r['candidate_pairs']:,}) "
-                f"| {sec(r, 'local_phash')} | {sec(r, 'spark_phash')} ({r['phash_pairs']:,}, "
-                f"{'yes' if r['phash_pairs_equal_local'] else 'NO'}) | {sec(r, 'spark_components')} "
-                f"| {sec(r, 'driver_evidence')} ({'yes' if r['ranks_equal'] else 'NO'}, "
-                f"max diff {r['evidence_max_abs_difference']:.0e}) "
-                f"| {r['local_decide_seconds'] + r['local_group_seconds']:,.1f} s "
-                f"| {sec(r, 'spark_decide_group')} | {r['groups']:,} ({'yes' if r['groups_equal_local'] else 'NO'}) |"
-                for r in rows
-            ),
+            *(_scale_row(r) for r in rows),
         ]
     )
     table = (
@@ -291,6 +361,8 @@ def report(rates: dict, rows: list[dict], readme: bool) -> None:
 
 
 def main() -> None:
+    from dedup import spark as S
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, action="append", default=None, help="synthetic rows (default 20000)")
     ap.add_argument("--driver-memory", default="6g", help="spark.driver.memory (local mode: the whole JVM)")
@@ -304,12 +376,16 @@ def main() -> None:
     if args.keep_rows and RESULTS_JSON.exists():
         kept = [r for r in json.loads(RESULTS_JSON.read_text())["after_embedding"] if r["n"] not in sizes]
     rates = embedding_rates(BENCH / "ukbench-dev" / "images", args.driver_memory)
+    _stop_spark(S.session())  # each size starts its own JVM
     stats = real_statistics()
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            rows.append(after_embedding(n, stats, Path(tmp)))
-            report(rates, sorted(kept + rows, key=lambda r: r["n"]), args.readme)  # each size once measured
+            row, spark_out = spark_steps(n, stats, Path(tmp), args.driver_memory)
+            rows.append(row)
+            report(rates, sorted(kept + rows, key=lambda r: r["n"]), args.readme)  # the Spark steps, once measured
+            driver_comparison(row, stats, spark_out)
+            report(rates, sorted(kept + rows, key=lambda r: r["n"]), args.readme)
 
 
 if __name__ == "__main__":
