@@ -63,6 +63,12 @@ MASTER = "local[2]"
 RESULTS_JSON = Path(__file__).resolve().parent / "results" / "spark.json"
 #: The local kNN is timed up to this many rows (benchmarks/scale.py times it at a million).
 LOCAL_KNN_MAX = 200_000
+#: Free disk wanted in the temporary folder (Spark's spill and shuffle files, ``spark.local.dir``,
+#: and the features and pairs tables) per million rows: a 1M run that started with 49 GB free ran
+#: out of it in the candidate search (``No space left on device`` while spilling a sort); at 300,000
+#: rows Spark's block manager folder peaked at 14 GB, so about 47 GB of spill at a million, plus the
+#: 6 GB features table: 70 GB leaves a margin.
+DISK_GB_PER_MILLION = 70
 
 
 def embedding_rates(root: Path, driver_memory: str | None = None) -> dict:
@@ -375,6 +381,12 @@ def main() -> None:
     kept: list[dict] = []
     if args.keep_rows and RESULTS_JSON.exists():
         kept = [r for r in json.loads(RESULTS_JSON.read_text())["after_embedding"] if r["n"] not in sizes]
+    free_gb = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
+    if free_gb < DISK_GB_PER_MILLION * max(sizes) / 1e6:
+        sys.exit(
+            f"{max(sizes):,} rows want about {DISK_GB_PER_MILLION * max(sizes) / 1e6:.0f} GB free in "
+            f"{tempfile.gettempdir()} (Spark's spill and shuffle files); {free_gb:.0f} GB are free"
+        )
     rates = embedding_rates(BENCH / "ukbench-dev" / "images", args.driver_memory)
     _stop_spark(S.session())  # each size starts its own JVM
     stats = real_statistics()
