@@ -40,6 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,16 @@ def _rss_gb() -> str:
     return f"RSS {gb('VmRSS'):.1f} GB (peak {gb('VmHWM'):.1f} GB)"
 
 
+def _timed(row: dict, name: str, fn):
+    """``fn()``, its wall-clock seconds stored in ``row[name + "_seconds"]`` and logged with the
+    driver's memory."""
+    t = time.perf_counter()
+    out = fn()
+    row[f"{name}_seconds"] = round(time.perf_counter() - t, 1)
+    print(f"  {row['n']:>9,d} {name:<16s} {row[f'{name}_seconds']:8.1f} s   {_rss_gb()}", flush=True)
+    return out
+
+
 def _stop_spark(spark) -> None:
     """Stop the Spark session and its JVM (local mode: the driver and the executors), so that the
     driver-side comparison has the machine's memory; the next :func:`dedup.spark.session` starts a
@@ -183,13 +194,7 @@ def spark_steps(n: int, stats, tmp: Path, driver_memory: str | None) -> tuple[di
     spark = S.session(MASTER, shuffle_partitions=4, driver_memory=driver_memory)
     spark.sparkContext.setLogLevel("ERROR")
     row: dict = {"n": n}
-
-    def timed(name: str, fn):
-        t = time.perf_counter()
-        out = fn()
-        row[f"{name}_seconds"] = round(time.perf_counter() - t, 1)
-        print(f"  {n:>9,d} {name:<16s} {row[f'{name}_seconds']:8.1f} s   {_rss_gb()}", flush=True)
-        return out
+    timed = partial(_timed, row)
 
     K = DEFAULT_K + 1  # as the run asks its indexes: the row itself and its k nearest
     path = tmp / f"features-{n}.parquet"
@@ -250,13 +255,7 @@ def driver_comparison(row: dict, stats, spark_out: dict) -> None:
     from dedup.grouping import Pairs
 
     n, params, model = row["n"], GroupingParams(), PairModel.load(verified=False)
-
-    def timed(name: str, fn):
-        t = time.perf_counter()
-        out = fn()
-        row[f"{name}_seconds"] = round(time.perf_counter() - t, 1)
-        print(f"  {n:>9,d} {name:<16s} {row[f'{name}_seconds']:8.1f} s   {_rss_gb()}", flush=True)
-        return out
+    timed = partial(_timed, row)
 
     def read() -> Pairs:
         import pyarrow as pa
