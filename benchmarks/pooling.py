@@ -16,8 +16,9 @@ trained:
 * ``gem`` p = 2, 3, 4: ``(mean x^p)^(1/p)`` per channel (GeM, p = 3 the
   value Radenovic et al. use without learning it);
 * ``max``: the largest activation per channel (MAC);
-* ``r-mac``: max-pooled square regions at 3 scales (Tolias et al.'s grid:
-  side ``2 min(H, W) / (l + 1)``, ``l`` regions a side), each L2-normalised,
+* ``r-mac``: max-pooled square regions at 3 scales (a grid after Tolias et
+  al.'s: side ``2 min(H, W) / (l + 1)``, ``l`` x ``l`` regions spread evenly
+  at scale ``l``; on a 7 x 7 map 1 + 4 + 9 regions), each L2-normalised,
   summed (no learned whitening: it would be fitted on the photos measured).
 
 For each: nearest-neighbour recall@1 (:func:`dedup.evaluate.recall_at_1`,
