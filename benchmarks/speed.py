@@ -11,8 +11,11 @@ and cold against warm runs.
    decode, pHash, colour, network input; 2 threads), the embedding stages
    (``Deduplicator.embed``: discover, digest, decode + embed, model build
    included) and the whole run (``Deduplicator.run``: adds the index,
-   candidate pairs, geometric verification of every pair and grouping), each
-   as images/s and as a ratio to the eager model-only rate of the same backbone.
+   candidate pairs, geometric verification of the pairs worth it and
+   grouping; for EfficientNet-Lite0 also without verification), each as
+   images/s and as a ratio to the eager model-only rate of the same backbone;
+   and where verification's time goes, one thread, on the pairs the run
+   verified (:func:`verification_costs`).
 3. Accuracy of the default runtime against native on ukbench-dev: N-S score
    and pairwise F1 (verification results reused from the bench cache).
 4. Peers per core on the same photos (``benchmarks/peers.py``, each in its own
@@ -206,9 +209,11 @@ def decode_rate(b, files: list[Path], workers: int = 2) -> float:
     return len(files) / (time.perf_counter() - t)
 
 
-def pipeline(make, files: list[Path], root: Path, reference: float) -> dict:
+def pipeline(make, files: list[Path], root: Path, reference: float, breakdown: bool = False) -> dict:
     """Decode-only, embedding-stage and whole-run rates (cold: no cache, a new
-    backbone object each, so model building is counted) and their ratios to ``reference``."""
+    backbone object each, so model building is counted) and their ratios to
+    ``reference``; with ``breakdown``, also the whole run without geometric
+    verification (``--no-verify``) and :func:`verification_costs` of the run's verified pairs."""
     rel = [f.relative_to(root).as_posix() for f in files]
     b = make()
     dec = decode_rate(b, files)
@@ -217,6 +222,14 @@ def pipeline(make, files: list[Path], root: Path, reference: float) -> dict:
     embed = len(files) / (time.perf_counter() - t)
     res = Deduplicator(backbones=[make()], cache=False, progress=False).run(root, files=rel)
     whole = len(files) / res.meta["seconds"]["total"]
+    extra: dict = {}
+    if breakdown:
+        bare = Deduplicator(backbones=[make()], cache=False, progress=False, verify=False).run(root, files=rel)
+        extra = {
+            "run_no_verify_img_s": len(files) / bare.meta["seconds"]["total"],
+            "run_no_verify_ratio": len(files) / bare.meta["seconds"]["total"] / reference,
+            "verification": verification_costs(res),
+        }
     return {
         "backbone": b.name,
         "runtime": b.runtime_used,
@@ -228,6 +241,77 @@ def pipeline(make, files: list[Path], root: Path, reference: float) -> dict:
         "embed_ratio": embed / reference,
         "run_ratio": whole / reference,
         "run_seconds": res.meta["seconds"],
+        **extra,
+    }
+
+
+def verification_costs(res) -> dict:
+    """Where geometric verification's time goes, on the pairs a default run
+    verified, one thread (thread-seconds): RootSIFT features per photo, the
+    two-nearest search per match (``cv2.batchDistance``, what the verifier
+    used before, against :func:`dedup.verify.two_nearest`, with how often
+    they agree), and RANSAC with and without skipping an orientation that
+    cannot win (:meth:`GeometricVerifier._pair`)."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    from dedup.verify import GeometricVerifier, two_nearest
+
+    ij = res.pairs.ij[np.asarray(res.pairs.inliers) >= 0]
+    v = GeometricVerifier(res.verifier.load, threads=1)
+    images = sorted(set(ij.ravel().tolist()))
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            t = time.perf_counter()
+            for i in images:
+                v._keep(i, v._compute(i))
+            features_s = time.perf_counter() - t
+            matches = [(v._feats[int(i)][0], v._feats[int(j)][k]) for i, j in ij for k in (0, 1)]
+            matches = [(a, b) for a, b in matches if a[1] is not None and b[1] is not None and len(b[1]) >= 2]
+            t = time.perf_counter()
+            old = [cv2.batchDistance(a[1], b[1], cv2.CV_32F, normType=cv2.NORM_L2, K=2) for a, b in matches]
+            batch_s = time.perf_counter() - t
+            t = time.perf_counter()
+            new = [two_nearest(a[1], b[1]) for a, b in matches]
+            gemm_s = time.perf_counter() - t
+            same = np.mean([np.mean(o[1][:, 0] == n[1]) for o, n in zip(old, new)])
+            ratio = [[v._ratio_matches(v._feats[int(i)][0], v._feats[int(j)][k]) for k in (0, 1)] for i, j in ij]
+            t = time.perf_counter()
+            both = [[v._ransac(m) for m in pair] for pair in ratio]
+            ransac_both_s = time.perf_counter() - t
+            calls_skip, same_count = 0, 0
+            t = time.perf_counter()
+            for (m0, m1), ((b0, _), (b1, _)) in zip(ratio, both):  # the rule of GeometricVerifier._pair
+                g0, g1 = (0 if m is None else len(m[0]) for m in (m0, m1))
+                if g0 >= g1:
+                    n0 = v._ransac(m0)[0]
+                    n1 = v._ransac(m1)[0] if g1 > n0 else 0
+                    calls_skip += (m0 is not None) + (m1 is not None and g1 > n0)
+                else:
+                    n1 = v._ransac(m1)[0]
+                    n0 = v._ransac(m0)[0] if g0 >= n1 else 0
+                    calls_skip += (m1 is not None) + (m0 is not None and g0 >= n1)
+                same_count += max(n0, n1) == max(b0, b1)
+            ransac_skip_s = time.perf_counter() - t
+    finally:
+        cv2.setNumThreads(cv_threads)
+    calls_both = sum(m is not None for pair in ratio for m in pair)
+    return {
+        "pairs": int(len(ij)),
+        "photos": len(images),
+        "run_group_s": res.meta["seconds"]["group"],
+        "features_ms_per_photo": 1000 * features_s / max(len(images), 1),
+        "matches": len(matches),
+        "batchdistance_ms_per_match": 1000 * batch_s / max(len(matches), 1),
+        "two_nearest_ms_per_match": 1000 * gemm_s / max(len(matches), 1),
+        "same_nearest": float(same),
+        "ransac_calls_both_orientations": int(calls_both),
+        "ransac_calls_skipping": int(calls_skip),
+        "ransac_both_ms_per_pair": 1000 * ransac_both_s / max(len(ij), 1),
+        "ransac_skipping_ms_per_pair": 1000 * ransac_skip_s / max(len(ij), 1),
+        "same_inliers_share": same_count / max(len(ij), 1),
     }
 
 
@@ -317,6 +401,33 @@ def markdown(data: dict) -> str:
         "and grouping.",
         "",
     ]
+    lite = data["pipeline"][0]
+    vc = lite.get("verification")
+    if vc:
+        md += [
+            f"Without geometric verification (`--no-verify`), the whole run of {lite['backbone']} is "
+            f"{lite['run_no_verify_img_s']:.1f} img/s, {lite['run_no_verify_ratio']:.2f}x the reference.",
+            "",
+            "## Where geometric verification goes (one thread)\n",
+            f"The {vc['pairs']} pairs the cold run above verified, over {vc['photos']} photos (its grouping stage: "
+            f"{vc['run_group_s']:.1f} s on {cores} threads).",
+            "",
+            "| step | cost |",
+            "|---|---|",
+            f"| RootSIFT features (decode, resize, SIFT, mirror) and the colour grid | "
+            f"{vc['features_ms_per_photo']:.1f} ms per photo |",
+            f"| two nearest, `cv2.batchDistance` (before) | {vc['batchdistance_ms_per_match']:.2f} ms per match "
+            f"({vc['matches']} matches: each pair as it is and mirrored) |",
+            f"| two nearest, `dedup.verify.two_nearest` (GEMM) | {vc['two_nearest_ms_per_match']:.2f} ms per match, "
+            f"{vc['batchdistance_ms_per_match'] / vc['two_nearest_ms_per_match']:.1f}x faster; the same nearest "
+            f"neighbour for {100 * vc['same_nearest']:.2f} % of descriptors |",
+            f"| RANSAC on both orientations (before) | {vc['ransac_calls_both_orientations']} calls, "
+            f"{vc['ransac_both_ms_per_pair']:.2f} ms per pair |",
+            f"| RANSAC skipping an orientation that cannot win (now) | {vc['ransac_calls_skipping']} calls, "
+            f"{vc['ransac_skipping_ms_per_pair']:.2f} ms per pair; the same inlier count for "
+            f"{100 * vc['same_inliers_share']:.1f} % of pairs |",
+            "",
+        ]
     acc = data.get("accuracy")
     if acc:
         md += [
@@ -372,7 +483,7 @@ def main() -> None:
     data["runtimes"] = lite0_runtimes(images, [Image.open(f).convert("RGB") for f in calib])
     print(data["runtimes"], flush=True)
     reference = data["runtimes"][0]["img_s"]
-    data["pipeline"] = [pipeline(EfficientNetLite0, photos, UKB, reference)]
+    data["pipeline"] = [pipeline(EfficientNetLite0, photos, UKB, reference, breakdown=True)]
     print(data["pipeline"][-1], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -8,7 +8,7 @@ import pytest
 from conftest import bench_set, labels_of
 from PIL import Image
 
-from dedup.verify import MAX_SIDE, GeometricVerifier, mirror_features, worth_verifying
+from dedup.verify import MAX_SIDE, GeometricVerifier, mirror_features, two_nearest, worth_verifying
 
 
 def _grey(path, side=MAX_SIDE) -> np.ndarray:
@@ -55,6 +55,62 @@ def test_a_mirrored_copy_verifies_and_another_product_does_not(tmp_path):
     assert found[0, 0] >= 50 and found[2, 0] >= 50, found  # mirrored copy, either way round
     assert 0 <= found[0, 1] < 0.1  # aligned, and the colours agree
     assert found[1, 0] < 15, found
+
+
+def test_two_nearest_finds_what_opencvs_brute_force_matcher_finds():
+    """The GEMM search gives each descriptor the nearest and second-nearest
+    rows that ``BFMatcher.knnMatch(k=2)`` gives, at the same distances, on
+    RootSIFT of real photos (a view of the same object and another object)."""
+    import cv2
+
+    lab = labels_of("ukbench-dev").sort_values("path")
+    paths = [bench_set("ukbench-dev") / p for p in lab.path.iloc[[0, 1, 8]]]
+    sift = cv2.SIFT_create(nfeatures=500)
+    des = []
+    for p in paths:
+        d = sift.detectAndCompute(_grey(p), None)[1]
+        des.append(np.sqrt(d / d.sum(axis=1, keepdims=True)).astype(np.float32))
+    for b in (des[1], des[2]):
+        dist, nearest = two_nearest(des[0], b)
+        want = cv2.BFMatcher(cv2.NORM_L2).knnMatch(des[0], b, k=2)
+        want_d = np.array([[m.distance, n.distance] for m, n in want])
+        assert dist.shape == (len(des[0]), 2) and nearest.dtype == np.int64
+        assert np.abs(dist - want_d).max() < 1e-4
+        assert (dist[:, 0] <= dist[:, 1]).all()
+        # the same neighbour, unless two rows of b are equally near
+        tie = np.abs(want_d[:, 0] - want_d[:, 1]) < 1e-4
+        assert (nearest == [m.trainIdx for m, _ in want])[~tie].all()
+    with pytest.raises(ValueError):
+        two_nearest(des[0], des[1][:1])
+
+
+def test_ransac_skipped_only_where_it_cannot_change_the_count():
+    """The verifier runs RANSAC on one orientation only when the other cannot
+    win; its counts and colour mismatches equal running RANSAC on both
+    orientations, on real photos: same object, mirrored copies, other objects,
+    an inshop product's views and its colour variants."""
+    rows = []
+    for name in ("ukbench-dev", "inshop-women"):
+        lab = labels_of(name).sort_values("path").iloc[:24]
+        rows += [bench_set(name) / p for p in lab.path]
+    photos = [Image.open(p).convert("RGB") for p in rows]
+    photos += [im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for im in photos[:6]]
+    n = len(photos)
+    rng = np.random.default_rng(0)
+    ij = np.array([(i, i + 1) for i in range(n - 1)] + [(i, 48 + i) for i in range(6)])
+    ij = np.concatenate([ij, rng.integers(0, n, (200, 2))])
+    ij = ij[ij[:, 0] != ij[:, 1]]
+    v = GeometricVerifier(lambda i: photos[i], threads=1)
+    found = v(ij)
+    full = []
+    for i, j in ij:
+        fa, fb = v._features(int(i)), v._features(int(j))
+        (n0, h0), (n1, h1) = (v._ransac(v._ratio_matches(fa[0], fb[k])) for k in (0, 1))
+        n, h, mirrored = (n0, h0, False) if n0 >= n1 else (n1, h1, True)
+        mismatch = v._mismatch(int(i), int(j), h, mirrored) if n >= 12 and h is not None else -1.0
+        full.append((n, mismatch))
+    assert np.array_equal(found, np.array(full, np.float64))
+    assert (found[:, 0] >= 50).sum() >= 6 and (found[:, 0] < 15).sum() >= 10  # copies and non-matches both seen
 
 
 def test_worth_verifying_keeps_likely_pairs_each_images_nearest_and_near_pairs():
