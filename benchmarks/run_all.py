@@ -70,17 +70,40 @@ def main() -> None:
             + " | ".join(f"{s['precision']:.3f}/{s['recall']:.3f}" for s in r["sweep"])
             + " |"
         )
+    views = view_table(rows)
     m = machine()
     md = (
         f"# dedup bench on every labelled set\n\nDefault settings (backbone efficientnet-lite0, the shipped pair "
         f"model), {m['date']}. Produced by `python benchmarks/run_all.py`.\n\n{table}\n\n"
         "## Pairwise precision/recall against --min-confidence\n" + "\n".join(curve) + "\n"
     )
+    if views:
+        md += "\n## Pairwise recall by pair of views (sets with a `view` column)\n\n" + views + "\n"
     write("bench_sets", {"machine": m, "rows": rows}, md)
     plot(rows, RESULTS / "precision_recall.png")
     if readme:
         replace_readme_block("BENCH-TABLE", table)
         replace_readme_block("PR-TABLE", "\n".join(curve[1:]))
+        if views:
+            replace_readme_block("VIEW-TABLE", views)
+
+
+def view_table(rows: list[dict]) -> str:
+    """Markdown: for each set whose labels name views, the same-product pairs
+    per pair of views, the share joined, and false joins (:func:`dedup.evaluate.recall_by_view`)."""
+    lines = []
+    for r in rows:
+        if "recall_by_view" not in r:
+            continue
+        if not lines:
+            lines = [
+                "| dataset | views | same-product pairs | joined | recall | false joins |",
+                "|---|---|---|---|---|---|",
+            ]
+        for k, v in r["recall_by_view"].items():
+            rec = "-" if v["recall"] is None else f"{v['recall']:.3f}"
+            lines.append(f"| {r['dataset']} | {k} | {v['pairs']} | {v['joined']} | {rec} | {v['false_joins']} |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -22,6 +22,7 @@ same images:
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -245,6 +246,8 @@ def run_bench(
     metrics["pairs_to_review"] = int(len(result.review))
     if "edit" in labels.columns:
         metrics["copies_found_by_edit"] = copies_found(result.groups, labels)
+    if "view" in labels.columns:
+        metrics["recall_by_view"] = recall_by_view(result.groups, labels)
 
     per_stage = {s: int((result.groups.stage == s).sum()) for s in STAGES}
     levels = np.round(np.arange(0.5, 0.991, 0.05), 4) if sweep is None else np.asarray(sweep, float)
@@ -316,6 +319,56 @@ def recall_at_1(fused_ids: np.ndarray, truth: np.ndarray, known: np.ndarray | No
     if not ok.any():
         return None
     return round(float((truth[first[ok]] == truth[ok]).mean()), 4)
+
+
+def recall_by_view(groups: pd.DataFrame, labels: pd.DataFrame) -> dict:
+    """For a multi-view catalogue (labels with a ``view`` column, such as
+    ``front``, ``back``, ``side``, ``full``): per unordered pair of views,
+    the share of same-product image pairs with those views that ended in one
+    predicted group (pairwise recall restricted to those pairs), and the
+    false joins between products with those views.
+
+    Args:
+        groups: DataFrame ``path, group`` (a groups.csv).
+        labels: DataFrame ``path, group, view``; rows whose group starts
+            with ``_`` are left out.
+
+    Returns:
+        ``{"a+b": {"pairs": int, "joined": int, "recall": float (``None``
+        without same-product pairs), "false_joins": int}}``, views in each
+        key sorted, most same-product pairs first, then pairs of views seen
+        only in false joins.
+
+    Raises:
+        KeyError: ``labels`` has no ``view`` column.
+    """
+    a = align(groups, labels)
+    a["view"] = labels.set_index("path").view.reindex(a.path).fillna("").astype(str).to_numpy()
+    a = a[~a.true.str.startswith("_")].reset_index(drop=True)
+    pred = a.pred.where(a.pred.notna(), "missing::" + a.path).to_numpy()
+    true, view = a.true.to_numpy(), a.view.to_numpy()
+    # only pairs inside a true or a predicted group matter: never all n^2 of them
+    within = [
+        np.array(list(itertools.combinations(rows, 2)), np.int64).reshape(-1, 2)
+        for col in (true, pred)
+        for rows in pd.Series(np.arange(len(a))).groupby(col).apply(list)
+        if len(rows) > 1
+    ]
+    ij = np.unique(np.concatenate(within), axis=0) if within else np.zeros((0, 2), np.int64)
+    i, j = ij[:, 0], ij[:, 1]
+    same, joined = true[i] == true[j], pred[i] == pred[j]
+    key = np.array(["+".join(sorted((view[x], view[y]))) for x, y in zip(i, j)], dtype=object)
+    out: dict = {}
+    for k in pd.Series(key[same]).value_counts().index.append(pd.Index(sorted(set(key[~same]) - set(key[same])))):
+        m = key == k
+        n, hit = int((m & same).sum()), int((m & same & joined).sum())
+        out[str(k)] = {
+            "pairs": n,
+            "joined": hit,
+            "recall": round(hit / n, 4) if n else None,
+            "false_joins": int((m & joined & ~same).sum()),
+        }
+    return out
 
 
 def copies_found(groups: pd.DataFrame, labels: pd.DataFrame) -> dict:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import bench_set, run_cli
 
-from dedup.evaluate import bcubed_scores, evaluate, ns_score, pairwise_scores
+from dedup.evaluate import bcubed_scores, evaluate, ns_score, pairwise_scores, recall_by_view
 
 
 def test_pairwise_hand_computed():
@@ -48,6 +48,42 @@ def test_all_singletons_and_one_big_group():
     assert m["recall"] == 1.0 and m["precision"] == pytest.approx(2 / 10)
     b = bcubed_scores(one, true)
     assert b["recall"] == 1.0 and b["precision"] == pytest.approx((2 / 5 * 4 + 1 / 5) / 5)
+
+
+def test_recall_by_view_hand_computed():
+    labels = pd.DataFrame(
+        {
+            "path": ["a1", "a2", "a3", "b1", "b2", "c1"],
+            "group": ["A", "A", "A", "B", "B", "C"],
+            "view": ["front", "back", "side", "front", "back", "front"],
+        }
+    )
+    # A's front and back joined, its side alone; B's front joined with C's front (a false join)
+    groups = pd.DataFrame({"path": labels.path, "group": ["g1", "g1", "g2", "g3", "g4", "g3"]})
+    got = recall_by_view(groups, labels)
+    assert got["back+front"] == {"pairs": 2, "joined": 1, "recall": 0.5, "false_joins": 0}
+    assert got["front+side"] == {"pairs": 1, "joined": 0, "recall": 0.0, "false_joins": 0}
+    assert got["back+side"] == {"pairs": 1, "joined": 0, "recall": 0.0, "false_joins": 0}
+    assert got["front+front"] == {"pairs": 0, "joined": 0, "recall": None, "false_joins": 1}
+    assert list(got)[-1] == "front+front"  # views seen only in false joins come last
+
+
+def test_recall_by_view_on_the_multi_view_catalogues_labels():
+    """On inshop-women's labels: every same-product pair is counted once, under its views;
+    the labels as the grouping find them all, singletons none, and merging two
+    products counts their pairs as false joins."""
+    labels = pd.read_csv(bench_set("inshop-women") / "labels.csv")
+    sizes = labels.group.value_counts()
+    perfect = recall_by_view(labels[["path", "group"]], labels)
+    assert sum(v["pairs"] for v in perfect.values()) == int((sizes * (sizes - 1) // 2).sum())
+    assert all(v["recall"] == 1.0 and v["false_joins"] == 0 for v in perfect.values())
+    assert all(v["pairs"] > 0 for v in perfect.values())
+    alone = recall_by_view(labels.assign(group=labels.path)[["path", "group"]], labels)
+    assert all(v["joined"] == 0 for v in alone.values())
+    two = sizes.index[:2]
+    merged = labels.assign(group=labels.group.replace({two[1]: two[0]}))[["path", "group"]]
+    false = sum(v["false_joins"] for v in recall_by_view(merged, labels).values())
+    assert false == sizes[two[0]] * sizes[two[1]]
 
 
 def test_ns_score_counts_group_members_among_four_nearest():

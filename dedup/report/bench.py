@@ -59,6 +59,22 @@ def bench_markdown(d: dict) -> str:
             f"| {k} | {v['copies']} | {v['found']} | {v['share']:.3f} |" for k, v in d["copies_found_by_edit"].items()
         ]
         lines.append("")
+    if "recall_by_view" in d:
+        lines += [
+            "## Pairwise recall by pair of views",
+            "",
+            "Same-product pairs of images with these views, and how many ended in one group; false joins: "
+            "pairs of different products with these views put in one group.",
+            "",
+            "| views | same-product pairs | joined | recall | false joins |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {k} | {v['pairs']} | {v['joined']} | "
+            f"{'-' if v['recall'] is None else format(v['recall'], '.3f')} | {v['false_joins']} |"
+            for k, v in d["recall_by_view"].items()
+        ]
+        lines.append("")
     lines += [
         "## Precision/recall against --min-confidence",
         "",
