@@ -89,20 +89,26 @@ def main() -> None:
 
 
 def view_table(rows: list[dict]) -> str:
-    """Markdown: for each set whose labels name views, the same-product pairs
-    per pair of views, the share joined, and false joins (:func:`dedup.evaluate.recall_by_view`)."""
+    """Markdown: for each set whose labels name views, per pair of views the
+    same-product pairs, how many were candidates, confident (p >= the join
+    threshold) or sent to review, how many ended in one group, and the false
+    joins (:func:`dedup.evaluate.recall_by_view`)."""
     lines = []
     for r in rows:
         if "recall_by_view" not in r:
             continue
         if not lines:
             lines = [
-                "| dataset | views | same-product pairs | joined | recall | false joins |",
-                "|---|---|---|---|---|---|",
+                "| dataset | views | same-product pairs | candidates | confident | to review "
+                "| joined | recall | false joins |",
+                "|---|---|---|---|---|---|---|---|---|",
             ]
         for k, v in r["recall_by_view"].items():
             rec = "-" if v["recall"] is None else f"{v['recall']:.3f}"
-            lines.append(f"| {r['dataset']} | {k} | {v['pairs']} | {v['joined']} | {rec} | {v['false_joins']} |")
+            lines.append(
+                f"| {r['dataset']} | {k} | {v['pairs']} | {v.get('candidates', '-')} | {v.get('confident', '-')} | "
+                f"{v.get('to_review', '-')} | {v['joined']} | {rec} | {v['false_joins']} |"
+            )
     return "\n".join(lines)
 
 

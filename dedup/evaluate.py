@@ -247,7 +247,17 @@ def run_bench(
     if "edit" in labels.columns:
         metrics["copies_found_by_edit"] = copies_found(result.groups, labels)
     if "view" in labels.columns:
-        metrics["recall_by_view"] = recall_by_view(result.groups, labels)
+        params = dedup.grouping_params()
+        scored = pd.DataFrame(
+            {
+                "path_a": result.groups.path.to_numpy()[ij[:, 0]],
+                "path_b": result.groups.path.to_numpy()[ij[:, 1]],
+                "confidence": result.confidence,
+            }
+        )
+        metrics["recall_by_view"] = recall_by_view(
+            result.groups, labels, scored, params.min_confidence, params.review_confidence
+        )
 
     per_stage = {s: int((result.groups.stage == s).sum()) for s in STAGES}
     levels = np.round(np.arange(0.5, 0.991, 0.05), 4) if sweep is None else np.asarray(sweep, float)
@@ -321,7 +331,13 @@ def recall_at_1(fused_ids: np.ndarray, truth: np.ndarray, known: np.ndarray | No
     return round(float((truth[first[ok]] == truth[ok]).mean()), 4)
 
 
-def recall_by_view(groups: pd.DataFrame, labels: pd.DataFrame) -> dict:
+def recall_by_view(
+    groups: pd.DataFrame,
+    labels: pd.DataFrame,
+    candidates: pd.DataFrame | None = None,
+    min_confidence: float = 0.9,
+    review_confidence: float = 0.5,
+) -> dict:
     """For a multi-view catalogue (labels with a ``view`` column, such as
     ``front``, ``back``, ``side``, ``full``): per unordered pair of views,
     the share of same-product image pairs with those views that ended in one
@@ -332,12 +348,19 @@ def recall_by_view(groups: pd.DataFrame, labels: pd.DataFrame) -> dict:
         groups: DataFrame ``path, group`` (a groups.csv).
         labels: DataFrame ``path, group, view``; rows whose group starts
             with ``_`` are left out.
+        candidates: optional DataFrame ``path_a, path_b, confidence`` of the
+            run's scored candidate pairs; with it each row also says where
+            the others were lost: how many same-product pairs were
+            candidates at all, how many had ``confidence >= min_confidence``
+            and how many went to review (``review_confidence <= confidence <
+            min_confidence``).
 
     Returns:
         ``{"a+b": {"pairs": int, "joined": int, "recall": float (``None``
-        without same-product pairs), "false_joins": int}}``, views in each
-        key sorted, most same-product pairs first, then pairs of views seen
-        only in false joins.
+        without same-product pairs), "false_joins": int}}`` (with
+        ``candidates``, also ``"candidates", "confident", "to_review"``
+        ints), views in each key sorted, most same-product pairs first, then
+        pairs of views seen only in false joins.
 
     Raises:
         KeyError: ``labels`` has no ``view`` column.
@@ -368,6 +391,20 @@ def recall_by_view(groups: pd.DataFrame, labels: pd.DataFrame) -> dict:
             "recall": round(hit / n, 4) if n else None,
             "false_joins": int((m & joined & ~same).sum()),
         }
+    if candidates is not None:
+        row = pd.Series(np.arange(len(a)), index=a.path)
+        ca, cb = row.reindex(candidates.path_a).to_numpy(), row.reindex(candidates.path_b).to_numpy()
+        ok = ~(np.isnan(ca) | np.isnan(cb))
+        ca, cb = ca[ok].astype(np.int64), cb[ok].astype(np.int64)
+        conf = np.asarray(candidates.confidence, np.float64)[ok]
+        hit = true[ca] == true[cb]
+        ckey = np.array(["+".join(sorted((view[x], view[y]))) for x, y in zip(ca[hit], cb[hit])], dtype=object)
+        conf = conf[hit]
+        for k, v in out.items():
+            m = ckey == k
+            v["candidates"] = int(m.sum())
+            v["confident"] = int((m & (conf >= min_confidence)).sum())
+            v["to_review"] = int((m & (conf >= review_confidence) & (conf < min_confidence)).sum())
     return out
 
 

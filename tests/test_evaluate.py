@@ -66,6 +66,19 @@ def test_recall_by_view_hand_computed():
     assert got["back+side"] == {"pairs": 1, "joined": 0, "recall": 0.0, "false_joins": 0}
     assert got["front+front"] == {"pairs": 0, "joined": 0, "recall": None, "false_joins": 1}
     assert list(got)[-1] == "front+front"  # views seen only in false joins come last
+    # with the scored candidates: where the missed pairs were lost
+    scored = pd.DataFrame(
+        {"path_a": ["a1", "a1", "b1", "b1"], "path_b": ["a2", "a3", "b2", "c1"], "confidence": [0.95, 0.6, 0.3, 0.92]}
+    )
+    got = recall_by_view(groups, labels, scored, min_confidence=0.9, review_confidence=0.5)
+    assert (got["back+front"]["candidates"], got["back+front"]["confident"], got["back+front"]["to_review"]) == (
+        2,
+        1,
+        0,
+    )
+    assert (got["front+side"]["candidates"], got["front+side"]["to_review"]) == (1, 1)
+    assert got["back+side"]["candidates"] == 0
+    assert got["front+front"]["candidates"] == 0  # a candidate pair of two products is not counted here
 
 
 def test_recall_by_view_on_the_multi_view_catalogues_labels():

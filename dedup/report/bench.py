@@ -63,14 +63,16 @@ def bench_markdown(d: dict) -> str:
         lines += [
             "## Pairwise recall by pair of views",
             "",
-            "Same-product pairs of images with these views, and how many ended in one group; false joins: "
-            "pairs of different products with these views put in one group.",
+            "Same-product pairs of images with these views, how many were candidate pairs, how many of those "
+            "the pair model gave the join confidence or sent to review, and how many ended in one group; false "
+            "joins: pairs of different products with these views put in one group.",
             "",
-            "| views | same-product pairs | joined | recall | false joins |",
-            "|---|---|---|---|---|",
+            "| views | same-product pairs | candidates | confident | to review | joined | recall | false joins |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {k} | {v['pairs']} | {v['joined']} | "
+            f"| {k} | {v['pairs']} | {v.get('candidates', '-')} | {v.get('confident', '-')} | "
+            f"{v.get('to_review', '-')} | {v['joined']} | "
             f"{'-' if v['recall'] is None else format(v['recall'], '.3f')} | {v['false_joins']} |"
             for k, v in d["recall_by_view"].items()
         ]
