@@ -129,7 +129,9 @@ def lite0_runtimes(images, calibration) -> list[dict]:
         rows.append({"backbone": "efficientnet-lite0", "runtime": "openvino fp32", "img_s": rate})
         rows[-1]["min_cosine"] = agreement(ref, got)
         rate, got = _int8(onnx_path, arrs, batches(native, calibration))
-        rows.append({"backbone": "efficientnet-lite0", "runtime": "onnxruntime static int8 (QDQ, per channel)"})
+        rows.append(
+            {"backbone": "efficientnet-lite0", "runtime": "onnxruntime static int8 (QDQ, per channel, reduced range)"}
+        )
         rows[-1].update(img_s=rate, min_cosine=agreement(ref, got))
     return rows
 
@@ -155,7 +157,14 @@ def _export_lite0(path: Path) -> None:
 
 
 def _int8(onnx_path: Path, arrs, calib) -> tuple[float, np.ndarray]:
-    """ONNX Runtime static int8 quantisation calibrated on other ukbench-dev photos."""
+    """ONNX Runtime static int8 quantisation calibrated on other ukbench-dev photos.
+
+    Reduced range (7-bit weights): ONNX Runtime's U8S8 kernels on x86 CPUs
+    without VNNI (AVX2, plain AVX-512) multiply through VPMADDUBSW, whose
+    16-bit sums saturate at full range (ONNX Runtime's quantisation docs);
+    measured here without it the smallest cosine to the fp32 embedding was
+    0.64, with it 0.92. Excluding the stem, head or depthwise convolutions
+    from quantisation did not reach 0.99 either (0.73-0.96)."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -175,6 +184,7 @@ def _int8(onnx_path: Path, arrs, calib) -> tuple[float, np.ndarray]:
         Reader(),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
+        reduce_range=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
