@@ -10,9 +10,10 @@ and cold against warm runs.
 2. Pipeline (cold, no cache, default runtime): decoding alone (read, SHA-256,
    decode, pHash, colour, network input; 2 threads), the embedding stages
    (``Deduplicator.embed``: discover, digest, decode + embed, model build
-   included; the faster of two cold runs, as for each peer) and the whole run (``Deduplicator.run``: adds the index,
-   candidate pairs, geometric verification of the pairs worth it and
-   grouping; for EfficientNet-Lite0 also without verification), each as
+   included; the faster of two cold runs, as for each peer) and the whole
+   run (``Deduplicator.run``: adds the index, candidate pairs, geometric
+   verification of the pairs worth it and grouping; for EfficientNet-Lite0
+   also without verification), each as
    images/s and as a ratio to the eager model-only rate of the same backbone;
    and where verification's time goes, one thread, on the pairs the run
    verified (:func:`verification_costs`).
@@ -163,7 +164,7 @@ def _int8(onnx_path: Path, arrs, calib) -> tuple[float, np.ndarray]:
     without VNNI (AVX2, plain AVX-512) multiply through VPMADDUBSW, whose
     16-bit sums saturate at full range (ONNX Runtime's quantisation docs);
     measured here without it the smallest cosine to the fp32 embedding was
-    0.64, with it 0.92. Excluding the stem, head or depthwise convolutions
+    0.64, with it 0.89-0.92. Excluding the stem, head or depthwise convolutions
     from quantisation did not reach 0.99 either (0.73-0.96)."""
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static

@@ -390,7 +390,7 @@ class GeometricVerifier:
         bar = tqdm(total=len(ij), desc="verify (RootSIFT+RANSAC)", unit="pair", disable=quiet)
         cv_threads = cv2.getNumThreads()
         cv2.setNumThreads(1)  # one OpenCV thread per worker: measured 1.1x faster than nested pools
-        try:  # and one BLAS thread (two_nearest's GEMM), for the same reason
+        try:  # and one BLAS thread, so that the workers' GEMMs (two_nearest) do not oversubscribe the cores
             with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max(1, self.threads)) as ex:
                 for s in range(0, len(order), chunk):
                     rows = order[s : s + chunk]
