@@ -462,6 +462,9 @@ def cmd_bench(args) -> int:
     )
     if "copies_found_by_edit" in data:
         print("copies found: " + ", ".join(f"{k} {v['share']:.2f}" for k, v in data["copies_found_by_edit"].items()))
+    if "recall_by_view" in data:
+        shown = [(k, v) for k, v in data["recall_by_view"].items() if v["recall"] is not None][:6]
+        print("recall by views: " + ", ".join(f"{k} {v['recall']:.2f}" for k, v in shown))
     print(f"report: {Path(args.out) / BENCH_MD}, {Path(args.out) / BENCH_JSON}")
     return 0
 

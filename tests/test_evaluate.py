@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import bench_set, run_cli
+from conftest import bench_set, labels_of, run_cli
 
 from dedup.evaluate import bcubed_scores, evaluate, ns_score, pairwise_scores, recall_by_view
 
@@ -97,6 +97,34 @@ def test_recall_by_view_on_the_multi_view_catalogues_labels():
     merged = labels.assign(group=labels.group.replace({two[1]: two[0]}))[["path", "group"]]
     false = sum(v["false_joins"] for v in recall_by_view(merged, labels).values())
     assert false == sizes[two[0]] * sizes[two[1]]
+
+
+def test_bench_command_reports_recall_by_view_on_a_multi_view_catalogue(tmp_path):
+    """`dedup bench` on real inshop-women photos (every photo of 8 cuts, their
+    colour variants included): the report breaks recall down by pair of views,
+    each row's counts consistent with the labels and with one another."""
+    lab = labels_of("inshop-women")
+    cuts = lab.cut.drop_duplicates().iloc[:8]
+    sub = lab[lab.cut.isin(cuts)]
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "images").symlink_to(bench_set("inshop-women") / "images")
+    sub.to_csv(folder / "labels.csv", index=False)
+    out = tmp_path / "out"
+    proc = run_cli("bench", str(folder / "labels.csv"), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "recall by views:" in proc.stdout
+    data = json.loads((out / "bench.json").read_text())
+    by_view = data["recall_by_view"]
+    sizes = sub.group.value_counts()
+    assert sum(v["pairs"] for v in by_view.values()) == int((sizes * (sizes - 1) // 2).sum())
+    for v in by_view.values():
+        assert 0 <= v["confident"] + v["to_review"] <= v["candidates"] <= v["pairs"]
+        assert v["joined"] <= v["pairs"]
+    joined = sum(v["joined"] for v in by_view.values())
+    assert joined == data["pairwise"]["tp_pairs"]
+    assert sum(v["false_joins"] for v in by_view.values()) == data["pairwise"]["predicted_pairs"] - joined
+    assert "Pairwise recall by pair of views" in (out / "bench.md").read_text()
 
 
 def test_ns_score_counts_group_members_among_four_nearest():
