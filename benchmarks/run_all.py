@@ -23,6 +23,7 @@ from edits import build_edited_set  # noqa: E402
 
 from dedup.evaluate import run_bench  # noqa: E402
 from dedup.pipeline import Deduplicator  # noqa: E402
+from dedup.report.bench import VIEW_COLUMNS, view_cells  # noqa: E402
 
 SETS = ("products-flipkart", "ukbench-dev", "inshop-women", "robustness", "edited-inshop", "edited-ukbench")
 
@@ -98,17 +99,8 @@ def view_table(rows: list[dict]) -> str:
         if "recall_by_view" not in r:
             continue
         if not lines:
-            lines = [
-                "| dataset | views | same-product pairs | candidates | confident | to review "
-                "| joined | recall | false joins |",
-                "|---|---|---|---|---|---|---|---|---|",
-            ]
-        for k, v in r["recall_by_view"].items():
-            rec = "-" if v["recall"] is None else f"{v['recall']:.3f}"
-            lines.append(
-                f"| {r['dataset']} | {k} | {v['pairs']} | {v.get('candidates', '-')} | {v.get('confident', '-')} | "
-                f"{v.get('to_review', '-')} | {v['joined']} | {rec} | {v['false_joins']} |"
-            )
+            lines = ["| dataset | " + " | ".join(VIEW_COLUMNS) + " |", "|---" * (len(VIEW_COLUMNS) + 1) + "|"]
+        lines += [f"| {r['dataset']} | " + " | ".join(cells) + " |" for cells in view_cells(r["recall_by_view"])]
     return "\n".join(lines)
 
 

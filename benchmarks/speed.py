@@ -264,7 +264,7 @@ def verification_costs(res) -> dict:
     two-nearest search per match (``cv2.batchDistance``, what the verifier
     used before, against :func:`dedup.verify.two_nearest`, with how often
     they agree), and RANSAC with and without skipping an orientation that
-    cannot win (:meth:`GeometricVerifier._pair`)."""
+    cannot win (:meth:`GeometricVerifier._best_orientation`)."""
     import cv2
     from threadpoolctl import threadpool_limits
 
@@ -296,17 +296,10 @@ def verification_costs(res) -> dict:
             ransac_both_s = time.perf_counter() - t
             calls_skip, same_count = 0, 0
             t = time.perf_counter()
-            for (m0, m1), ((b0, _), (b1, _)) in zip(ratio, both):  # the rule of GeometricVerifier._pair
-                g0, g1 = (0 if m is None else len(m[0]) for m in (m0, m1))
-                if g0 >= g1:
-                    n0 = v._ransac(m0)[0]
-                    n1 = v._ransac(m1)[0] if g1 > n0 else 0
-                    calls_skip += (m0 is not None) + (m1 is not None and g1 > n0)
-                else:
-                    n1 = v._ransac(m1)[0]
-                    n0 = v._ransac(m0)[0] if g0 >= n1 else 0
-                    calls_skip += (m1 is not None) + (m0 is not None and g0 >= n1)
-                same_count += max(n0, n1) == max(b0, b1)
+            for (m0, m1), ((b0, _), (b1, _)) in zip(ratio, both):
+                n, _, _, calls = v._best_orientation(m0, m1)
+                calls_skip += calls
+                same_count += n == max(b0, b1)
             ransac_skip_s = time.perf_counter() - t
     finally:
         cv2.setNumThreads(cv_threads)

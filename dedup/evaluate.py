@@ -380,7 +380,11 @@ def recall_by_view(
     ij = np.unique(np.concatenate(within), axis=0) if within else np.zeros((0, 2), np.int64)
     i, j = ij[:, 0], ij[:, 1]
     same, joined = true[i] == true[j], pred[i] == pred[j]
-    key = np.array(["+".join(sorted((view[x], view[y]))) for x, y in zip(i, j)], dtype=object)
+
+    def view_pair(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.array(["+".join(sorted((view[p], view[q]))) for p, q in zip(x, y)], dtype=object)
+
+    key = view_pair(i, j)
     out: dict = {}
     for k in pd.Series(key[same]).value_counts().index.append(pd.Index(sorted(set(key[~same]) - set(key[same])))):
         m = key == k
@@ -398,7 +402,7 @@ def recall_by_view(
         ca, cb = ca[ok].astype(np.int64), cb[ok].astype(np.int64)
         conf = np.asarray(candidates.confidence, np.float64)[ok]
         hit = true[ca] == true[cb]
-        ckey = np.array(["+".join(sorted((view[x], view[y]))) for x, y in zip(ca[hit], cb[hit])], dtype=object)
+        ckey = view_pair(ca[hit], cb[hit])
         conf = conf[hit]
         for k, v in out.items():
             m = ckey == k

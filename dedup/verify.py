@@ -336,21 +336,31 @@ class GeometricVerifier:
         self.pairs_checked += 1
         return self._pair(i, j)
 
+    def _best_orientation(self, m0, m1) -> tuple[int, np.ndarray | None, bool, int]:
+        """``(inliers, homography, mirrored, RANSAC calls)`` of the better of
+        the two orientations' :meth:`_ratio_matches` (``m0`` as it is, ``m1``
+        mirrored; a tie keeps ``m0``).
+
+        RANSAC's inliers are a subset of the ratio-test matches, so an
+        orientation with fewer matches than the other's inliers cannot win:
+        its RANSAC is skipped (the same result, ties included, as running both)."""
+        g0, g1 = (0 if m is None else len(m[0]) for m in (m0, m1))
+        if g0 >= g1:
+            n0, H0 = self._ransac(m0)
+            run_other = m1 is not None and g1 > n0
+            n1, H1 = self._ransac(m1) if run_other else (0, None)
+            calls = (m0 is not None) + run_other
+        else:
+            n1, H1 = self._ransac(m1)
+            run_other = m0 is not None and g0 >= n1
+            n0, H0 = self._ransac(m0) if run_other else (0, None)
+            calls = (m1 is not None) + run_other
+        return (n0, H0, False, calls) if n0 >= n1 else (n1, H1, True, calls)
+
     def _pair(self, i: int, j: int) -> tuple[int, float]:
         """:meth:`inliers` on features already kept (reads shared state only: runs in threads)."""
         fa, fb = self._feats[i], self._feats[j]
-        m0, m1 = self._ratio_matches(fa[0], fb[0]), self._ratio_matches(fa[0], fb[1])
-        g0, g1 = (0 if m is None else len(m[0]) for m in (m0, m1))
-        # RANSAC's inliers are a subset of the ratio-test matches, so an
-        # orientation with fewer matches than the other's inliers cannot win:
-        # its RANSAC is skipped (the same result, ties included, as running both).
-        if g0 >= g1:
-            n0, H0 = self._ransac(m0)
-            n1, H1 = self._ransac(m1) if g1 > n0 else (0, None)
-        else:
-            n1, H1 = self._ransac(m1)
-            n0, H0 = self._ransac(m0) if g0 >= n1 else (0, None)
-        n, H, mirrored = (n0, H0, False) if n0 >= n1 else (n1, H1, True)
+        n, H, mirrored, _ = self._best_orientation(self._ratio_matches(fa[0], fb[0]), self._ratio_matches(fa[0], fb[1]))
         if n < MIN_ALIGN_INLIERS or H is None:
             return n, -1.0
         return n, self._mismatch(i, j, H, mirrored)

@@ -28,6 +28,38 @@ BENCH_MD = "bench.md"
 SWEEP_PNG = "sweep.png"
 
 
+#: Column heads of :func:`view_cells`' rows.
+VIEW_COLUMNS = (
+    "views",
+    "same-product pairs",
+    "candidates",
+    "confident",
+    "to review",
+    "joined",
+    "recall",
+    "false joins",
+)
+
+
+def view_cells(recall_by_view: dict) -> list[list[str]]:
+    """The cells of the recall-by-views table, one row per pair of views, in
+    :data:`VIEW_COLUMNS` order, from :func:`dedup.evaluate.recall_by_view`'s
+    output ("-" for a count it did not make, or a recall without pairs)."""
+    return [
+        [
+            k,
+            str(v["pairs"]),
+            str(v.get("candidates", "-")),
+            str(v.get("confident", "-")),
+            str(v.get("to_review", "-")),
+            str(v["joined"]),
+            "-" if v["recall"] is None else f"{v['recall']:.3f}",
+            str(v["false_joins"]),
+        ]
+        for k, v in recall_by_view.items()
+    ]
+
+
 def bench_markdown(d: dict) -> str:
     """``bench.md``: the headline metrics, per-stage numbers and the sweep."""
     pw, b3 = d["pairwise"], d["bcubed"]
@@ -67,15 +99,10 @@ def bench_markdown(d: dict) -> str:
             "the pair model gave the join confidence or sent to review, and how many ended in one group; false "
             "joins: pairs of different products with these views put in one group.",
             "",
-            "| views | same-product pairs | candidates | confident | to review | joined | recall | false joins |",
-            "|---|---|---|---|---|---|---|---|",
+            "| " + " | ".join(VIEW_COLUMNS) + " |",
+            "|---" * len(VIEW_COLUMNS) + "|",
         ]
-        lines += [
-            f"| {k} | {v['pairs']} | {v.get('candidates', '-')} | {v.get('confident', '-')} | "
-            f"{v.get('to_review', '-')} | {v['joined']} | "
-            f"{'-' if v['recall'] is None else format(v['recall'], '.3f')} | {v['false_joins']} |"
-            for k, v in d["recall_by_view"].items()
-        ]
+        lines += ["| " + " | ".join(cells) + " |" for cells in view_cells(d["recall_by_view"])]
         lines.append("")
     lines += [
         "## Precision/recall against --min-confidence",
