@@ -20,9 +20,10 @@ against SIFT computed on the flipped image at the reflected keypoints, the
 mean cosine is 0.99.
 
 Not every candidate pair is worth verifying: :func:`worth_verifying` picks
-those whose decision verification can change (chosen by
+those whose decision verification can change, neither a clear "different
+product" nor a clear "same product" without it (chosen by
 ``benchmarks/verify_screen.py``: on every labelled set the groups are the
-same as with every pair verified, for 14-54 % of the pairs).
+same as with every pair verified).
 
 An edited copy (crop, pad, watermark, rotation, re-encoding) keeps dozens to
 hundreds of inliers; a look-alike of the same kind keeps few. A colour
@@ -69,6 +70,18 @@ SCREEN_NEAREST = 3
 #: 25-photo robustness set: a greyscale and a rotated copy of one photo,
 #: which verification would send to review at p 0.63, stay apart).
 SCREEN_MAX_DISTANCE = 0.20
+#: ... but never when the pair model for unverified evidence already gives
+#: it at least this P(same product): the pair joins on that evidence, and
+#: on the labelled sets verification never moved such a pair below the
+#: default ``--min-confidence`` (0.9). Verifying it would cost the
+#: RootSIFT features of both photos, which dominate verification
+#: (``benchmarks/speed.py``). Chosen by ``benchmarks/verify_screen.py``,
+#: one step of its grid more cautious than the lowest setting whose
+#: decisions and groups equal those of the lower screen alone on every
+#: labelled set and on its crowd set (0.98; at 0.95, 16 more pairs of
+#: inshop-women change their decision). On ukbench-dev, 75 % of the photos
+#: then need RootSIFT features instead of all.
+SCREEN_MAX_CONFIDENCE = 0.99
 
 #: :func:`mirror_features`: where each of the 128 RootSIFT bins goes when
 #: the image is mirrored. OpenCV's descriptor is 4 x 4 spatial cells (in the
@@ -144,16 +157,20 @@ def worth_verifying(
     min_confidence: float = SCREEN_MIN_CONFIDENCE,
     nearest: int = SCREEN_NEAREST,
     max_distance: float = SCREEN_MAX_DISTANCE,
+    max_confidence: float = SCREEN_MAX_CONFIDENCE,
 ) -> np.ndarray:
     """Which candidate pairs geometric verification is spent on.
 
     A pair is worth verifying when, without verification, it is not already
     a clear "different product" (``p_unverified >= min_confidence``), when
     it is among the ``nearest`` candidates of either of its images by
-    ensemble distance, or when that distance is at most ``max_distance``.
-    The others keep their unverified confidence, which is below the review
-    threshold: verification rarely turns such a pair into a join, and never
-    did on the labelled sets at the defaults (``benchmarks/verify_screen.py``).
+    ensemble distance, or when that distance is at most ``max_distance``;
+    and in every case only if it is not already a clear "same product"
+    (``p_unverified < max_confidence``). The others keep their unverified
+    confidence: below the review threshold, or at least ``max_confidence``.
+    Verification rarely turns a pair of the first kind into a join, or a
+    pair of the second kind into anything else, and never did on the
+    labelled sets at the defaults (``benchmarks/verify_screen.py``).
 
     Args:
         ij: ``(m, 2)`` int64 candidate pairs.
@@ -162,7 +179,8 @@ def worth_verifying(
             unverified evidence (:meth:`dedup.calibration.PairModel.load`
             with ``verified=False``).
         min_confidence: in [0, 1]; nearest: >= 0; max_distance: in [0, 2]
-            (negative: none by distance alone).
+            (negative: none by distance alone); max_confidence: in [0, 1]
+            (above 1: no pair is skipped as a clear "same product").
 
     Returns:
         ``(m,)`` bool mask.
@@ -184,7 +202,7 @@ def worth_verifying(
         first = np.r_[True, image[order[1:]] != image[order[:-1]]]
         starts = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
         keep[row[order[np.arange(len(order)) - starts < nearest]]] = True
-    return keep
+    return keep & (p_unverified < max_confidence)
 
 
 class GeometricVerifier:

@@ -130,3 +130,14 @@ def test_worth_verifying_keeps_likely_pairs_each_images_nearest_and_near_pairs()
     assert worth_verifying(ij, distance, p, 0.0, 0, -1).all()
     with pytest.raises(ValueError, match="6 pairs, 5 distances"):
         worth_verifying(ij, distance[:5], p)
+
+
+def test_worth_verifying_skips_pairs_already_clearly_the_same_product():
+    ij = np.array([[0, 1], [0, 2], [1, 2], [3, 4]])
+    distance = np.array([0.05, 0.08, 0.3, 0.1])
+    p = np.array([0.995, 0.6, 0.99, 0.989])
+    # every pair is near or likely enough for the lower screen; the upper one drops p >= 0.99
+    assert worth_verifying(ij, distance, p, 0.05, 3, 0.2, max_confidence=2.0).all()
+    assert worth_verifying(ij, distance, p, 0.05, 3, 0.2, max_confidence=0.99).tolist() == [False, True, False, True]
+    # the upper screen wins over the nearest and distance rules, and is on by default
+    assert worth_verifying(ij, distance, p).tolist() == [False, True, False, True]
