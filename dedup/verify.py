@@ -241,15 +241,22 @@ class GeometricVerifier:
         self._feats: OrderedDict[int, list[tuple[np.ndarray, np.ndarray | None]]] = OrderedDict()
         self._lab: dict[int, tuple[np.ndarray, np.ndarray, int] | None] = {}
         self.pairs_checked = 0
+        #: scale of the greyscale image SIFT detects on, relative to ``MAX_SIDE``
+        #: (1: as loaded). Smaller is cheaper (OpenCV doubles the image for
+        #: SIFT's first octave, so 0.5 skips that octave's cost) but finds
+        #: fewer inliers: ``benchmarks/sift_scale.py`` measured 0.7 and 0.5
+        #: worse on held-out cuts, so runs keep 1 (the pair model is fitted on it).
+        self.sift_scale = 1.0
         #: show a tqdm bar in :meth:`__call__`
         self.progress = False
 
     @property
     def method_id(self) -> str:
         """Identifies the settings, so that cached inlier counts are reused only for the same method."""
+        scale = "" if self.sift_scale == 1 else f"-siftscale{self.sift_scale:g}"
         return (
             f"rootsift{self.n_features}-mirrorbins-ratio{self.ratio}-ransac{self.reprojection_px}-side{MAX_SIDE}"
-            f"-lab{COLOUR_SIDE}de{MISMATCH_DELTA_E}"
+            f"{scale}-lab{COLOUR_SIDE}de{MISMATCH_DELTA_E}"
         )
 
     def _features(self, i: int):
@@ -291,12 +298,19 @@ class GeometricVerifier:
             small = rgb.resize((max(2, round(rgb.width * c)), max(2, round(rgb.height * c))), Image.Resampling.BILINEAR)
             lab = srgb_to_lab(np.asarray(small))
             colour = (lab, foreground_mask(lab).reshape(lab.shape[:2]), a.shape[1])
+            g, f = a, self.sift_scale
+            if f != 1:
+                g = cv2.resize(
+                    a, (max(1, round(a.shape[1] * f)), max(1, round(a.shape[0] * f))), interpolation=cv2.INTER_AREA
+                )
             sift = cv2.SIFT_create(nfeatures=self.n_features)  # type: ignore[attr-defined]
-            kp, des = sift.detectAndCompute(a, None)
+            kp, des = sift.detectAndCompute(g, None)
             if des is None or len(kp) == 0:
                 return [(np.zeros((0, 2), np.float32), None)] * 2, colour
             des = np.sqrt(des / (des.sum(axis=1, keepdims=True) + 1e-7)).astype(np.float32)
             pts = np.array([k.pt for k in kp], np.float32).reshape(-1, 2)
+            if f != 1:  # back to the positions at MAX_SIDE (pixel centres), where RANSAC's tolerance is set
+                pts = ((pts + 0.5) / np.float32(f) - 0.5).astype(np.float32)
             return [(pts, des), mirror_features(pts, des, a.shape[1])], colour
         except Exception:  # noqa: BLE001 - an unreadable image verifies nothing
             return [(np.zeros((0, 2), np.float32), None)] * 2, None

@@ -57,6 +57,29 @@ def test_a_mirrored_copy_verifies_and_another_product_does_not(tmp_path):
     assert found[1, 0] < 15, found
 
 
+def test_sift_on_a_smaller_image_keeps_positions_at_full_size_and_has_its_own_method_id():
+    """``sift_scale`` (measured and refused by ``benchmarks/sift_scale.py``)
+    detects on a smaller image but reports keypoints where they lie at full
+    size, so that RANSAC's pixel tolerance means the same; its inlier counts
+    are cached under another method id."""
+    lab = labels_of("ukbench-dev").drop_duplicates("group").sort_values("path")
+    photo = Image.open(bench_set("ukbench-dev") / lab.path.iloc[0]).convert("RGB")
+    w, h = photo.size
+    crop = photo.crop((w // 10, h // 10, w, h))  # the top-left tenth cut away: (x, y) -> (x - w/10, y - h/10)
+    full, half = GeometricVerifier(lambda i: [photo, crop][i]), GeometricVerifier(lambda i: [photo, crop][i])
+    half.sift_scale = 0.5
+    assert full.method_id != half.method_id and "siftscale0.5" in half.method_id
+    (pa, _), _ = half._compute(0)[0]
+    assert len(pa) >= 20 and pa[:, 0].max() > 0.75 * w and pa[:, 1].max() > 0.75 * h  # spread over the full size
+    n_full, n_half = full(np.array([[0, 1]]))[0, 0], half(np.array([[0, 1]]))[0, 0]
+    assert n_half >= 20 and n_half < n_full, (n_half, n_full)
+    # the homography found at half scale maps the photo onto the crop at full-size coordinates
+    _, H, mirrored, _ = half._best_orientation(half._ratio_matches(half._feats[0][0], half._feats[1][0]), None)
+    assert not mirrored
+    x, y, z = H @ np.array([w / 2, h / 2, 1.0])
+    assert abs(x / z - (w / 2 - w // 10)) < 3 and abs(y / z - (h / 2 - h // 10)) < 3
+
+
 def test_two_nearest_finds_what_opencvs_brute_force_matcher_finds():
     """The GEMM search gives each descriptor the nearest and second-nearest
     rows that ``BFMatcher.knnMatch(k=2)`` gives, at the same distances, on
