@@ -213,3 +213,27 @@ def test_map_of_a_large_run_is_drawn_from_a_reproducible_subsample(flipkart_run,
     assert Image.open(a).size[0] >= 500
     assert a.read_bytes() == b.read_bytes()  # the same subsample every time
     assert a.read_bytes() != full.read_bytes()
+
+
+def test_review_section_says_which_pairs_were_not_verified(flipkart_run, tmp_path):
+    """A doubtful pair shows its inlier count, or "not verified" (inliers -1:
+    the verification screen skipped it), never a count of -1."""
+    from dedup.report import write_gallery
+
+    _, out = flipkart_run
+    groups = pd.read_csv(out / "groups.csv", keep_default_na=False)
+    groups["confidence"] = pd.to_numeric(groups.confidence)
+    paths = groups.path.tolist()
+    review = pd.DataFrame(
+        {
+            "path_a": paths[:2],
+            "path_b": paths[2:4],
+            "confidence": [0.7, 0.6],
+            "inliers": [-1, 37],
+            "colour_distance": [0.1, 0.2],
+            "layout_max": [0.2, 0.3],
+        }
+    )
+    write_gallery(groups, bench_set("products-flipkart") / "images", tmp_path / "gallery.html", review=review)
+    section = (tmp_path / "gallery.html").read_text().split("<section id='review'>")[1]
+    assert section.count("not verified") == 1 and "inliers 37" in section and "inliers -1" not in section

@@ -90,7 +90,8 @@ def _review_section(
         )
         parts.append(
             f"<div class='pair' data-a='{html.escape(r.path_a)}' data-b='{html.escape(r.path_b)}'>{figs}"
-            f"<div class='why'>confidence {r.confidence:.2f}<br>inliers {r.inliers}, colour "
+            f"<div class='why'>confidence {r.confidence:.2f}<br>"
+            f"{f'inliers {r.inliers}' if r.inliers >= 0 else 'not verified'}, colour "
             f"{r.colour_distance:.2f}, worst band {r.layout_max:.2f}<br>"
             f"<button onclick=\"decide(this,'same')\">same</button> "
             f"<button onclick=\"decide(this,'different')\">different</button></div></div>"
