@@ -72,8 +72,8 @@ SCREEN_NEAREST = 3
 SCREEN_MAX_DISTANCE = 0.20
 #: ... but never when the pair model for unverified evidence already gives
 #: it at least this P(same product): the pair joins on that evidence, and
-#: on the labelled sets verification never moved such a pair below the
-#: default ``--min-confidence`` (0.9). Verifying it would cost the
+#: on the labelled sets verifying such pairs changed no decision (join,
+#: review or apart) at the default thresholds. Verifying it would cost the
 #: RootSIFT features of both photos, which dominate verification
 #: (``benchmarks/speed.py``). Chosen by ``benchmarks/verify_screen.py``,
 #: one step of its grid more cautious than the lowest setting whose
