@@ -92,7 +92,13 @@ def run_set(name: str, model_path: str | None = None, **kwargs):
 
 def pair_table(name: str, model_path: str | None = None) -> pd.DataFrame:
     """Evidence and truth of every candidate pair of one set."""
-    result, truth, labels = run_set(name, model_path)
+    return evidence_table(name, *run_set(name, model_path))
+
+
+def evidence_table(name: str, result, truth: np.ndarray, labels: pd.DataFrame) -> pd.DataFrame:
+    """The pair table of one :func:`run_set` outcome: one row per candidate
+    pair, its :data:`FEATURES`, ``y`` (1: same product), ``set`` and ``cut``
+    (the fold key of :func:`held_out_cuts`)."""
     X = pair_features(result.pairs)
     df = pd.DataFrame(X, columns=list(FEATURES))
     df["y"] = (truth[result.pairs.ij[:, 0]] == truth[result.pairs.ij[:, 1]]).astype(int)

@@ -33,9 +33,17 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCH, machine, write  # noqa: E402
-from calibrate import SETS, TREE_SETTINGS, held_out_cuts, neutral_model, run_set, scores, set_folder  # noqa: E402
+from calibrate import (  # noqa: E402
+    SETS,
+    TREE_SETTINGS,
+    evidence_table,
+    held_out_cuts,
+    neutral_model,
+    run_set,
+    scores,
+    set_folder,
+)
 
-from dedup.calibration import FEATURES, pair_features  # noqa: E402
 from dedup.pipeline import _ImageAt  # noqa: E402
 from dedup.verify import MAX_SIDE, GeometricVerifier  # noqa: E402
 
@@ -43,6 +51,7 @@ SCALES = (1.0, 0.7, 0.5)
 
 
 def verifier(files: list[Path], scale: float) -> GeometricVerifier:
+    """A verifier of ``files`` (loaded at ``MAX_SIDE``) whose SIFT detects at ``scale``."""
     v = GeometricVerifier(_ImageAt(files, MAX_SIDE, None))
     v.sift_scale = scale
     return v
@@ -71,19 +80,11 @@ def feature_ms(scale: float, photos: int = 200) -> float:
 def pair_table(name: str, scale: float, model: str) -> pd.DataFrame:
     """Evidence and truth of every candidate pair of one set, verified at ``scale``."""
     result, truth, labels = run_set(name, model)
-    pairs = result.pairs
     if scale != 1:
-        folder = set_folder(name)
-        found = verifier([folder / p for p in result.groups.path], scale)(pairs.ij)
-        pairs.inliers[:] = found[:, 0].astype(np.int64)
-        pairs.mismatch[:] = found[:, 1].astype(np.float32)
-    df = pd.DataFrame(pair_features(pairs), columns=list(FEATURES))
-    df["y"] = (truth[pairs.ij[:, 0]] == truth[pairs.ij[:, 1]]).astype(int)
-    df["set"] = name
-    by_path = labels.set_index("path")
-    cut = (by_path["cut"] if "cut" in by_path else by_path["group"]).reindex(result.groups.path).to_numpy()
-    df["cut"] = cut[pairs.ij[:, 0]]
-    return df
+        found = verifier([set_folder(name) / p for p in result.groups.path], scale)(result.pairs.ij)
+        result.pairs.inliers[:] = found[:, 0].astype(np.int64)
+        result.pairs.mismatch[:] = found[:, 1].astype(np.float32)
+    return evidence_table(name, result, truth, labels)
 
 
 def main() -> None:
