@@ -458,7 +458,8 @@ def cmd_bench(args) -> int:
         f"{data['dataset']}: {data['images']} images, {data['true_groups']} true groups, "
         f"{data['predicted_groups']} predicted; pairwise P {pw['precision']:.3f} R {pw['recall']:.3f} "
         f"F1 {pw['f1']:.3f}; B-cubed F1 {data['bcubed']['f1']:.3f}; N-S {data['ns_score']:.3f}; "
-        f"R@1 {data['recall_at_1']}; calibration error {data['calibration_ece']}"
+        f"R@1 {data['recall_at_1']} (fused kNN {data['recall_at_1_fused']}); "
+        f"calibration error {data['calibration_ece']}"
     )
     if "copies_found_by_edit" in data:
         print("copies found: " + ", ".join(f"{k} {v['share']:.2f}" for k, v in data["copies_found_by_edit"].items()))

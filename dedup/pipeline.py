@@ -60,6 +60,7 @@ from .grouping import (
 )
 from .hashing import DEFAULT_PHASH_MAX_DISTANCE, hash_pass
 from .index import DEFAULT_N_TREES, EXACT_KNN_MAX, SEARCH_K_FACTOR, AnnIndex, WeightedVectors, build_indexes
+from .rerank import ranked_neighbours
 from .verify import GeometricVerifier
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,14 @@ class Result:
     codes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))
     fused_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     layouts: np.ndarray = field(default_factory=lambda: np.zeros((0, LAYOUT_DIM), np.uint8))
+
+    def neighbours(self, k: int | None = None) -> np.ndarray:
+        """``(n, k)`` int64: each image's neighbours, the most probable same
+        product first (:func:`dedup.rerank.ranked_neighbours`: scored
+        candidate pairs by calibrated confidence, then the rest of its fused
+        kNN list); ``-1`` pads. ``k`` defaults to the fused kNN lists' length."""
+        p = self.pairs
+        return ranked_neighbours(p.ij, self.confidence, p.rank_ij, p.rank_ji, self.fused_ids, k)
 
     def ensemble_embeddings(self) -> np.ndarray:
         """``(n, sum d_b)`` float32: the backbones' embeddings side by side, each

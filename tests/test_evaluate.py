@@ -183,6 +183,7 @@ def test_bench_command_writes_json_markdown_and_sweep(tmp_path):
         "joined_by_stage",
         "sweep",
         "recall_at_1",
+        "recall_at_1_fused",
         "calibration_ece",
     ):
         assert key in data

@@ -14,7 +14,7 @@ from conftest import ROOT, bench_set, labels_of, run_cli
 from PIL import Image
 
 from dedup.colour import colour_distance
-from dedup.evaluate import pairwise_scores
+from dedup.evaluate import pairwise_scores, recall_at_1
 from dedup.pipeline import Deduplicator
 from dedup.verify import SCREEN_MAX_CONFIDENCE
 
@@ -85,6 +85,34 @@ def test_one_photo_product_stays_alone_beside_look_alikes_of_its_cut(inshop_subs
     assert singles, "the subset holds single-photo products"
     alone = (res.groups.group_size.to_numpy()[singles] == 1).mean()
     assert alone >= 0.9
+
+
+@pytest.mark.slow
+def test_neighbours_reranked_by_confidence(inshop_subset):
+    """Result.neighbours: each image's candidates by calibrated P(same) find
+    the product more often than the colour-fused kNN list's first answer
+    (measured on this subset: R@1 0.831 -> 0.869; 10 first answers
+    corrected, 3 made wrong)."""
+    res, truth, info = inshop_subset
+    nb = res.neighbours()
+    n = len(truth)
+    assert nb.shape == res.fused_ids.shape
+    assert not (nb == np.arange(n)[:, None]).any()
+    assert all(len(set(r[r >= 0])) == (r >= 0).sum() for r in nb)
+    # the first answer is the image's most confident candidate pair
+    ij, p = res.pairs.ij, res.confidence
+    best = np.full(n, -1.0)
+    np.maximum.at(best, ij[:, 0], p)
+    np.maximum.at(best, ij[:, 1], p)
+    pair_p = {(int(a), int(b)): c for (a, b), c in zip(ij, p)}
+    first_p = np.array([pair_p.get((min(i, j), max(i, j)), -1.0) for i, j in enumerate(nb[:, 0])])
+    np.testing.assert_array_equal(first_p[best >= 0], best[best >= 0])
+    fused = res.fused_ids
+    fused_first = np.where(fused[:, 0] == np.arange(n), fused[:, 1], fused[:, 0])
+    fixed = ((truth[fused_first] != truth) & (truth[nb[:, 0]] == truth)).sum()
+    broken = ((truth[fused_first] == truth) & (truth[nb[:, 0]] != truth)).sum()
+    assert fixed > 2 * broken, (fixed, broken)
+    assert recall_at_1(nb, truth) > recall_at_1(fused, truth)
 
 
 @pytest.fixture(scope="module")

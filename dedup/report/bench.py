@@ -79,7 +79,8 @@ def bench_markdown(d: dict) -> str:
         f"Missing from groups.csv (skipped or unreadable): {d['missing']}; expected skips: {d['expected_skipped']} "
         f"(of which read anyway: {d['expected_skipped_but_grouped']}).",
         "",
-        f"Nearest-neighbour recall@1 (colour-fused space): {d['recall_at_1']}; expected calibration error of "
+        f"Nearest-neighbour recall@1: {d['recall_at_1']} with each image's candidates ranked by pair "
+        f"confidence, {d.get('recall_at_1_fused')} in the colour-fused kNN space; expected calibration error of "
         f"the pair confidences: {d['calibration_ece']}; doubtful pairs in review.csv: {d['pairs_to_review']}.",
         "",
         "Images joined per stage: " + ", ".join(f"{k} {v}" for k, v in d["joined_by_stage"].items()) + ".",
