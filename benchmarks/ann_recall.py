@@ -41,6 +41,7 @@ def embeddings(copies: int) -> np.ndarray:
     key = f"ukbench-dev-tiles{copies}"
     got = cache.get_embeddings([key], "ann-bench", net.weights_id, 600 * (copies + 1) * net.dim)
     if key in got:
+        cache.close()  # its lock too: the next caller opens the same cache
         return got[key].reshape(-1, net.dim)
     rng = np.random.default_rng(0)
     rows, batch = [], []

@@ -417,7 +417,7 @@ def cmd_query(args) -> int:
     csv = Path(args.csv) if args.csv else Path(args.index) / "query.csv"
     atomic_write(csv, lambda p: res.to_csv(p, index=False))
     for query, rows in res.groupby("query", sort=False):
-        print(f"{query}  ({searcher.similarity} similarity)")
+        print(f"{query}  ({searcher.similarity} similarity, ranked in the {searcher.space} space)")
         for r in rows.itertuples():
             print(f"  {r.rank:3d}. {r.distance:.4f}  {r.path}  [{r.group}]")
     print(f"{len(args.images) - len(searcher.skipped)} queries in {secs:.2f} s; results: {csv}")

@@ -1,11 +1,24 @@
 """Query: "the N catalogue images most like this one".
 
 A :class:`Searcher` loads what a ``run`` left in its output folder (run.json,
-groups.csv, ``index-<backbone>.ann``, ``embeddings-<backbone>.npy``), embeds
-query images with the same backbones and weights, takes candidates from each
-backbone's Annoy index and ranks them by the exact ensemble distance (mean
-over backbones of the cosine distance, in [0, 2]). A query image need not be
-in the catalogue.
+groups.csv, ``index-<backbone>.ann``, ``embeddings-<backbone>.npy``,
+``colours.npy``) and embeds query images with the same backbones and weights.
+A query image need not be in the catalogue.
+
+Content similarity (the default run) ranks in the run's colour-fused space
+(:func:`dedup.grouping.fused_vectors`: ``(1 - w)`` times the mean over
+backbones of the cosine similarity plus ``w`` times the Bhattacharyya
+coefficient of the colour descriptors, ``w`` the run's ``colour_weight``),
+as the run's own kNN search does, and scores every catalogue row exactly
+(matrix products over the memory-mapped rows, linear in the catalogue's
+size). Pooled CNN features barely see colour: by embedding alone an
+inshop-women photo's first answer is its own product 30 % of the time,
+84 % in the fused space; re-ranking the embedding's 200 Annoy neighbours in
+the fused space instead found only 73 % of the exact fused search's 10
+answers (``benchmarks/query_recall.py``). Style and semantic runs, and runs
+written before ``colours.npy`` existed, rank by the ensemble embedding
+distance (mean over backbones of the cosine distance, in [0, 2]) over each
+backbone's Annoy neighbours.
 """
 
 from __future__ import annotations
@@ -18,12 +31,17 @@ import numpy as np
 import pandas as pd
 
 from .backbones import make_backbone
+from .colour import colour_descriptor
 from .decode import DecodeError, load_image
 from .index import AnnIndex
-from .report import GROUPS_CSV, check_files, read_run
+from .report import COLOURS_NPY, GROUPS_CSV, check_files, read_run
 from .report.files import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
+
+#: Queries decoded, embedded and scored together (bounds the memory of a
+#: long list of queries).
+_QUERY_BLOCK = 32
 
 
 class Searcher:
@@ -53,9 +71,18 @@ class Searcher:
             if f"index-{desc['name']}.ann" in recorded:
                 names.append(f"index-{desc['name']}.ann")
         check_files(self.out, self.meta, names)
+        self.colours: np.ndarray | None = None
+        if COLOURS_NPY in recorded:
+            check_files(self.out, self.meta, [COLOURS_NPY])
+            self.colours = np.load(self.out / COLOURS_NPY, mmap_mode="r")
+        grouping = self.meta.get("settings", {}).get("grouping", {})
+        #: The run's colour weight w of the fused space, [0, 1].
+        self.colour_weight = float(grouping.get("colour_weight", 0.0))
         self.groups = pd.read_csv(self.out / GROUPS_CSV, keep_default_na=False)
         self.root = Path(self.meta["root"])
-        self.backbones, self.indexes, self.embeddings = [], [], []
+        self.backbones, self.embeddings = [], []
+        self._dims: list[tuple[str, int]] = []
+        self._indexes: list[AnnIndex] | None = None
         for desc in self.meta["backbones"]:
             b = make_backbone(desc["name"], weights_dir)
             b.check_weights()
@@ -65,9 +92,17 @@ class Searcher:
                     f"has {b.weights_id!r}; re-run `dedup run` first"
                 )
             X = np.load(self.out / f"embeddings-{desc['name']}.npy", mmap_mode="r")
-            self.indexes.append(self._index(desc["name"], desc["dim"], X))
+            self._dims.append((desc["name"], desc["dim"]))
             self.embeddings.append(X)
             self.backbones.append(b)
+
+    @property
+    def indexes(self) -> list[AnnIndex]:
+        """Each backbone's Annoy index (:meth:`_index`), loaded or built on
+        first use: a search in the fused space needs none."""
+        if self._indexes is None:
+            self._indexes = [self._index(name, dim, X) for (name, dim), X in zip(self._dims, self.embeddings)]
+        return self._indexes
 
     def _index(self, name: str, dim: int, X: np.ndarray) -> AnnIndex:
         """The Annoy index of one backbone's embeddings.
@@ -107,6 +142,14 @@ class Searcher:
         kinds = {"style-lite0": "style", "semantic-lite0": "semantic"}
         return kinds[names[0]] if len(names) == 1 and names[0] in kinds else "content"
 
+    @property
+    def space(self) -> str:
+        """``"fused"`` when queries rank in the run's colour-fused space (content
+        similarity, the run's colour descriptors at hand, colour weight > 0),
+        else ``"embedding"``."""
+        fused = self.similarity == "content" and self.colours is not None and self.colour_weight > 0
+        return "fused" if fused else "embedding"
+
     def embed(self, images: list) -> list[np.ndarray]:
         """Embed paths or PIL images: per backbone ``(m, d)`` float32, L2-normalised.
 
@@ -135,9 +178,14 @@ class Searcher:
             n: results per query, >= 1.
 
         Returns:
-            DataFrame ``query, rank (1..n), path, group, distance`` where
-            ``distance`` is the ensemble cosine distance in [0, 2] and
-            ``path`` is relative to the run's folder.
+            DataFrame ``query, rank (1..n), path, group, distance,
+            embedding_distance, colour_distance``: ``distance`` is the one
+            the ranking used (:attr:`space`: the colour-fused cosine
+            distance or the ensemble embedding distance, in [0, 2]);
+            ``embedding_distance`` the ensemble cosine distance, [0, 2];
+            ``colour_distance`` the Hellinger distance of the colour
+            descriptors, [0, 1] (empty without the run's colours); ``path``
+            is relative to the run's folder.
 
         Raises:
             ValueError: ``n < 1``.
@@ -145,19 +193,42 @@ class Searcher:
         if not isinstance(n, (int, np.integer)) or n < 1:
             raise ValueError(f"n (results per query) must be an integer >= 1, got {n!r}")
         self.skipped: list[tuple[str, str]] = []
-        good = []
-        for image in images:
-            try:
-                good.append(self._image(image))
-            except DecodeError as exc:
-                self.skipped.append((str(image), str(exc)))
-                good.append(None)
-        kept = [i for i, g in enumerate(good) if g is not None]
-        Q = self.embed([good[i] for i in kept]) if kept else []
+        rows: list[dict] = []
+        for first in range(0, len(images), _QUERY_BLOCK):  # bounded memory: one block decoded at a time
+            kept, pil = [], []
+            for qi in range(first, min(first + _QUERY_BLOCK, len(images))):
+                try:
+                    pil.append(self._image(images[qi]))
+                    kept.append(qi)
+                except DecodeError as exc:
+                    self.skipped.append((str(images[qi]), str(exc)))
+            if not pil:
+                continue
+            Q = self.embed(pil)
+            colours = np.stack([colour_descriptor(im) for im in pil]) if self.space == "fused" else None
+            for row, cand, d_emb, bc in self._scored(Q, colours, n):
+                image = images[kept[row]]
+                name = str(image) if isinstance(image, (str, os.PathLike)) else f"image{kept[row]}"
+                rows += self._ranked(name, cand, d_emb, bc, n)
+        columns = ["query", "rank", "path", "group", "distance", "embedding_distance", "colour_distance"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def _scored(self, Q: list[np.ndarray], colours: np.ndarray | None, n: int):
+        """Per query (row of ``Q``): ``(row, candidates, ensemble embedding
+        distances, colour Bhattacharyya coefficients or None)``. In the fused
+        space every catalogue row is scored (matrix products over the
+        memory-mapped rows); else the candidates are the union of the
+        backbones' Annoy neighbours."""
+        C = self.colours if colours is not None else None
+        if C is not None and colours is not None:
+            cand = np.arange(len(self.groups), dtype=np.int64)
+            sims = np.mean([np.asarray(X, np.float32) @ q.T for X, q in zip(self.embeddings, Q)], axis=0)
+            bc = np.asarray(C, np.float32) @ colours.T
+            for row in range(len(colours)):
+                yield row, cand, 1.0 - sims[:, row], bc[:, row]
+            return
         k = min(len(self.groups), max(n * 3, n + 10))
-        rows = []
-        for row, qi in enumerate(kept):
-            image = images[qi]
+        for row in range(len(Q[0]) if Q else 0):
             found: set[int] = set()
             for idx, q in zip(self.indexes, Q):
                 ids, _ = idx.query(q[row : row + 1], k)
@@ -165,12 +236,33 @@ class Searcher:
             cand = np.array(sorted(found), dtype=np.int64)
             if len(cand) == 0:
                 continue
-            d = np.mean([1.0 - np.asarray(X[cand]) @ q[row] for X, q in zip(self.embeddings, Q)], axis=0)
-            order = np.argsort(d, kind="stable")[:n]
-            name = str(image) if isinstance(image, (str, os.PathLike)) else f"image{qi}"
-            for rank, o in enumerate(order, 1):
-                r = self.groups.iloc[cand[o]]
-                rows.append(
-                    {"query": name, "rank": rank, "path": r.path, "group": r.group, "distance": round(float(d[o]), 5)}
-                )
-        return pd.DataFrame(rows, columns=["query", "rank", "path", "group", "distance"])
+            d_emb = np.mean(
+                [1.0 - np.asarray(X[cand], np.float32) @ q[row] for X, q in zip(self.embeddings, Q)], axis=0
+            )
+            yield row, cand, d_emb, None
+
+    def _ranked(self, name: str, cand: np.ndarray, d_emb: np.ndarray, bc: np.ndarray | None, n: int) -> list[dict]:
+        """The ``n`` best of one query's candidates as result rows."""
+        if bc is not None:
+            w = self.colour_weight
+            d = (1.0 - w) * d_emb + w * (1.0 - bc)
+            d_col = np.sqrt(np.clip(1.0 - bc, 0.0, 1.0))  # Hellinger, as dedup.colour.colour_distance
+        else:
+            d, d_col = d_emb, np.full(len(cand), np.nan)
+        best = np.argpartition(d, n - 1)[:n] if len(d) > n else np.arange(len(d))
+        best = best[np.lexsort((best, d[best]))]  # nearest first; a tie by catalogue row
+        out = []
+        for rank, o in enumerate(best, 1):
+            r = self.groups.iloc[cand[o]]
+            out.append(
+                {
+                    "query": name,
+                    "rank": rank,
+                    "path": r.path,
+                    "group": r.group,
+                    "distance": round(float(d[o]), 5),
+                    "embedding_distance": round(float(d_emb[o]), 5),
+                    "colour_distance": round(float(d_col[o]), 5),
+                }
+            )
+        return out

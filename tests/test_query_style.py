@@ -94,3 +94,70 @@ def test_library_query_matches_cli_order(catalogue):
     lib = Searcher(out).query([FK / "m-pr343white-prakhya-original-imafj5awvx26z9hq.jpeg"], n=5)
     assert lib["rank"].tolist() == [1, 2, 3, 4, 5]
     assert lib.path.str.contains("prakhya").sum() >= 3
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    """Every photo of 6 inshop-women cuts that come in 3+ colours (colour
+    variants of one cut are different products), run with the defaults."""
+    from conftest import labels_of
+
+    lab = labels_of("inshop-women")
+    per_cut = lab.groupby("cut").group.nunique()
+    sub = lab[lab.cut.isin(sorted(per_cut[per_cut >= 3].index)[:6])]
+    root = bench_set("inshop-women")
+    res = Deduplicator(backbones="efficientnet-lite0", progress=False).run(root, files=list(sub.path))
+    out = tmp_path_factory.mktemp("variants") / "out"
+    write_report(res, out)
+    return root, out, sub.set_index("path").group
+
+
+def _first_answers(searcher, root, truth):
+    """Each photo's first answer other than itself: (photo, answer) pairs."""
+    paths = list(truth.index)
+    res = searcher.query([root / p for p in paths], n=2)
+    res["source"] = res["query"].str.slice(len(str(root)) + 1)
+    return res[res.path != res.source].groupby("source").path.first()
+
+
+@pytest.mark.slow
+def test_query_ranks_in_the_runs_colour_fused_space(variants):
+    """A shop photo's first answer is its own product (another view) far more
+    often in the run's colour-fused space than by embedding alone, where a
+    colour variant of the cut wins (measured on these photos: 0.90 vs 0.29;
+    all of inshop-women: benchmarks/query_recall.py)."""
+    root, out, truth = variants
+    fused = Searcher(out)
+    assert fused.space == "fused" and fused.colour_weight == 0.75
+    first = _first_answers(fused, root, truth)
+    plain = Searcher(out)
+    plain.colours = None
+    assert plain.space == "embedding"
+    first_plain = _first_answers(plain, root, truth)
+    sizes = truth.value_counts()
+    has_partner = [p for p in truth.index if sizes[truth[p]] > 1]
+    r1 = (first[has_partner].map(truth) == truth[has_partner]).mean()
+    r1_plain = (first_plain[has_partner].map(truth) == truth[has_partner]).mean()
+    assert r1 >= r1_plain + 0.3, (r1, r1_plain)
+    # a photo of the catalogue finds itself at distance ~0 in either space
+    res = fused.query([root / truth.index[0]], n=1)
+    assert res.path[0] == truth.index[0] and res.distance[0] < 1e-4 and res.colour_distance[0] < 1e-2
+
+
+def test_a_run_without_colours_queries_by_embedding(variants, tmp_path):
+    """A run folder written before colours.npy existed (no record of it in
+    run.json) is still searched, by the ensemble embedding distance."""
+    import json
+
+    root, out, truth = variants
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    meta = json.loads((old / "run.json").read_text())
+    del meta["files"]["colours.npy"]
+    (old / "colours.npy").unlink()
+    (old / "run.json").write_text(json.dumps(meta))
+    searcher = Searcher(old)
+    assert searcher.space == "embedding"
+    res = searcher.query([root / truth.index[0]], n=3)
+    assert len(res) == 3 and res.colour_distance.isna().all()
+    assert (res.distance == res.embedding_distance).all()

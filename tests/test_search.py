@@ -126,8 +126,10 @@ def test_clustered_knn_keeps_recall_against_exact_search(ukbench_vectors, space)
 
 def test_a_run_above_the_exact_search_size_groups_alike_and_leaves_the_annoy_index_to_query(tmp_path):
     """Above ``exact_knn_max`` the run searches the clustered lists in the
-    unstacked fused space and writes no Annoy index; the first query builds
-    it, keeps it with a record of its run, and the next query reuses it."""
+    unstacked fused space and writes no Annoy index. A query in the fused
+    space needs none; the first query by embedding (a style or semantic
+    run, or a run without colours) builds it, keeps it with a record of its
+    run, and the next such query reuses it."""
     from dedup.pipeline import Deduplicator
     from dedup.query import Searcher
     from dedup.report import write_report
@@ -141,14 +143,25 @@ def test_a_run_above_the_exact_search_size_groups_alike_and_leaves_the_annoy_ind
     write_report(large, tmp_path / "large")
     ann = tmp_path / "large" / "index-efficientnet-lite0.ann"
     assert not ann.exists()
-    query = [root / "images" / small.groups.path[3]]
+    query = [root / small.groups.path[3]]
     want = Searcher(tmp_path / "small").query(query, n=5)
     got = Searcher(tmp_path / "large").query(query, n=5)
+    assert len(want) == 5 and want.path[0] == small.groups.path[3]
+    assert not ann.exists() and list(got.path) == list(want.path)
+
+    def by_embedding(out):
+        searcher = Searcher(out)
+        searcher.colours = None
+        return searcher.query(query, n=5)
+
+    want = by_embedding(tmp_path / "small")
+    got = by_embedding(tmp_path / "large")
+    assert len(want) == 5 and want.colour_distance.isna().all()
     assert ann.is_file() and list(got.path) == list(want.path)
     record = ann.with_name(ann.name + ".record")
     stamp = ann.stat().st_mtime_ns
-    again = Searcher(tmp_path / "large").query(query, n=5)
+    again = by_embedding(tmp_path / "large")
     assert ann.stat().st_mtime_ns == stamp and list(again.path) == list(want.path)  # kept, not rebuilt
     record.write_text("0" * 64 + " another-run\n")  # a record of another run: rebuilt, never trusted
-    Searcher(tmp_path / "large")
+    by_embedding(tmp_path / "large")
     assert record.read_text().split()[1] != "another-run"

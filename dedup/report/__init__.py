@@ -9,6 +9,7 @@
 
 from .bench import BENCH_JSON, BENCH_MD, SWEEP_PNG, bench_markdown, write_bench
 from .files import (
+    COLOURS_NPY,
     GROUPS_CSV,
     REVIEW_CSV,
     RUN_JSON,
@@ -26,6 +27,7 @@ from .plots import plot_dendrogram, plot_map, plot_sweep
 __all__ = [
     "BENCH_JSON",
     "BENCH_MD",
+    "COLOURS_NPY",
     "SWEEP_PNG",
     "GROUPS_CSV",
     "REVIEW_CSV",

@@ -20,6 +20,9 @@ Fixed names, so that a later ``query``, ``bench`` or ``evaluate`` finds them:
   A run of more than ``exact_knn_max`` images writes no index; the first
   ``query`` builds it and keeps it with an ``index-<backbone>.ann.record``
   (its SHA-256 and the run's ``run_id``) instead of a ``files`` entry.
+* ``colours.npy``: the ``(n, dedup.colour.DIM)`` float32 colour descriptors,
+  rows in ``groups.csv`` order, so that ``query`` ranks in the run's
+  colour-fused space.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ GROUPS_PARQUET = "groups.parquet"
 SKIPPED_CSV = "skipped.csv"
 RUN_JSON = "run.json"
 REVIEW_CSV = "review.csv"
+#: The run's colour descriptors (rows in groups.csv order), for ``query``.
+COLOURS_NPY = "colours.npy"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -117,6 +122,8 @@ def write_report(result, out: str | os.PathLike) -> Path:
         atomic(f"embeddings-{name}.npy", lambda p, X=X: save_npy(p, X))
     for name, idx in result.indexes.items():
         atomic(f"index-{name}.ann", lambda p, idx=idx: idx.save(p))
+    if len(result.colours) == len(result.groups):
+        atomic(COLOURS_NPY, lambda p: save_npy(p, np.asarray(result.colours, np.float32)))
     pages = sorted(f.name for f in out.glob("gallery*.html"))
     extra = pages + [n for n in ("map.png", "dendrogram.png") if (out / n).is_file()]
     meta = {
