@@ -18,7 +18,8 @@ the fused space instead found only 73 % of the exact fused search's 10
 answers (``benchmarks/query_recall.py``). Style and semantic runs, and runs
 written before ``colours.npy`` existed, rank by the ensemble embedding
 distance (mean over backbones of the cosine distance, in [0, 2]) over each
-backbone's Annoy neighbours.
+backbone's Annoy neighbours. A run that searched in a ``dedup fit``
+model's projection is queried in the plain fused space.
 """
 
 from __future__ import annotations
