@@ -303,6 +303,7 @@ def run(n: int, stats) -> dict:
         df = groups_table(rel, grouping, facts, data["digests"])
         result = Result(Path(tmp), df, pd.DataFrame(columns=["path", "reason"]), emb, indexes, data["colours"], pairs)
         result.meta = {"counts": {}}
+        result.confidence, result.fused_ids = conf, fused_ids  # the re-ranked neighbour lists are written too
         write_report(result, Path(tmp) / "out")
     done(p, rec)
     pw = pairwise_scores(grouping.labels, data["product"])

@@ -122,13 +122,15 @@ class Result:
     fused_ids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
     layouts: np.ndarray = field(default_factory=lambda: np.zeros((0, LAYOUT_DIM), np.uint8))
 
-    def neighbours(self, k: int | None = None) -> np.ndarray:
+    def neighbours(self, k: int | None = None, with_confidence: bool = False):
         """``(n, k)`` int64: each image's neighbours, the most probable same
         product first (:func:`dedup.rerank.ranked_neighbours`: scored
         candidate pairs by calibrated confidence, then the rest of its fused
-        kNN list); ``-1`` pads. ``k`` defaults to the fused kNN lists' length."""
+        kNN list); ``-1`` pads. ``k`` defaults to the fused kNN lists' length.
+        With ``with_confidence``, also the ``(n, k)`` float32 confidences
+        (NaN where no pair was scored)."""
         p = self.pairs
-        return ranked_neighbours(p.ij, self.confidence, p.rank_ij, p.rank_ji, self.fused_ids, k)
+        return ranked_neighbours(p.ij, self.confidence, p.rank_ij, p.rank_ji, self.fused_ids, k, with_confidence)
 
     def ensemble_embeddings(self) -> np.ndarray:
         """``(n, sum d_b)`` float32: the backbones' embeddings side by side, each

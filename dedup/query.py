@@ -20,6 +20,11 @@ written before ``colours.npy`` existed, rank by the ensemble embedding
 distance (mean over backbones of the cosine distance, in [0, 2]) over each
 backbone's Annoy neighbours. A run that searched in a ``dedup fit``
 model's projection is queried in the plain fused space.
+
+A query file with the bytes (SHA-256) of a catalogue photo is answered
+with itself, then the run's neighbour list of that photo, re-ranked by the
+calibrated pair confidence (``neighbours.npy``, ``Result.neighbours``;
+inshop-women R@1 0.836 -> 0.872), then the rest in the fused order.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from .backbones import make_backbone
 from .colour import colour_descriptor
 from .decode import DecodeError, load_image
 from .index import AnnIndex
-from .report import COLOURS_NPY, GROUPS_CSV, check_files, read_run
+from .report import COLOURS_NPY, GROUPS_CSV, NEIGHBOUR_CONFIDENCE_NPY, NEIGHBOURS_NPY, check_files, read_run
 from .report.files import atomic_write, sha256_file
 
 log = logging.getLogger(__name__)
@@ -76,10 +81,19 @@ class Searcher:
         if COLOURS_NPY in recorded:
             check_files(self.out, self.meta, [COLOURS_NPY])
             self.colours = np.load(self.out / COLOURS_NPY, mmap_mode="r")
+        #: The run's re-ranked neighbour lists ``(n, k)`` and their confidences, when it wrote them.
+        self.neighbour_ids: np.ndarray | None = None
+        self.neighbour_confidence: np.ndarray | None = None
+        if NEIGHBOURS_NPY in recorded and NEIGHBOUR_CONFIDENCE_NPY in recorded:
+            check_files(self.out, self.meta, [NEIGHBOURS_NPY, NEIGHBOUR_CONFIDENCE_NPY])
+            self.neighbour_ids = np.load(self.out / NEIGHBOURS_NPY)
+            self.neighbour_confidence = np.load(self.out / NEIGHBOUR_CONFIDENCE_NPY)
         grouping = self.meta.get("settings", {}).get("grouping", {})
         #: The run's colour weight w of the fused space, [0, 1].
         self.colour_weight = float(grouping.get("colour_weight", 0.0))
         self.groups = pd.read_csv(self.out / GROUPS_CSV, keep_default_na=False)
+        digests = self.groups["sha256"] if "sha256" in self.groups else pd.Series([], dtype=str)
+        self._row_of = {d: r for r, d in reversed(list(enumerate(digests))) if d}  # a digest's first row
         self.root = Path(self.meta["root"])
         self.backbones, self.embeddings = [], []
         self._dims: list[tuple[str, int]] = []
@@ -180,13 +194,17 @@ class Searcher:
 
         Returns:
             DataFrame ``query, rank (1..n), path, group, distance,
-            embedding_distance, colour_distance``: ``distance`` is the one
-            the ranking used (:attr:`space`: the colour-fused cosine
-            distance or the ensemble embedding distance, in [0, 2]);
-            ``embedding_distance`` the ensemble cosine distance, [0, 2];
-            ``colour_distance`` the Hellinger distance of the colour
-            descriptors, [0, 1] (empty without the run's colours); ``path``
-            is relative to the run's folder.
+            embedding_distance, colour_distance, confidence``:
+            ``distance`` is the one the ranking used (:attr:`space`: the
+            colour-fused cosine distance or the ensemble embedding
+            distance, in [0, 2]); ``embedding_distance`` the ensemble
+            cosine distance, [0, 2]; ``colour_distance`` the Hellinger
+            distance of the colour descriptors, [0, 1] (empty without the
+            run's colours); ``confidence`` the run's calibrated P(same
+            product) of the pair, for a query that is a catalogue file
+            (same bytes): its own neighbours, ranked by it, come first,
+            after itself (empty elsewhere); ``path`` is relative to the
+            run's folder.
 
         Raises:
             ValueError: ``n < 1``.
@@ -210,8 +228,18 @@ class Searcher:
             for row, cand, d_emb, bc in self._scored(Q, colours, n):
                 image = images[kept[row]]
                 name = str(image) if isinstance(image, (str, os.PathLike)) else f"image{kept[row]}"
-                rows += self._ranked(name, cand, d_emb, bc, n)
-        columns = ["query", "rank", "path", "group", "distance", "embedding_distance", "colour_distance"]
+                own = self._catalogue_row(image) if bc is not None and len(cand) == len(self.groups) else None
+                rows += self._ranked(name, cand, d_emb, bc, n, own)
+        columns = [
+            "query",
+            "rank",
+            "path",
+            "group",
+            "distance",
+            "embedding_distance",
+            "colour_distance",
+            "confidence",
+        ]
         return pd.DataFrame(rows, columns=columns)
 
     def _scored(self, Q: list[np.ndarray], colours: np.ndarray | None, n: int):
@@ -242,19 +270,45 @@ class Searcher:
             )
             yield row, cand, d_emb, None
 
-    def _ranked(self, name: str, cand: np.ndarray, d_emb: np.ndarray, bc: np.ndarray | None, n: int) -> list[dict]:
-        """The ``n`` best of one query's candidates as result rows."""
+    def _catalogue_row(self, image) -> int | None:
+        """The catalogue row of a query file with the same bytes (SHA-256),
+        when the run wrote its neighbour lists; else ``None``."""
+        if self.neighbour_ids is None or not isinstance(image, (str, os.PathLike)):
+            return None
+        try:
+            return self._row_of.get(sha256_file(Path(image)))
+        except OSError:
+            return None
+
+    def _ranked(
+        self, name: str, cand: np.ndarray, d_emb: np.ndarray, bc: np.ndarray | None, n: int, own: int | None = None
+    ) -> list[dict]:
+        """The ``n`` best of one query's candidates as result rows. A query
+        that is catalogue row ``own`` (``cand`` then holds every row) gets
+        itself, then the run's neighbour list of it (by pair confidence),
+        then the other rows by distance."""
         if bc is not None:
             w = self.colour_weight
             d = (1.0 - w) * d_emb + w * (1.0 - bc)
             d_col = np.sqrt(np.clip(1.0 - bc, 0.0, 1.0))  # Hellinger, as dedup.colour.colour_distance
         else:
             d, d_col = d_emb, np.full(len(cand), np.nan)
-        best = np.argpartition(d, n - 1)[:n] if len(d) > n else np.arange(len(d))
+        confidence: dict[int, float] = {}
+        first: list[int] = []
+        if own is not None and self.neighbour_ids is not None and self.neighbour_confidence is not None:
+            listed = self.neighbour_ids[own]
+            keep = listed >= 0
+            first = [own, *listed[keep].tolist()]
+            confidence = dict(zip(listed[keep].tolist(), self.neighbour_confidence[own][keep].tolist()))
+        want = n + len(first)
+        best = np.argpartition(d, want - 1)[:want] if len(d) > want else np.arange(len(d))
         best = best[np.lexsort((best, d[best]))]  # nearest first; a tie by catalogue row
+        taken = set(first)
+        order = (first + [int(o) for o in best if int(o) not in taken])[:n]
         out = []
-        for rank, o in enumerate(best, 1):
+        for rank, o in enumerate(order, 1):
             r = self.groups.iloc[cand[o]]
+            c = confidence.get(int(cand[o]), float("nan"))
             out.append(
                 {
                     "query": name,
@@ -264,6 +318,7 @@ class Searcher:
                     "distance": round(float(d[o]), 5),
                     "embedding_distance": round(float(d_emb[o]), 5),
                     "colour_distance": round(float(d_col[o]), 5),
+                    "confidence": round(c, 4) if c == c else float("nan"),
                 }
             )
         return out

@@ -20,7 +20,6 @@ set's pairs scored by pair models that never saw their cut: inshop-women
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 
 def ranked_neighbours(
@@ -30,7 +29,8 @@ def ranked_neighbours(
     rank_ji: np.ndarray,
     fused_ids: np.ndarray,
     k: int | None = None,
-) -> np.ndarray:
+    with_confidence: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Each image's neighbours, the most probable same product first.
 
     An image's scored candidate pairs come first, by calibrated confidence
@@ -47,10 +47,13 @@ def ranked_neighbours(
         fused_ids: ``(n, k0)`` int64 fused kNN ids, nearest first; the image
             itself and ``-1`` (no neighbour) are skipped.
         k: neighbours kept per image (default ``k0``).
+        with_confidence: also return each listed pair's confidence.
 
     Returns:
         ``(n, k)`` int64 neighbour rows, best first, padded with ``-1``; an
-        image never lists itself.
+        image never lists itself. With ``with_confidence``, also ``(n, k)``
+        float32: the pair's confidence, NaN for a kNN neighbour with no
+        scored pair and for padding.
 
     Raises:
         ValueError: the pair arrays disagree in length, or a row is out of
@@ -67,24 +70,44 @@ def ranked_neighbours(
     if m and (ij.min() < 0 or ij.max() >= n):
         raise ValueError(f"a pair's row is outside range({n})")
     out = np.full((n, max(k, 0)), -1, np.int64)
+    conf = np.full((n, max(k, 0)), np.nan, np.float32)
     if n == 0 or k <= 0:
-        return out
+        return (out, conf) if with_confidence else out
+    # the scored pairs, both ways, by (image, confidence desc, kNN rank, partner);
+    # int32 rows and temporaries dropped early: 3 * 10^7 directed pairs at 10^6 images
+    small = np.int32 if n < 2**31 else np.int64
+    src = np.concatenate([ij[:, 0], ij[:, 1]]).astype(small)
+    dst = np.concatenate([ij[:, 1], ij[:, 0]]).astype(small)
+    # three stable sorts, least significant key first (np.lexsort's order, several times faster at 10^7 rows)
+    order = np.argsort(np.concatenate([rank_ij, rank_ji]).astype(np.int64) * (n + 1) + dst, kind="stable")
+    p = np.concatenate([confidence, confidence]).astype(np.float64)[order]
+    step = np.argsort(-p, kind="stable")
+    order, p = order[step], p[step]
+    step = np.argsort(src[order], kind="stable")
+    order, p = order[step], p[step]
+    del step
+    src, dst = src[order], dst[order]
+    del order
+    scored = np.bincount(src, minlength=n)
+    pos = np.arange(len(src)) - (np.cumsum(scored) - scored)[src]
+    sel = pos < k
+    out[src[sel], pos[sel]] = dst[sel]
+    conf[src[sel], pos[sel]] = p[sel]
+    del src, dst, p, pos, sel
+    # then the rest of each kNN list, in its order, after the image's scored pairs
     rows = np.repeat(np.arange(n, dtype=np.int64), k0)
     cols = fused_ids.reshape(-1)
     keep = (cols >= 0) & (cols != rows)
-    p = np.asarray(confidence, np.float64)
-    edges = pd.DataFrame(
-        {
-            "src": np.concatenate([ij[:, 0], ij[:, 1], rows[keep]]),
-            "dst": np.concatenate([ij[:, 1], ij[:, 0], cols[keep]]),
-            # a kNN neighbour with no scored pair ranks after every scored one
-            "p": np.concatenate([p, p, np.full(int(keep.sum()), -np.inf)]),
-            "rank": np.concatenate([rank_ij, rank_ji, np.tile(np.arange(k0), n)[keep]]),
-        }
-    )
-    edges = edges.sort_values(["src", "p", "rank", "dst"], ascending=[True, False, True, True], kind="stable")
-    edges = edges.drop_duplicates(["src", "dst"], keep="first")
-    pos = edges.groupby("src").cumcount().to_numpy()
+    rows, cols = rows[keep], cols[keep]
+    first = np.sort(np.unique(rows * n + cols, return_index=True)[1])  # a partner listed twice counts once
+    rows, cols = rows[first], cols[first]
+    if m:  # drop a kNN neighbour that is a scored pair (already listed, or ranked past k)
+        pair_keys = np.sort(ij.min(axis=1) * n + ij.max(axis=1))
+        key = np.minimum(rows, cols) * n + np.maximum(rows, cols)
+        unscored = pair_keys[np.minimum(np.searchsorted(pair_keys, key), m - 1)] != key
+        rows, cols = rows[unscored], cols[unscored]
+    filled = np.bincount(rows, minlength=n)
+    pos = scored[rows] + np.arange(len(rows)) - (np.cumsum(filled) - filled)[rows]
     sel = pos < k
-    out[edges.src.to_numpy()[sel], pos[sel]] = edges.dst.to_numpy()[sel]
-    return out
+    out[rows[sel], pos[sel]] = cols[sel]
+    return (out, conf) if with_confidence else out

@@ -11,6 +11,8 @@ from .bench import BENCH_JSON, BENCH_MD, SWEEP_PNG, bench_markdown, write_bench
 from .files import (
     COLOURS_NPY,
     GROUPS_CSV,
+    NEIGHBOUR_CONFIDENCE_NPY,
+    NEIGHBOURS_NPY,
     REVIEW_CSV,
     RUN_JSON,
     SKIPPED_CSV,
@@ -30,6 +32,8 @@ __all__ = [
     "COLOURS_NPY",
     "SWEEP_PNG",
     "GROUPS_CSV",
+    "NEIGHBOUR_CONFIDENCE_NPY",
+    "NEIGHBOURS_NPY",
     "REVIEW_CSV",
     "RUN_JSON",
     "SKIPPED_CSV",

@@ -23,6 +23,10 @@ Fixed names, so that a later ``query``, ``bench`` or ``evaluate`` finds them:
 * ``colours.npy``: the ``(n, dedup.colour.DIM)`` float32 colour descriptors,
   rows in ``groups.csv`` order, so that ``query`` ranks in the run's
   colour-fused space.
+* ``neighbours.npy`` and ``neighbour-confidence.npy``: ``(n, k)`` int64 rows
+  and float32 confidences of each image's neighbours, the most probable
+  same product first (``Result.neighbours``; ``-1`` and NaN pad), so that
+  ``query`` answers a catalogue photo with them.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ RUN_JSON = "run.json"
 REVIEW_CSV = "review.csv"
 #: The run's colour descriptors (rows in groups.csv order), for ``query``.
 COLOURS_NPY = "colours.npy"
+#: Each image's neighbours re-ranked by pair confidence, and those confidences.
+NEIGHBOURS_NPY = "neighbours.npy"
+NEIGHBOUR_CONFIDENCE_NPY = "neighbour-confidence.npy"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -124,6 +131,10 @@ def write_report(result, out: str | os.PathLike) -> Path:
         atomic(f"index-{name}.ann", lambda p, idx=idx: idx.save(p))
     if len(result.colours) == len(result.groups):
         atomic(COLOURS_NPY, lambda p: save_npy(p, np.asarray(result.colours, np.float32)))
+    if result.fused_ids.ndim == 2 and len(result.fused_ids) == len(result.groups) and result.fused_ids.shape[1]:
+        ids, conf = result.neighbours(with_confidence=True)
+        atomic(NEIGHBOURS_NPY, lambda p: save_npy(p, ids))
+        atomic(NEIGHBOUR_CONFIDENCE_NPY, lambda p: save_npy(p, conf))
     pages = sorted(f.name for f in out.glob("gallery*.html"))
     extra = pages + [n for n in ("map.png", "dendrogram.png") if (out / n).is_file()]
     meta = {
