@@ -70,10 +70,11 @@ def set_folder(name: str) -> Path:
     return build_edited_set(name) if name.startswith("edited-") else BENCH / name
 
 
-def run_set(name: str, model_path: str | None = None, **kwargs):
+def run_set(name: str, model_path: str | None = None, verify_all: bool = True, **kwargs):
     """Run the default job on a labelled set, every candidate pair verified
-    (the evidence a verified pair model is fitted on); returns (result, true
-    group per row)."""
+    (the evidence a verified pair model is fitted on; ``verify_all=False``:
+    the default run, verification screened); returns (result, true group
+    per row, labels)."""
     folder = set_folder(name)
     labels = pd.read_csv(folder / "labels.csv", dtype=str, keep_default_na=False)
     labels = labels[~labels.group.str.startswith("_")]
@@ -82,7 +83,7 @@ def run_set(name: str, model_path: str | None = None, **kwargs):
         cache=CACHE / f"{name}.sqlite",
         progress=False,
         model_path=model_path,
-        verify_all=True,
+        verify_all=verify_all,
         **kwargs,
     )
     result = dd.run(folder, files=list(labels.path))

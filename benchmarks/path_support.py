@@ -40,7 +40,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write  # noqa: E402
-from calibrate import SETS, TREE_SETTINGS, evidence_table, held_out_cuts, recall_at_precision, run_set  # noqa: E402
+from calibrate import SETS, TREE_SETTINGS, evidence_table, held_out_cuts, run_set, scores  # noqa: E402
 
 from dedup.evaluate import pairwise_scores  # noqa: E402
 from dedup.grouping import GroupingParams, group  # noqa: E402
@@ -106,15 +106,6 @@ def second_stage(table: pd.DataFrame, name: str, folds: int = 5) -> np.ndarray:
     return q
 
 
-def pair_scores(p: np.ndarray, y: np.ndarray) -> dict:
-    sel = p >= 0.9
-    return {
-        "recall_at_precision_0.98": round(recall_at_precision(p, y), 4),
-        "precision_at_0.9": round(float(y[sel].mean()) if sel.any() else 1.0, 4),
-        "recall_at_0.9": round(float(y[sel].sum() / max(y.sum(), 1)), 4),
-    }
-
-
 def main() -> None:
     runs = {s: run_set(s) for s in SETS}
     tables = {s: evidence_table(s, *runs[s]) for s in SETS}
@@ -134,7 +125,7 @@ def main() -> None:
         stacked = second_stage(table, s)
         row: dict = {"set": s, "pairs": len(y)}
         for stage, conf in (("first", firsts[s]), ("stacked", stacked)):
-            row[stage] = pair_scores(conf, y)
+            row[stage] = scores(conf, y)
             for level in (0.9, 0.95):
                 g = group(len(truth), result.pairs, conf, result.hash_pairs, GroupingParams(min_confidence=level))
                 m = pairwise_scores(g.labels, truth)
@@ -150,8 +141,8 @@ def main() -> None:
         return f"{d['precision']:.3f} / {d['recall']:.3f} / {d['f1']:.3f}"
 
     table_md = header + "\n".join(
-        f"| {r['set']} | {r['pairs']} | {stage} | {r[stage]['recall_at_precision_0.98']:.3f} | "
-        f"{r[stage]['precision_at_0.9']:.3f} / {r[stage]['recall_at_0.9']:.3f} | "
+        f"| {r['set']} | {r['pairs']} | {stage} | {r[stage]['pair_recall_at_precision_0.98']:.3f} | "
+        f"{r[stage]['pair_precision_at_0.9']:.3f} / {r[stage]['pair_recall_at_0.9']:.3f} | "
         f"{prf(r[stage]['groups_at_0.9'])} | {prf(r[stage]['groups_at_0.95'])} |"
         for r in rows
         for stage in ("first", "stacked")

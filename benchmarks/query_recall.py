@@ -40,9 +40,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, replace_readme_block, write  # noqa: E402
-from calibrate import CACHE, set_folder  # noqa: E402
+from calibrate import run_set, set_folder  # noqa: E402
 
-from dedup.pipeline import Deduplicator  # noqa: E402
 from dedup.query import Searcher  # noqa: E402
 from dedup.report import write_report  # noqa: E402
 
@@ -57,10 +56,7 @@ class AnnoyCandidates(Searcher):
 
     def _scored(self, Q, colours, n):
         for row in range(len(colours)):
-            found: set[int] = set()
-            for idx, q in zip(self.indexes, Q):
-                found.update(int(i) for i in idx.query(q[row : row + 1], self.k)[0][0] if i >= 0)
-            cand = np.array(sorted(found), dtype=np.int64)
+            cand = self.annoy_candidates(Q, row, self.k)
             d_emb = np.mean([1.0 - np.asarray(X[cand]) @ q[row] for X, q in zip(self.embeddings, Q)], axis=0)
             yield row, cand, d_emb, np.asarray(self.colours[cand]) @ colours[row]
 
@@ -92,11 +88,8 @@ def main() -> None:
     rows = []
     for name in SETS:
         folder = set_folder(name)
-        labels = pd.read_csv(folder / "labels.csv", dtype=str, keep_default_na=False)
-        labels = labels[~labels.group.str.startswith("_")]
+        result, _, labels = run_set(name, verify_all=False)
         truth = labels.set_index("path").group
-        dd = Deduplicator(backbones="efficientnet-lite0", cache=CACHE / f"{name}.sqlite", progress=False)
-        result = dd.run(folder, files=list(labels.path))
         with tempfile.TemporaryDirectory() as tmp:
             write_report(result, tmp)
             paths = list(result.groups.path)

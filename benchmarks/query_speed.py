@@ -32,9 +32,9 @@ from dedup.backbones import EfficientNetLite0
 from dedup.cache import Cache
 from dedup.colour import colour_descriptor
 from dedup.grouping import GroupingParams
-from dedup.hashing import sha256_file
 from dedup.index import AnnIndex
 from dedup.query import Searcher
+from dedup.report.files import file_records
 
 
 def tiles16(n_photos: int) -> np.ndarray:
@@ -108,7 +108,7 @@ def main() -> None:
             "backbones": [net.describe()],
             "counts": {"images": len(X)},
             "settings": {"grouping": {"colour_weight": GroupingParams().colour_weight}},
-            "files": {n: {"bytes": (out / n).stat().st_size, "sha256": sha256_file(out / n)} for n in names},
+            "files": file_records(out, names),
         }
         (out / "run.json").write_text(json.dumps(meta))
         t = time.perf_counter()

@@ -34,22 +34,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, replace_readme_block, write  # noqa: E402
-from calibrate import CACHE, SETS, TREE_SETTINGS, evidence_table, held_out_cuts, run_set, set_folder  # noqa: E402
+from calibrate import SETS, TREE_SETTINGS, evidence_table, held_out_cuts, run_set  # noqa: E402
 
 from dedup.evaluate import recall_at_1  # noqa: E402
-from dedup.pipeline import Deduplicator  # noqa: E402
 from dedup.rerank import ranked_neighbours  # noqa: E402
-
-
-def default_run(name: str):
-    """The default job on a labelled set (verification screened, the shipped
-    pair model), sharing calibrate.py's cache; returns (result, truth)."""
-    folder = set_folder(name)
-    labels = pd.read_csv(folder / "labels.csv", dtype=str, keep_default_na=False)
-    labels = labels[~labels.group.str.startswith("_")]
-    dd = Deduplicator(backbones="efficientnet-lite0", cache=CACHE / f"{name}.sqlite", progress=False)
-    result = dd.run(folder, files=list(labels.path))
-    return result, labels.set_index("path").group.reindex(result.groups.path).to_numpy()
 
 
 def main() -> None:
@@ -64,7 +52,7 @@ def main() -> None:
             ids = ranked_neighbours(pairs.ij, score, pairs.rank_ij, pairs.rank_ji, result.fused_ids)
             return recall_at_1(ids, truth)
 
-        shipped, shipped_truth = default_run(s)
+        shipped, shipped_truth, _ = run_set(s, verify_all=False)
         rows.append(
             {
                 "set": s,

@@ -216,8 +216,13 @@ def colour_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     Returns:
         ``(...)`` float32; 0 for the same colour distribution, 1 for disjoint ones.
     """
-    bc = np.einsum("...k,...k->...", np.asarray(a, np.float32), np.asarray(b, np.float32))
-    return np.sqrt(np.clip(1.0 - bc, 0.0, 1.0)).astype(np.float32)
+    return hellinger(np.einsum("...k,...k->...", np.asarray(a, np.float32), np.asarray(b, np.float32)))
+
+
+def hellinger(bc: np.ndarray) -> np.ndarray:
+    """Hellinger distance ``sqrt(1 - BC)`` from Bhattacharyya coefficients (the
+    dot products of two descriptors), float32 in [0, 1], any shape."""
+    return np.sqrt(np.clip(1.0 - np.asarray(bc), 0.0, 1.0)).astype(np.float32)
 
 
 def layout_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .backbones import make_backbone
-from .colour import colour_descriptor
+from .colour import colour_descriptor, hellinger
 from .decode import DecodeError, load_image
 from .index import AnnIndex
 from .report import COLOURS_NPY, GROUPS_CSV, NEIGHBOUR_CONFIDENCE_NPY, NEIGHBOURS_NPY, check_files, read_run
@@ -92,8 +92,7 @@ class Searcher:
         #: The run's colour weight w of the fused space, [0, 1].
         self.colour_weight = float(grouping.get("colour_weight", 0.0))
         self.groups = pd.read_csv(self.out / GROUPS_CSV, keep_default_na=False)
-        digests = self.groups["sha256"] if "sha256" in self.groups else pd.Series([], dtype=str)
-        self._row_of = {d: r for r, d in reversed(list(enumerate(digests))) if d}  # a digest's first row
+        self._row_of: dict[str, int] | None = None  # SHA-256 -> first catalogue row, made on first need
         self.root = Path(self.meta["root"])
         self.backbones, self.embeddings = [], []
         self._dims: list[tuple[str, int]] = []
@@ -258,11 +257,7 @@ class Searcher:
             return
         k = min(len(self.groups), max(n * 3, n + 10))
         for row in range(len(Q[0]) if Q else 0):
-            found: set[int] = set()
-            for idx, q in zip(self.indexes, Q):
-                ids, _ = idx.query(q[row : row + 1], k)
-                found.update(int(i) for i in ids[0] if i >= 0)
-            cand = np.array(sorted(found), dtype=np.int64)
+            cand = self.annoy_candidates(Q, row, k)
             if len(cand) == 0:
                 continue
             d_emb = np.mean(
@@ -270,11 +265,24 @@ class Searcher:
             )
             yield row, cand, d_emb, None
 
+    def annoy_candidates(self, Q: list[np.ndarray], row: int, k: int) -> np.ndarray:
+        """The union of each backbone's ``k`` Annoy neighbours of query ``row``
+        (``Q``: per backbone ``(m, d)`` float32 query embeddings): sorted
+        int64 catalogue rows."""
+        found: set[int] = set()
+        for idx, q in zip(self.indexes, Q):
+            ids, _ = idx.query(q[row : row + 1], k)
+            found.update(int(i) for i in ids[0] if i >= 0)
+        return np.array(sorted(found), dtype=np.int64)
+
     def _catalogue_row(self, image) -> int | None:
         """The catalogue row of a query file with the same bytes (SHA-256),
         when the run wrote its neighbour lists; else ``None``."""
         if self.neighbour_ids is None or not isinstance(image, (str, os.PathLike)):
             return None
+        if self._row_of is None:
+            digests = self.groups["sha256"] if "sha256" in self.groups else []
+            self._row_of = {d: r for r, d in reversed(list(enumerate(digests))) if d}
         try:
             return self._row_of.get(sha256_file(Path(image)))
         except OSError:
@@ -290,7 +298,7 @@ class Searcher:
         if bc is not None:
             w = self.colour_weight
             d = (1.0 - w) * d_emb + w * (1.0 - bc)
-            d_col = np.sqrt(np.clip(1.0 - bc, 0.0, 1.0))  # Hellinger, as dedup.colour.colour_distance
+            d_col = hellinger(bc)
         else:
             d, d_col = d_emb, np.full(len(cand), np.nan)
         confidence: dict[int, float] = {}

@@ -140,10 +140,7 @@ def write_report(result, out: str | os.PathLike) -> Path:
     meta = {
         **result.meta,
         "run_id": uuid.uuid4().hex,
-        "files": {
-            name: {"bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
-            for name in sorted(written + extra)
-        },
+        "files": file_records(out, sorted(written + extra)),
     }
     atomic(RUN_JSON, lambda p: p.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8"))
     return out
@@ -177,6 +174,18 @@ def read_run(out: str | os.PathLike, check: tuple[str, ...] = ()) -> dict:
         raise ValueError(f"{path} is unreadable ({exc}); run `dedup run` again") from None
     check_files(out, meta, check)
     return meta
+
+
+def file_records(out: str | os.PathLike, names: list[str]) -> dict:
+    """run.json's ``files`` entries of files in ``out``: name -> ``{"bytes": size,
+    "sha256": hex digest}`` (what :func:`check_files` checks).
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    return {
+        name: {"bytes": (Path(out) / name).stat().st_size, "sha256": sha256_file(Path(out) / name)} for name in names
+    }
 
 
 def check_files(out: str | os.PathLike, meta: dict, names: tuple[str, ...] | list[str]) -> None:
