@@ -38,7 +38,7 @@ next to the run's colour distance.
 
     python benchmarks/pair_evidence.py
 
-Writes benchmarks/results/pair_evidence.{md,json}; about 15 minutes on 2
+Writes benchmarks/results/pair_evidence.{md,json}; about 30 minutes on 2
 cores with the sets' runs cached.
 """
 
