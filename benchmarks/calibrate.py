@@ -124,10 +124,19 @@ def weights(df: pd.DataFrame) -> np.ndarray:
     return (1.0 / df.groupby("set").y.transform("size")).to_numpy() * len(df) / df.set.nunique()
 
 
-def fit(df: pd.DataFrame, boost: dict | None = TREE_SETTINGS, info: dict | None = None) -> PairModel:
-    """The pair model fitted on a pair table, each set weighted equally."""
-    cols = list(FEATURES)
-    return PairModel.fit(df[cols].to_numpy(), df.y.to_numpy(), sample_weight=weights(df), boost=boost, info=info)
+def fit(
+    df: pd.DataFrame,
+    boost: dict | None = TREE_SETTINGS,
+    info: dict | None = None,
+    cols: list[str] | None = None,
+    set_weight: dict[str, float] | None = None,
+) -> PairModel:
+    """The pair model fitted on a pair table, each set weighted equally
+    (times ``set_weight[set]`` where given), over ``cols`` (default
+    :data:`FEATURES`)."""
+    cols = cols or list(FEATURES)
+    w = weights(df) * df.set.map(set_weight or {}).fillna(1.0).to_numpy()
+    return PairModel.fit(df[cols].to_numpy(), df.y.to_numpy(), sample_weight=w, boost=boost, info=info)
 
 
 def recall_at_precision(p: np.ndarray, y: np.ndarray, target: float = 0.98) -> float:
@@ -138,8 +147,16 @@ def recall_at_precision(p: np.ndarray, y: np.ndarray, target: float = 0.98) -> f
     return float(tp[ok.max()] / max(y.sum(), 1)) if len(ok) else 0.0
 
 
-def held_out_cuts(allx: pd.DataFrame, name: str, boost: dict | None, folds: int = 5) -> np.ndarray:
-    """Out-of-fold P(same) of one set's pairs: folds by cut, fitted on the other sets and the other folds."""
+def held_out_cuts(
+    allx: pd.DataFrame,
+    name: str,
+    boost: dict | None,
+    folds: int = 5,
+    cols: list[str] | None = None,
+    set_weight: dict[str, float] | None = None,
+) -> np.ndarray:
+    """Out-of-fold P(same) of one set's pairs: folds by cut, fitted on the
+    other sets and the other folds (``cols``, ``set_weight``: as :func:`fit`)."""
     from sklearn.model_selection import GroupKFold
 
     own = allx[allx.set == name].reset_index(drop=True)
@@ -147,8 +164,8 @@ def held_out_cuts(allx: pd.DataFrame, name: str, boost: dict | None, folds: int 
     p = np.zeros(len(own))
     k = min(folds, own.cut.nunique())
     for train, test in GroupKFold(k).split(own, groups=own.cut):
-        m = fit(pd.concat([rest, own.iloc[train]], ignore_index=True), boost)
-        p[test] = m.predict(own.iloc[test][list(FEATURES)].to_numpy())
+        m = fit(pd.concat([rest, own.iloc[train]], ignore_index=True), boost, cols=cols, set_weight=set_weight)
+        p[test] = m.predict(own.iloc[test][cols or list(FEATURES)].to_numpy())
     return p
 
 

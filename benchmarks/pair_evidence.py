@@ -44,6 +44,7 @@ cores with the sets' runs cached.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -53,14 +54,21 @@ import pandas as pd
 from PIL import Image
 from scipy.cluster.vq import kmeans2
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import GroupKFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write  # noqa: E402
-from calibrate import SETS, TREE_SETTINGS, evidence_table, recall_at_precision, run_set, set_folder, weights  # noqa: E402
+from calibrate import (  # noqa: E402
+    SETS,
+    TREE_SETTINGS,
+    evidence_table,
+    held_out_cuts,
+    recall_at_precision,
+    run_set,
+    set_folder,
+)
 
 from dedup.backbones import make_backbone  # noqa: E402
-from dedup.calibration import FEATURES, PairModel  # noqa: E402
+from dedup.calibration import FEATURES  # noqa: E402
 from dedup.colour import foreground_mask, srgb_to_lab  # noqa: E402
 from dedup.decode import load_image  # noqa: E402
 
@@ -120,9 +128,12 @@ def signatures(image: Image.Image) -> list[np.ndarray]:
 
 
 def per_image(name: str, paths: list[Path]) -> tuple[np.ndarray, list]:
-    """Region embeddings ``(n, 4, d)`` float32 (cached per set) and colour signatures."""
+    """Region embeddings ``(n, 4, d)`` float32 and colour signatures. The
+    embeddings are cached under a key of the files' paths, sizes and
+    modification times, so an edited set is embedded again."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    f = CACHE / f"{name}-regions.npy"
+    key = hashlib.sha256("\n".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths).encode())
+    f = CACHE / f"{name}-regions-{key.hexdigest()[:16]}.npy"
     net = make_backbone("efficientnet-lite0")
     images = [load_image(p, target_size=448).image for p in paths]
     if not f.exists():
@@ -130,7 +141,10 @@ def per_image(name: str, paths: list[Path]) -> tuple[np.ndarray, list]:
             net.embed(np.concatenate([region_inputs(im, net.input_size) for im in images[k : k + 32]]))
             for k in range(0, len(images), 32)
         ]
-        np.save(f, np.concatenate(parts).reshape(len(images), len(VIEWS), -1))
+        tmp = f.with_name(f.name + ".tmp")
+        with open(tmp, "wb") as fh:  # whole or not at all: written aside, then renamed
+            np.save(fh, np.concatenate(parts).reshape(len(images), len(VIEWS), -1))
+        tmp.replace(f)
     return np.load(f), [signatures(im) for im in images]
 
 
@@ -153,18 +167,6 @@ def new_evidence(ij: np.ndarray, E: np.ndarray, sigs: list) -> pd.DataFrame:
     emd = np.array([[cv2.EMD(sigs[a][k], sigs[b][k], cv2.DIST_L2)[0] for k in range(3)] for a, b in ij]).reshape(-1, 3)
     out["emd"], out["emd_halves_max"] = emd[:, 0], emd[:, 1:].max(axis=1)
     return pd.DataFrame(out)
-
-
-def held_out(allx: pd.DataFrame, name: str, cols: list[str], boost: dict, inshop_weight: float = 1.0) -> np.ndarray:
-    """``calibrate.held_out_cuts`` over chosen columns, settings and inshop-women weight."""
-    own, rest = allx[allx.set == name].reset_index(drop=True), allx[allx.set != name]
-    p = np.zeros(len(own))
-    for train, test in GroupKFold(min(5, own.cut.nunique())).split(own, groups=own.cut):
-        fit_on = pd.concat([rest, own.iloc[train]], ignore_index=True)
-        w = weights(fit_on) * np.where(fit_on.set == "inshop-women", inshop_weight, 1.0)
-        model = PairModel.fit(fit_on[cols].to_numpy(), fit_on.y.to_numpy(), sample_weight=w, boost=boost)
-        p[test] = model.predict(own.iloc[test][cols].to_numpy())
-    return p
 
 
 def variants() -> dict[str, tuple[list[str], dict, float, tuple[str, ...]]]:
@@ -198,7 +200,7 @@ def main() -> None:
     for name, (cols, boost, w, sets) in variants().items():
         for s in sets:
             y = allx[allx.set == s].y.to_numpy()
-            p = held_out(allx, s, cols, boost, w)
+            p = held_out_cuts(allx, s, boost, cols=cols, set_weight={"inshop-women": w})
             sel = p >= 0.9
             row = {
                 "variant": name,
