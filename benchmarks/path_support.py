@@ -106,6 +106,19 @@ def second_stage(table: pd.DataFrame, name: str, folds: int = 5) -> np.ndarray:
     return q
 
 
+def group_scores(result, truth: np.ndarray, conf: np.ndarray, levels=(0.9, 0.95)) -> dict:
+    """Pairwise P/R/F1 of the groups :func:`dedup.grouping.group` makes from
+    a run's pairs with confidences ``conf`` (``(m,)`` in [0, 1]) at each
+    --min-confidence level, against ``truth`` (a group per row):
+    ``{"groups_at_LEVEL": {"precision", "recall", "f1"}}``."""
+    out = {}
+    for level in levels:
+        g = group(len(truth), result.pairs, conf, result.hash_pairs, GroupingParams(min_confidence=level))
+        m = pairwise_scores(g.labels, truth)
+        out[f"groups_at_{level}"] = {k: round(float(m[k]), 4) for k in ("precision", "recall", "f1")}
+    return out
+
+
 def main() -> None:
     runs = {s: run_set(s) for s in SETS}
     tables = {s: evidence_table(s, *runs[s]) for s in SETS}
@@ -125,11 +138,7 @@ def main() -> None:
         stacked = second_stage(table, s)
         row: dict = {"set": s, "pairs": len(y)}
         for stage, conf in (("first", firsts[s]), ("stacked", stacked)):
-            row[stage] = scores(conf, y)
-            for level in (0.9, 0.95):
-                g = group(len(truth), result.pairs, conf, result.hash_pairs, GroupingParams(min_confidence=level))
-                m = pairwise_scores(g.labels, truth)
-                row[stage][f"groups_at_{level}"] = {k: round(float(m[k]), 4) for k in ("precision", "recall", "f1")}
+            row[stage] = {**scores(conf, y), **group_scores(result, truth, conf)}
         rows.append(row)
         print(row, flush=True)
     header = (

@@ -55,7 +55,6 @@ from scipy.sparse.csgraph import connected_components
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, write  # noqa: E402
 from calibrate import (  # noqa: E402
-    CACHE,
     SETS,
     TREE_SETTINGS,
     evidence_table,
@@ -63,16 +62,12 @@ from calibrate import (  # noqa: E402
     recall_at_precision,
     run_set,
     scores,
-    set_folder,
 )
-from path_support import path_features, second_stage  # noqa: E402
+from path_support import group_scores, path_features, second_stage  # noqa: E402
 
 from dedup.adapt import DEFAULT_DIM, DEFAULT_SHRINKAGE, learned_whitening  # noqa: E402
 from dedup.calibration import FEATURES  # noqa: E402
-from dedup.evaluate import pairwise_scores  # noqa: E402
-from dedup.fit import embedding_run  # noqa: E402
-from dedup.grouping import GroupingParams, fused_vectors, group  # noqa: E402
-from dedup.pipeline import Deduplicator  # noqa: E402
+from dedup.grouping import GroupingParams, fused_vectors  # noqa: E402
 
 NEW = ("white_distance", "white_log_rank_min", "white_log_rank_max", "white_relative")
 #: (threshold, dim, shrinkage, folds); folds 1 = not cross-fitted.
@@ -89,14 +84,11 @@ SETTINGS = (
 ALL_SETS_SETTING = SETTINGS[1]
 
 
-def fused_rows(name: str, paths: list[str]) -> np.ndarray:
-    """The run's colour-fused vectors of a set, ``(n, D)`` float32, in the order of ``paths``."""
-    folder = set_folder(name)
-    dd = Deduplicator(backbones="efficientnet-lite0", cache=CACHE / f"{name}.sqlite", progress=False)
-    emb, _ = embedding_run(dd, folder, paths)
-    F = fused_vectors(list(emb.embeddings.values()), emb.colours, dd.grouping_params().colour_weight)
-    row = {str(p): i for i, p in enumerate(emb.paths)}
-    return F[[row[p] for p in paths]]
+def fused_rows(result) -> np.ndarray:
+    """A run's colour-fused vectors (:func:`dedup.grouping.fused_vectors` of its
+    embeddings and colours, the default colour weight): ``(n, D)`` float32
+    with unit rows, in ``result.groups`` order."""
+    return fused_vectors(list(result.embeddings.values()), result.colours, GroupingParams().colour_weight)
 
 
 def whitened_similarity(F: np.ndarray, pseudo: np.ndarray, dim: int, shrinkage: float, folds: int) -> np.ndarray:
@@ -139,7 +131,8 @@ def whitened_evidence(S: np.ndarray, ij: np.ndarray) -> pd.DataFrame:
 
 def recall_at_1(S: np.ndarray, truth: np.ndarray) -> float:
     """Share of photos with a same-product photo whose nearest neighbour under ``S`` is one."""
-    has = np.array([(truth == t).sum() > 1 for t in truth])
+    _, inverse, counts = np.unique(truth, return_inverse=True, return_counts=True)
+    has = counts[inverse] > 1
     return round(float((truth[S.argmax(axis=1)] == truth)[has].mean()), 4)
 
 
@@ -149,10 +142,7 @@ def _scores(p: np.ndarray, y: np.ndarray, result=None, truth=None) -> dict:
     out = scores(p, y)
     out["pair_recall_at_precision_0.95"] = round(recall_at_precision(p, y, 0.95), 4)
     if result is not None:
-        for level in (0.9, 0.95):
-            g = group(len(truth), result.pairs, p, result.hash_pairs, GroupingParams(min_confidence=level))
-            m = pairwise_scores(g.labels, truth)
-            out[f"groups_at_{level}"] = {k: round(float(m[k]), 4) for k in ("precision", "recall", "f1")}
+        out.update(group_scores(result, truth, p))
     return out
 
 
@@ -172,15 +162,14 @@ def main() -> None:
     sets = {}
     for s in SETS:
         result, truth, labels = run_set(s)
-        paths = list(result.groups.path)
         sets[s] = {
             "table": evidence_table(s, result, truth, labels),
             "ij": result.pairs.ij,
             "truth": truth,
             "result": result,
-            "F": fused_rows(s, paths),
+            "F": fused_rows(result),
         }
-        print(s, len(paths), "photos", len(result.pairs.ij), "candidate pairs", flush=True)
+        print(s, len(truth), "photos", len(result.pairs.ij), "candidate pairs", flush=True)
     base = pd.concat([v["table"] for v in sets.values()], ignore_index=True)
     first = {s: held_out_cuts(base, s, TREE_SETTINGS) for s in SETS}
     report: dict = {"machine": machine(), "base": {}, "settings": [], "path_support": {}}
