@@ -13,7 +13,14 @@ from conftest import bench_set, run_cli
 from PIL import Image
 
 from dedup.backbones import EfficientNetLite0, make_backbone
-from dedup.backbones.runtime import MIN_AGREEMENT, MODEL_CACHE_ENV, agreement, checked, read_verified
+from dedup.backbones.runtime import (
+    MIN_AGREEMENT,
+    MODEL_CACHE_ENV,
+    agreement,
+    checked,
+    onnxruntime_session,
+    read_verified,
+)
 from dedup.pipeline import Deduplicator
 
 UKB = bench_set("ukbench-dev") / "images"
@@ -42,6 +49,22 @@ def test_onnxruntime_embeddings_agree_with_eager_pytorch(photos):
     np.fill_diagonal(sim_got := got @ got.T, -1)
     np.fill_diagonal(sim_want := want @ want.T, -1)
     assert (sim_got.argmax(axis=1) == sim_want.argmax(axis=1)).all()
+
+
+def test_a_batch_split_over_single_thread_runs_gives_each_photo_its_own_embedding(photos):
+    net = make_backbone("efficientnet-lite0")
+    net.load()
+    model = read_verified(net._onnx_path())
+    assert model is not None
+    x = net.network_input(np.stack([net.prepare(im) for im in photos[:11]]))
+    one = onnxruntime_session(model, threads=1)(x)  # the whole batch in one run
+    for threads in (2, 3, 16):  # uneven parts, and more runs than photos
+        split = onnxruntime_session(model, threads=threads)
+        np.testing.assert_allclose(split(x), one, rtol=1e-5, atol=1e-6)
+        # each photo's row is the same alone, and in another order
+        np.testing.assert_allclose(split(x[:1]), one[:1], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(split(x[::-1]), one[::-1], rtol=1e-5, atol=1e-6)
+    assert split(x[:0]).shape == (0, one.shape[1])
 
 
 def test_a_runtime_that_fails_or_disagrees_falls_back_to_native(photos, caplog):

@@ -108,7 +108,9 @@ class Backbone(ABC):
         """What an embedding computed now is stored under beside the digest and
         name: :attr:`weights_id` and the runtime, so that embeddings of two
         runtimes are never mixed (call after :meth:`check_weights`)."""
-        return f"{self.weights_id} runtime:{self.plan_runtime()}"
+        from .runtime import runtime_tag
+
+        return f"{self.weights_id} runtime:{runtime_tag(self.plan_runtime())}"
 
     @abstractmethod
     def check_weights(self) -> None:

@@ -57,6 +57,17 @@ ONNX_OPSET = 17
 #: Environment variable naming the folder where exported models are kept.
 MODEL_CACHE_ENV = "DEDUP_MODEL_CACHE"
 
+#: How a runtime is named in embedding cache keys where its numbers changed
+#: under one name: OpenVINO ran in bfloat16 on CPUs with AVX-512 BF16 until
+#: its precision was pinned to f32.
+_CACHE_TAGS = {"openvino": "openvino/f32"}
+
+
+def runtime_tag(runtime: str) -> str:
+    """A runtime's name as embedding cache keys carry it (see :data:`_CACHE_TAGS`)."""
+    return _CACHE_TAGS.get(runtime, runtime)
+
+
 #: A compiled network: ``(n, ...)`` float32 input -> ``(n, d)`` float32 output.
 Compiled = Callable[[np.ndarray], np.ndarray]
 
@@ -142,14 +153,25 @@ def export_onnx(module: Any, example: np.ndarray) -> bytes:
 
 
 def onnxruntime_session(model: bytes, threads: int | None = None) -> Compiled:
-    """An ONNX model run by ONNX Runtime (CPU execution provider, every graph optimisation).
+    """An ONNX model run by ONNX Runtime (CPU execution provider, every graph
+    optimisation), a batch split across ``threads`` single-threaded runs.
+
+    One session with one intra-op thread is run concurrently on contiguous
+    parts of each batch (``InferenceSession.run`` is thread-safe, per ONNX
+    Runtime's documentation), instead of one run with ``threads`` intra-op
+    threads: EfficientNet-Lite0's many small depthwise convolutions make the
+    intra-op threads wait on each other at every operator. Measured by
+    ``benchmarks/speed.py`` (its "Runtimes" table, both rows on the same
+    photos in one run).
 
     Args:
         model: the serialised ONNX model (:func:`export_onnx`).
-        threads: intra-op threads (``None``: ONNX Runtime's default, one per physical core).
+        threads: concurrent runs (``None``: the CPUs this process may use,
+            ``os.sched_getaffinity``).
 
     Returns:
-        ``(n, ...)`` float32 array -> ``(n, d)`` float32 array.
+        ``(n, ...)`` float32 array -> ``(n, d)`` float32 array; each row the
+        same whatever the split (a row never depends on its batch).
 
     Raises:
         Exception: whatever ONNX Runtime raises on a model it cannot run.
@@ -159,14 +181,36 @@ def onnxruntime_session(model: bytes, threads: int | None = None) -> Compiled:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = int(threads)
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    parts = max(1, int(threads or available_cpus()))
+
+    def one(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {"x": x})[0], np.float32)
+
+    if parts == 1:
+        return lambda x: one(np.ascontiguousarray(x, np.float32))
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(parts, thread_name_prefix="dedup-onnxruntime")
 
     def run(x: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {"x": np.ascontiguousarray(x, np.float32)})[0], np.float32)
+        x = np.ascontiguousarray(x, np.float32)
+        if len(x) < 2:
+            return one(x)
+        return np.concatenate(list(pool.map(one, np.array_split(x, min(parts, len(x))))))
 
     return run
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (``os.sched_getaffinity`` where the
+    platform has it, else ``os.cpu_count()``), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
 
 
 def model_cache_path(name: str, *parts: str, suffix: str = ".onnx") -> Path | None:
@@ -279,7 +323,9 @@ def openvino_session(xml: bytes, weights: bytes, threads: int | None = None) -> 
 
     core = ov.Core()
     model = core.read_model(model=xml.decode("utf-8"), weights=ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    # f32 named: on a CPU with AVX-512 BF16 or AMX, OpenVINO's default
+    # inference precision is bfloat16, which moves the embeddings.
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
     compiled = core.compile_model(model, "CPU", config)
