@@ -4,7 +4,9 @@ and cold against warm runs.
 
 1. Runtimes (model only, prepared batches of 32 after one warm-up batch):
    EfficientNet-Lite0 in eager PyTorch fp32 (the reference), TorchScript
-   (dedup's "native"), ONNX Runtime, OpenVINO, and ONNX Runtime static int8;
+   (dedup's "native"), ONNX Runtime (one run with an intra-op thread per
+   CPU, as before, and dedup's split of each batch over single-thread
+   runs), OpenVINO (f32), and ONNX Runtime static int8;
    the Keras trio under TensorFlow (``tf.function``, native) and OpenVINO.
    Each with the smallest per-image cosine similarity to the reference.
 2. Pipeline (cold, no cache, default runtime): decoding alone (read, SHA-256,
@@ -13,7 +15,8 @@ and cold against warm runs.
    included; the faster of two cold runs, as for each peer) and the whole
    run (``Deduplicator.run``: adds the index, candidate pairs, geometric
    verification of the pairs worth it and grouping; for EfficientNet-Lite0
-   also without verification), each as
+   also without verification, the embedding stages with the network run
+   as before the split, and each decode step's cost), each as
    images/s and as a ratio to the eager model-only rate of the same backbone
    (for EfficientNet-Lite0, the mean of that rate measured just before and
    just after the pipeline, so that a shared machine's drift between them
