@@ -305,10 +305,13 @@ def embed_rate(make, files: list[Path], root: Path) -> float:
 
 def lite0_intra_op() -> EfficientNetLite0:
     """EfficientNet-Lite0 run as before the split: one ONNX Runtime run per
-    batch with intra-op threads (loaded here: two sessions started, one more than a run needs)."""
+    batch with intra-op threads, started from the kept export as a run
+    starts (one session, as for the split; the export was kept by
+    :func:`lite0_runtimes`)."""
     net = EfficientNetLite0(runtime="onnxruntime")
-    net.load()
+    net.check_weights()
     net._fast = _intra_op_session(net)
+    net.runtime_used = "onnxruntime"
     return net
 
 
