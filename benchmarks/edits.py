@@ -15,7 +15,7 @@ look-alikes that must stay apart:
 
     python benchmarks/edits.py          # writes benchmarks/.cache/sets/edited-*/
 
-Used by ``benchmarks/calibrate.py``, ``benchmarks/precision.py`` and the tests
+Used by ``benchmarks/calibrate.py``, ``benchmarks/run_all.py`` and the other benchmarks, and the tests
 (which build a small version in a temporary folder).
 """
 

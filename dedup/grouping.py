@@ -54,7 +54,7 @@ def _param(default, help: str, lo=None, hi=None, kind=float):
 class GroupingParams:
     """Settings of the grouping, validated once, each with its help text.
 
-    Defaults chosen by ``benchmarks/precision.py`` on the shared sets (see
+    Defaults chosen by ``benchmarks/run_all.py`` on the shared sets (see
     the README's precision/recall table); ``--min-confidence`` is the one knob.
     """
 

@@ -20,8 +20,11 @@ Which runtime ``auto`` picks per backbone was decided by
 ``benchmarks/speed.py`` on this project's 2-core CPU (its "Runtimes" table,
 two runs: EfficientNet-Lite0 ran 3.9x and 5.1x the eager PyTorch rate
 under ONNX Runtime, 3.4x and 4.4x under OpenVINO; the Keras trio 1.1-1.6x
-the TensorFlow rate under OpenVINO). Static int8 quantisation was measured too and refused: its
-embeddings disagreed with fp32 (cosine down to 0.64 on real photos).
+the TensorFlow rate under OpenVINO). Reduced precisions were measured too and refused:
+static int8 disagreed with fp32 (cosine down to 0.64 on real photos without
+VNNI, 0.973 with it), and int8 and OpenVINO's bfloat16 (cosine 0.991) each
+join two products on the edited-copy sets that fp32 keeps apart
+(``benchmarks/reduced_precision.py``).
 
 Every compiled runtime is checked against the native model on a probe batch
 when it is built (:func:`agreement`); a runtime that disagrees (cosine below
