@@ -12,15 +12,18 @@ look-alikes that must stay apart:
   cuts (same cut, other colour: different products), each with an edited copy.
 * ``edited-ukbench``: the first photo of each of the 150 ukbench-dev objects,
   each with an edited copy.
+* ``edited-ukbench-x3``: the same, with each original also uploaded twice more
+  under other names, byte for byte (one file listed under several SKUs).
 
     python benchmarks/edits.py          # writes benchmarks/.cache/sets/edited-*/
 
-Used by ``benchmarks/calibrate.py``, ``benchmarks/run_all.py`` and the other benchmarks, and the tests
-(which build a small version in a temporary folder).
+Used by ``benchmarks/calibrate.py``, ``benchmarks/run_all.py`` and the other
+benchmarks, and the tests (which build a small version in a temporary folder).
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +57,20 @@ def _pick_ukbench(n: int) -> pd.DataFrame:
     return lab.sort_values("path").groupby("group").head(1).head(n)
 
 
+#: Edited-copy sets whose every original is also there as byte-identical
+#: uploads under other names (one file uploaded under several SKUs): name ->
+#: (the set it extends, files of each original in all).
+UPLOAD_SETS = {"edited-ukbench-x3": ("edited-ukbench", 3)}
+
+
 def build_edited_set(name: str, out: Path | None = None, n: int | None = None, seed: int = 0) -> Path:
     """Write an edited-copy set: the originals, one edited copy each, ``labels.csv``.
 
     Args:
-        name: ``"edited-inshop"`` or ``"edited-ukbench"``.
+        name: ``"edited-inshop"``, ``"edited-ukbench"``, or one of
+            :data:`UPLOAD_SETS` (``"edited-ukbench-x3"``: edited-ukbench with
+            each original also uploaded twice more, byte for byte, as
+            ``NNNN-u1.jpg`` and ``NNNN-u2.jpg``).
         out: folder to write (default ``benchmarks/.cache/sets/NAME``).
         n: number of cuts (inshop, default 120) or objects (ukbench, default 150).
         seed: the seed of every random choice; the same seed gives the same files.
@@ -71,9 +83,10 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
     Raises:
         ValueError: unknown set name.
     """
-    if name == "edited-inshop":
+    base, files = UPLOAD_SETS.get(name, (name, 1))
+    if base == "edited-inshop":
         src, picked = BENCH / "inshop-women", _pick_inshop(n or 120, seed)
-    elif name == "edited-ukbench":
+    elif base == "edited-ukbench":
         src, picked = BENCH / "ukbench-dev", _pick_ukbench(n or 150)
     else:
         raise ValueError(f"unknown edited set {name!r}")
@@ -81,7 +94,7 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
     done = out / "labels.csv"
     if done.is_file():
         built = pd.read_csv(done)
-        if list(built.columns) == ["path", "group", "edit", "cut"] and len(built) == 2 * len(picked):
+        if list(built.columns) == ["path", "group", "edit", "cut"] and len(built) == (1 + files) * len(picked):
             return out
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -93,6 +106,9 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
         apply_edit(im, kind, seed * 100003 + k).save(out / "images" / f"{stem}-x.jpg", quality=90)
         cut = getattr(r, "cut", r.group)
         rows += [(f"images/{stem}.jpg", r.group, "", cut), (f"images/{stem}-x.jpg", r.group, kind, cut)]
+        for u in range(1, files):
+            shutil.copyfile(out / "images" / f"{stem}.jpg", out / "images" / f"{stem}-u{u}.jpg")
+            rows.append((f"images/{stem}-u{u}.jpg", r.group, "", cut))
     tmp = out / "labels.csv.tmp"
     pd.DataFrame(rows, columns=["path", "group", "edit", "cut"]).to_csv(tmp, index=False)
     tmp.replace(done)
@@ -134,5 +150,5 @@ def build_crowd_set(out: Path | None = None, photos: int = 5, crops: int = 24, s
 
 
 if __name__ == "__main__":
-    for set_name in ("edited-inshop", "edited-ukbench"):
+    for set_name in ("edited-inshop", "edited-ukbench", *UPLOAD_SETS):
         print(build_edited_set(set_name))

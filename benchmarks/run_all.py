@@ -25,7 +25,15 @@ from dedup.evaluate import run_bench  # noqa: E402
 from dedup.pipeline import Deduplicator  # noqa: E402
 from dedup.report.bench import VIEW_COLUMNS, view_cells  # noqa: E402
 
-SETS = ("products-flipkart", "ukbench-dev", "inshop-women", "robustness", "edited-inshop", "edited-ukbench")
+SETS = (
+    "products-flipkart",
+    "ukbench-dev",
+    "inshop-women",
+    "robustness",
+    "edited-inshop",
+    "edited-ukbench",
+    "edited-ukbench-x3",
+)
 
 
 def _fmt(x, digits=3):

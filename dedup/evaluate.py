@@ -417,7 +417,8 @@ def recall_by_view(
 
 def copies_found(groups: pd.DataFrame, labels: pd.DataFrame) -> dict:
     """For an edited-copy set (labels with an ``edit`` column): per edit kind,
-    the share of copies in the same predicted group as their original.
+    the share of copies in the same predicted group as their original (the
+    first listed, where a product has several unedited files).
 
     Returns:
         ``{kind: {"copies": int, "found": int, "share": float}}`` plus ``"all"``.
@@ -425,7 +426,7 @@ def copies_found(groups: pd.DataFrame, labels: pd.DataFrame) -> dict:
     g = groups.set_index("path").group
     lab = labels.copy()
     lab["edit"] = lab["edit"].fillna("").astype(str)
-    originals = lab[lab.edit == ""].set_index("group").path
+    originals = lab[lab.edit == ""].drop_duplicates("group").set_index("group").path
     copies = lab[lab.edit != ""]
     out: dict = {}
     for kind, rows in list(copies.groupby("edit")) + [("all", copies)]:

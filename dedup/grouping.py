@@ -118,9 +118,10 @@ class Pairs:
         fused: ``(m,)`` float32 cosine distance of the fused vectors, [0, 2].
         context: ``(m,)`` float32 ``fused / sqrt(r_i r_j)``.
         rank_ij, rank_ji: ``(m,)`` int64 rank of j in i's fused kNN list (and
-            back), 0 = nearest, ``k`` when absent.
+            back), 0 = nearest, ``k`` when absent; copies of i (fused distance
+            <= :data:`SAME_CONTENT_DISTANCE`) are not counted.
         relative: ``(m,)`` float32 fused distance over the smaller of the two
-            images' nearest-neighbour distances.
+            images' nearest-neighbour distances (to another content).
         phash_bits: ``(m,)`` int64 pHash Hamming distance, 0..64.
         inliers: ``(m,)`` int64 RootSIFT RANSAC inliers, ``-1`` until verified.
         mismatch: ``(m,)`` float32 share of the first image's foreground whose
@@ -281,18 +282,21 @@ def candidate_pairs(neighbour_ids: list[np.ndarray], extra: np.ndarray | None = 
     return np.unique(np.concatenate(chunks), axis=0)
 
 
-def _ranks(ij: np.ndarray, fused_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rank of j in i's list and of i in j's list (``k`` when absent)."""
+def _ranks(ij: np.ndarray, fused_ids: np.ndarray, counted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of j in i's list and of i in j's list (``k`` when absent).
+
+    A neighbour's rank is the number of ``counted`` entries before it in the
+    list (``counted``: ``(n, k)`` bool, the other contents; see
+    :func:`score_pairs`), so 0 is the nearest other content and a copy of the
+    image itself ranks 0."""
     n, k = fused_ids.shape
     rows = np.repeat(np.arange(n, dtype=np.int64), k)
     cols = fused_ids.reshape(-1)
-    pos = np.tile(np.arange(k, dtype=np.int64), n)
+    before = (np.cumsum(counted, axis=1) - counted).reshape(-1).astype(np.int64)
     keep = (cols >= 0) & (cols != rows)
     key = rows[keep] * n + cols[keep]
     order = np.argsort(key)
-    key, pos = key[order], pos[keep][order]
-    # the self match (rank 0 of the query's own list) is dropped, so ranks restart at 0
-    pos = pos - (fused_ids[rows[keep][order], 0] == rows[keep][order])
+    key, pos = key[order], before[keep][order]
 
     def lookup(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         q = a * n + b
@@ -305,6 +309,14 @@ def _ranks(ij: np.ndarray, fused_ids: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 #: Pairs scored at once; memory 2 x _PAIR_BLOCK x d float32 (70 MB at d = 2144).
 _PAIR_BLOCK = 8192
+
+#: Fused cosine distance at or under which a neighbour is the image's own
+#: content (byte-identical files share one embedding; a lossless re-save
+#: decodes to the same pixels): such copies are left out of the image's
+#: neighbourhood (its radii and the ranks of its other neighbours), or every
+#: other neighbour, even an edited copy, would look infinitely far relative to
+#: it. float32 rounding of ``1 - dot`` of two equal unit vectors is about 1e-7.
+SAME_CONTENT_DISTANCE: float = 1e-6
 
 #: Fused-space radius assumed for neighbours a small collection lacks: the
 #: median mean distance to the 10 nearest on ``inshop-women``, the densest
@@ -337,7 +349,9 @@ def score_pairs(
         phashes: ``(n,)`` uint64 perceptual hashes.
         k_context: neighbours averaged for the context radius; where an
             image has fewer (a collection of <= k_context images), the
-            missing ones count at :data:`CONTEXT_PRIOR_RADIUS`.
+            missing ones count at :data:`CONTEXT_PRIOR_RADIUS`. Copies of the
+            image itself (:data:`SAME_CONTENT_DISTANCE`) are not neighbours
+            here.
         layouts: ``(n, dedup.colour.LAYOUT_DIM)`` uint8 colour layouts, or
             ``None`` (a caller without them, e.g. synthetic data): the
             colour distance then stands in for both layout distances.
@@ -382,7 +396,9 @@ def score_pairs(
             sl = slice(s, s + _PAIR_BLOCK)
             i, j = rows[sl], others[rows[sl], cols[sl]]
             dd[rows[sl], cols[sl]] = 1.0 - _rows_dot(fused, i, j)
-        dd = np.sort(np.where(ok, dd, np.inf), axis=1)
+        # the radii are measured over other contents: copies of the image are the image
+        counted = ok & ~(dd <= SAME_CONTENT_DISTANCE)
+        dd = np.sort(np.where(counted, dd, np.inf), axis=1)
         near = dd[:, :k_context]
         finite = np.isfinite(near)
         cnt = finite.sum(axis=1)
@@ -393,7 +409,10 @@ def score_pairs(
     r1 = np.maximum(r1, 1e-6).astype(np.float32)
     context = fd / np.sqrt(r[a] * r[c]) if m else np.zeros(0, np.float32)
     relative = fd / np.minimum(r1[a], r1[c]) if m else np.zeros(0, np.float32)
-    rij, rji = _ranks(ij, fused_ids) if m and k else (np.full(m, k, np.int64), np.full(m, k, np.int64))
+    if m and k:
+        rij, rji = _ranks(ij, fused_ids, counted)
+    else:
+        rij, rji = np.full(m, k, np.int64), np.full(m, k, np.int64)
     return Pairs(
         ij.astype(np.int64),
         scalar["distance"],

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .grouping import CONTEXT_PRIOR_RADIUS, pair_columns
+from .grouping import CONTEXT_PRIOR_RADIUS, SAME_CONTENT_DISTANCE, pair_columns
 from .index import COARSE_DIM, WeightedVectors, _top_k
 from .spark import SPARK_LIST_SIZE, SPARK_LISTS_PER_ROW, spread_to_lists
 
@@ -256,12 +256,13 @@ def neighbourhood(fused_lists: "DataFrame", k_context: int) -> tuple["DataFrame"
 
     Returns:
         ``(ranks, radii)``: ``ranks`` ``(id, nbr, rank)`` with the rank of
-        ``nbr`` in ``id``'s list, 0 = nearest other row (the row itself,
-        when its list starts with it, is not counted: as
+        ``nbr`` in ``id``'s list, 0 = nearest other content (neither the row
+        itself nor its copies, at fused distance <=
+        :data:`dedup.grouping.SAME_CONTENT_DISTANCE`, are counted: as
         :func:`dedup.grouping.score_pairs` ranks); ``radii`` ``(id, r, r1)``:
-        the mean distance to the ``k_context`` nearest other rows (a missing
-        one counts at :data:`dedup.grouping.CONTEXT_PRIOR_RADIUS`) and the
-        nearest one's distance (1 when there is none), each at least 1e-6.
+        the mean distance to the ``k_context`` nearest other contents (a
+        missing one counts at :data:`dedup.grouping.CONTEXT_PRIOR_RADIUS`)
+        and the nearest one's distance (1 when there is none), each at least 1e-6.
         Rows without any other neighbour have no radii row (the caller
         takes the defaults).
     """
@@ -269,11 +270,14 @@ def neighbourhood(fused_lists: "DataFrame", k_context: int) -> tuple["DataFrame"
     from pyspark.sql import functions as F
 
     by_pos = Window.partitionBy("id").orderBy("pos")
-    first = F.first("nbr").over(by_pos.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing))
-    others = fused_lists.withColumn("self_first", (first == F.col("id")).cast("int")).where(F.col("nbr") != F.col("id"))
-    ranks = others.select("id", "nbr", (F.col("pos") - F.col("self_first")).alias("rank"))
+    # copies of the row itself are not counted (as score_pairs: SAME_CONTENT_DISTANCE)
+    counted = (F.col("fused") > F.lit(SAME_CONTENT_DISTANCE)).cast("int")
+    others = fused_lists.where(F.col("nbr") != F.col("id")).withColumn("counted", counted)
+    before = F.sum("counted").over(by_pos.rowsBetween(Window.unboundedPreceding, -1))
+    ranks = others.select("id", "nbr", F.coalesce(before, F.lit(0)).cast("long").alias("rank"))
     # the pair's fused distance (computed as score_pairs computes it), not the search's own
-    near = others.withColumn("near", F.row_number().over(Window.partitionBy("id").orderBy("fused", "nbr")))
+    near = others.where(F.col("counted") == 1)
+    near = near.withColumn("near", F.row_number().over(Window.partitionBy("id").orderBy("fused", "nbr")))
     radii = (
         near.groupBy("id")
         .agg(

@@ -129,26 +129,33 @@ def test_distributed_pair_evidence_equals_score_pairs(spark, ukbench_embedded, m
 
 def test_distributed_pair_evidence_over_many_lists(spark, ukbench_embedded):
     """With many small k-means lists (each row in 3 of them, pairs found by
-    several lists), the neighbourhood statistics by window functions (ranks,
-    context radii, nearest distances) equal score_pairs' on the same lists,
-    and the candidates keep >= 0.95 of the exact search's."""
+    several lists) and byte-identical copies of ten rows (each there three
+    times), the neighbourhood statistics by window functions (ranks, context
+    radii, nearest distances, copies left out of all three) equal
+    score_pairs' on the same lists, and the candidates keep >= 0.95 of the
+    exact search's."""
     from dedup.grouping import GroupingParams, candidate_pairs, fused_parts, score_pairs
     from dedup.index import exact_knn
     from dedup.spark_evidence import features_frame, list_arrays, pair_evidence
 
     e, params, K = ukbench_embedded, GroupingParams(), 11
-    E, n = _two_backbones(e), len(e.colours)
-    df = features_frame(spark, E, e.colours, e.layouts, e.codes)
+    rows = np.r_[np.arange(len(e.colours)), np.repeat(np.arange(0, 100, 10), 2)]  # the copies last
+    E, n = [X[rows] for X in _two_backbones(e)], len(rows)
+    colours, layouts, codes = e.colours[rows], e.layouts[rows], e.codes[rows]
+    df = features_frame(spark, E, colours, layouts, codes)
     scored, lists = pair_evidence(df, 2, params.colour_weight, K, params.k_context, list_size=60, lists_per_row=3)
     from dedup.grouping import Pairs
 
     got = Pairs.from_frame(scored.toPandas().sort_values(["i", "j"]))
     fused_ids = list_arrays(lists, n, K)
     lists.unpersist()
-    fused = fused_parts(E, e.colours, params.colour_weight)
+    fused = fused_parts(E, colours, params.colour_weight)
     assert (fused_ids >= 0).all()
-    want = score_pairs(got.ij, E, e.colours, fused, fused_ids, e.codes, params.k_context, e.layouts)
+    want = score_pairs(got.ij, E, colours, fused, fused_ids, codes, params.k_context, layouts)
     _assert_same_evidence(got, want)
+    copies = rows[got.ij[:, 0]] == rows[got.ij[:, 1]]
+    assert copies.sum() == 30 and (got.fused[copies] <= 1e-6).all() and (got.rank_ij[copies] == 0).all()
+    assert (got.relative < 1e3).all()  # no pair is measured against a copy's zero distance
     F = fused.stack()
     exact = candidate_pairs([exact_knn(X, X, K)[0] for X in E] + [exact_knn(F, F, K)[0]])
     found = np.intersect1d(exact[:, 0] * n + exact[:, 1], got.ij[:, 0] * n + got.ij[:, 1])
