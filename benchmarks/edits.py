@@ -13,7 +13,8 @@ look-alikes that must stay apart:
 * ``edited-ukbench``: the first photo of each of the 150 ukbench-dev objects,
   each with an edited copy.
 * ``edited-ukbench-x3``: the same, with each original also uploaded twice more
-  under other names, byte for byte (one file listed under several SKUs).
+  under other names (one photo listed under several SKUs): once byte for
+  byte, once re-encoded at JPEG quality 90.
 
     python benchmarks/edits.py          # writes benchmarks/.cache/sets/edited-*/
 
@@ -57,10 +58,13 @@ def _pick_ukbench(n: int) -> pd.DataFrame:
     return lab.sort_values("path").groupby("group").head(1).head(n)
 
 
-#: Edited-copy sets whose every original is also there as byte-identical
-#: uploads under other names (one file uploaded under several SKUs): name ->
-#: (the set it extends, files of each original in all).
+#: Edited-copy sets whose every original is also there as further uploads
+#: under other names (one photo listed under several SKUs): name -> (the set
+#: it extends, files of each original in all). The first upload is the
+#: original's file byte for byte, the others the photo re-encoded at JPEG
+#: quality :data:`UPLOAD_QUALITY` (as a marketplace re-encodes an upload).
 UPLOAD_SETS = {"edited-ukbench-x3": ("edited-ukbench", 3)}
+UPLOAD_QUALITY = 90
 
 
 def build_edited_set(name: str, out: Path | None = None, n: int | None = None, seed: int = 0) -> Path:
@@ -69,8 +73,8 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
     Args:
         name: ``"edited-inshop"``, ``"edited-ukbench"``, or one of
             :data:`UPLOAD_SETS` (``"edited-ukbench-x3"``: edited-ukbench with
-            each original also uploaded twice more, byte for byte, as
-            ``NNNN-u1.jpg`` and ``NNNN-u2.jpg``).
+            each original also uploaded twice more: ``NNNN-u1.jpg`` byte for
+            byte, ``NNNN-u2.jpg`` re-encoded at JPEG quality 90).
         out: folder to write (default ``benchmarks/.cache/sets/NAME``).
         n: number of cuts (inshop, default 120) or objects (ukbench, default 150).
         seed: the seed of every random choice; the same seed gives the same files.
@@ -106,8 +110,11 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
         apply_edit(im, kind, seed * 100003 + k).save(out / "images" / f"{stem}-x.jpg", quality=90)
         cut = getattr(r, "cut", r.group)
         rows += [(f"images/{stem}.jpg", r.group, "", cut), (f"images/{stem}-x.jpg", r.group, kind, cut)]
-        for u in range(1, files):
-            shutil.copyfile(out / "images" / f"{stem}.jpg", out / "images" / f"{stem}-u{u}.jpg")
+        for u in range(1, files):  # the first upload byte for byte, the next ones re-encoded
+            if u == 1:
+                shutil.copyfile(out / "images" / f"{stem}.jpg", out / "images" / f"{stem}-u{u}.jpg")
+            else:
+                im.save(out / "images" / f"{stem}-u{u}.jpg", quality=UPLOAD_QUALITY)
             rows.append((f"images/{stem}-u{u}.jpg", r.group, "", cut))
     tmp = out / "labels.csv.tmp"
     pd.DataFrame(rows, columns=["path", "group", "edit", "cut"]).to_csv(tmp, index=False)

@@ -129,12 +129,12 @@ def test_distributed_pair_evidence_equals_score_pairs(spark, ukbench_embedded, m
 
 def test_distributed_pair_evidence_over_many_lists(spark, ukbench_embedded):
     """With many small k-means lists (each row in 3 of them, pairs found by
-    several lists) and byte-identical copies of ten rows (each there three
-    times), the neighbourhood statistics by window functions (ranks, context
-    radii, nearest distances, copies left out of all three) equal
+    several lists) and ten rows each there three times (as is, a byte copy and
+    a near copy), the neighbourhood statistics by window functions (ranks,
+    context radii, nearest distances, copies left out of all three) equal
     score_pairs' on the same lists, and the candidates keep >= 0.95 of the
     exact search's."""
-    from dedup.grouping import GroupingParams, candidate_pairs, fused_parts, score_pairs
+    from dedup.grouping import SAME_CONTENT_DISTANCE, GroupingParams, candidate_pairs, fused_parts, score_pairs
     from dedup.index import exact_knn
     from dedup.spark_evidence import features_frame, list_arrays, pair_evidence
 
@@ -142,6 +142,12 @@ def test_distributed_pair_evidence_over_many_lists(spark, ukbench_embedded):
     rows = np.r_[np.arange(len(e.colours)), np.repeat(np.arange(0, 100, 10), 2)]  # the copies last
     E, n = [X[rows] for X in _two_backbones(e)], len(rows)
     colours, layouts, codes = e.colours[rows], e.layouts[rows], e.codes[rows]
+    # every second copy is a near copy (as a re-encode): a little noise on its embeddings
+    near = np.arange(len(e.colours) + 1, n, 2)
+    noise = np.random.default_rng(5)
+    for X in E:
+        X[near] += 0.1 * noise.standard_normal((len(near), X.shape[1]), dtype=np.float32) / np.sqrt(X.shape[1])
+        X[near] /= np.linalg.norm(X[near], axis=1, keepdims=True)
     df = features_frame(spark, E, colours, layouts, codes)
     scored, lists = pair_evidence(df, 2, params.colour_weight, K, params.k_context, list_size=60, lists_per_row=3)
     from dedup.grouping import Pairs
@@ -154,7 +160,9 @@ def test_distributed_pair_evidence_over_many_lists(spark, ukbench_embedded):
     want = score_pairs(got.ij, E, colours, fused, fused_ids, codes, params.k_context, layouts)
     _assert_same_evidence(got, want)
     copies = rows[got.ij[:, 0]] == rows[got.ij[:, 1]]
-    assert copies.sum() == 30 and (got.fused[copies] <= 1e-6).all() and (got.rank_ij[copies] == 0).all()
+    assert copies.sum() == 30 and (got.fused[copies] <= SAME_CONTENT_DISTANCE).all()
+    assert (got.fused[copies] > 1e-4).sum() >= 10  # the near copies: not merely rounding
+    assert (got.rank_ij[copies] == 0).all()
     assert (got.relative < 1e3).all()  # no pair is measured against a copy's zero distance
     F = fused.stack()
     exact = candidate_pairs([exact_knn(X, X, K)[0] for X in E] + [exact_knn(F, F, K)[0]])
