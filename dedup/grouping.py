@@ -320,10 +320,10 @@ _PAIR_BLOCK = 8192
 #: median 0.0054), the closest edited copy (a seller's edit) 0.0048, two
 #: products 0.023 or more. On the re-upload set edited-ukbench-x3 the copies
 #: found rise from 0.960 (1e-6: byte copies only) to 0.993 at 0.003 and
-#: 1.000 at 0.005, inshop-women's recall 0.445 -> 0.447 from 0.003 on and
-#: every other set the same, and 0.01 joins two
-#: products on edited-inshop; precision first, the cutoff stays below every
-#: edited copy measured.
+#: 1.000 at 0.005; inshop-women's recall goes 0.445 -> 0.447 from 0.003 on,
+#: every other set is the same, and 0.01 joins two products on
+#: edited-inshop. Precision first: the cutoff stays below every edited copy
+#: measured.
 SAME_CONTENT_DISTANCE: float = 0.003
 
 #: Fused-space radius assumed for neighbours a small collection lacks: the
