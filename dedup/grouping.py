@@ -343,6 +343,7 @@ def score_pairs(
     phashes: np.ndarray,
     k_context: int = 10,
     layouts: np.ndarray | None = None,
+    copies_space: np.ndarray | WeightedVectors | None = None,
 ) -> Pairs:
     """The evidence of every candidate pair (all but the geometric verification).
 
@@ -363,6 +364,12 @@ def score_pairs(
         layouts: ``(n, dedup.colour.LAYOUT_DIM)`` uint8 colour layouts, or
             ``None`` (a caller without them, e.g. synthetic data): the
             colour distance then stands in for both layout distances.
+        copies_space: the rows in which copies are recognised, where
+            ``fused`` is not :func:`fused_vectors`' space (an adapted model's
+            projection, which may bring two photos of one product closer
+            than copies): those unadapted rows (:func:`fused_parts` of the
+            same embeddings and colours), the space
+            :data:`SAME_CONTENT_DISTANCE` was chosen in. ``None``: ``fused``.
 
     Returns:
         :class:`Pairs` with ``inliers`` and ``mismatch`` set to -1.
@@ -398,14 +405,18 @@ def score_pairs(
     if n and k:
         others = np.where(fused_ids == np.arange(n)[:, None], -1, fused_ids)
         dd = np.full(others.shape, np.nan, np.float32)
+        same = np.zeros(others.shape, bool)
         ok = others >= 0
         rows, cols = np.nonzero(ok)
         for s in range(0, len(rows), _PAIR_BLOCK):  # gathered in blocks, as above
             sl = slice(s, s + _PAIR_BLOCK)
             i, j = rows[sl], others[rows[sl], cols[sl]]
-            dd[rows[sl], cols[sl]] = 1.0 - _rows_dot(fused, i, j)
+            dd[rows[sl], cols[sl]] = d = 1.0 - _rows_dot(fused, i, j)
+            if copies_space is not None:
+                d = 1.0 - _rows_dot(copies_space, i, j)
+            same[rows[sl], cols[sl]] = d <= SAME_CONTENT_DISTANCE
         # the radii are measured over other contents: copies of the image are the image
-        counted = ok & ~(dd <= SAME_CONTENT_DISTANCE)
+        counted = ok & ~same
         dd = np.sort(np.where(counted, dd, np.inf), axis=1)
         near = dd[:, :k_context]
         finite = np.isfinite(near)

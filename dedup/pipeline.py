@@ -858,7 +858,11 @@ class Deduplicator:
             )[1][0]
         with _timed(timings, "group"):
             ij = candidate_pairs(neighbour_ids + [fused_ids], extra=phash_pairs)
-            pairs = score_pairs(ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context, layouts)
+            # copies are recognised in the unadapted fused space, where SAME_CONTENT_DISTANCE was chosen
+            raw = None if adapted is None else fused_parts(list(emb.values()), colours, params.colour_weight)
+            pairs = score_pairs(
+                ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context, layouts, copies_space=raw
+            )
             verifier, p_unverified = self._verify(pairs, files, digests, cache, screen=self.screens(adapted))
         return Scored(indexes, fused_ids, pairs, verifier, p_unverified)
 
