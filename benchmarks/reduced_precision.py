@@ -104,9 +104,10 @@ def openvino_bf16(model: bytes) -> Network | None:
     return lambda x: np.array(compiled(np.ascontiguousarray(x, np.float32))[0], np.float32)
 
 
-def onnxruntime_int8(model: bytes, calibration: np.ndarray, tmp: Path, reduce_range: bool) -> Network:
-    """ONNX Runtime static int8 (QDQ, per channel), calibrated on ``calibration``
-    (``(m, 3, 224, 224)`` float32 network inputs), split as dedup splits fp32."""
+def quantize_int8(model: bytes, calibration: np.ndarray, tmp: Path, reduce_range: bool) -> bytes:
+    """The ONNX model quantised to static int8 (QDQ, weights per channel,
+    activations uint8 calibrated min-max on ``calibration``, ``(m, 3, 224,
+    224)`` float32 network inputs), as ONNX bytes; files are written in ``tmp``."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -130,7 +131,12 @@ def onnxruntime_int8(model: bytes, calibration: np.ndarray, tmp: Path, reduce_ra
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
-    return onnxruntime_session(out.read_bytes())
+    return out.read_bytes()
+
+
+def onnxruntime_int8(model: bytes, calibration: np.ndarray, tmp: Path, reduce_range: bool) -> Network:
+    """:func:`quantize_int8`'s model run by ONNX Runtime, split as dedup splits fp32."""
+    return onnxruntime_session(quantize_int8(model, calibration, tmp, reduce_range))
 
 
 def network_inputs(paths: list[Path]) -> np.ndarray:

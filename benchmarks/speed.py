@@ -196,29 +196,11 @@ def _int8(onnx_path: Path, arrs, calib) -> tuple[float, np.ndarray]:
     0.64, with it 0.89-0.92. Excluding the stem, head or depthwise convolutions
     from quantisation did not reach 0.99 either (0.73-0.96)."""
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from reduced_precision import quantize_int8
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"x": _lite0_input(a)} for a in calib])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    pre, q = onnx_path.with_suffix(".pre.onnx"), onnx_path.with_suffix(".int8.onnx")
-    quant_pre_process(str(onnx_path), str(pre))
-    quantize_static(
-        str(pre),
-        str(q),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    session = ort.InferenceSession(str(q), providers=["CPUExecutionProvider"])
+    calibration = np.concatenate([_lite0_input(a) for a in calib])
+    q = quantize_int8(onnx_path.read_bytes(), calibration, onnx_path.parent, reduce_range=True)
+    session = ort.InferenceSession(q, providers=["CPUExecutionProvider"])
     return model_rate(lambda x: session.run(None, {"x": _lite0_input(x)})[0], arrs)
 
 
