@@ -322,7 +322,8 @@ class Cache:
     # -- geometric verification and thumbnails ------------------------------
     def get_verified(self, pairs: list[tuple[str, str]], method: str) -> dict[tuple[str, str], tuple[int, float]]:
         """Stored verification results ``(inliers, colour mismatch)`` for
-        ``(digest_a, digest_b)`` pairs (a < b); misses are absent."""
+        ``(digest_a, digest_b)`` pairs, in the order verified (a pair and its
+        reverse are two entries); misses are absent."""
         out = {}
         wanted = set(pairs)
         for start in range(0, len(pairs), 400):
@@ -337,7 +338,7 @@ class Cache:
         return out
 
     def put_verified(self, values: dict[tuple[str, str], tuple[int, float]], method: str) -> None:
-        """Store verification results of digest pairs (a < b) and commit."""
+        """Store verification results of ordered digest pairs and commit."""
         self._db.executemany(
             "INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?)",
             [(a, b, method, int(v), float(mm)) for (a, b), (v, mm) in values.items()],

@@ -313,14 +313,23 @@ def group_counts(groups: pd.DataFrame) -> dict:
 
 
 class _CachedVerify:
-    """Geometric verification that reuses results stored in the cache (keyed by content)."""
+    """Geometric verification that reuses results stored in the cache, keyed
+    by the ordered pair of contents: RootSIFT matching is not symmetric (the
+    ratio test runs from the first image's descriptors) and the colour
+    mismatch is measured on the first image's foreground, so ``(a, b)`` and
+    ``(b, a)`` are two results. A run with the cache decides exactly as a run
+    without it, even where a folder holds one pair of contents in both
+    orders (a photo under two names beside its edited copy)."""
 
     def __init__(self, verifier, cache: Cache, digests: list[str]):
         self.verifier, self.cache, self.digests = verifier, cache, digests
 
     def __call__(self, ij: np.ndarray) -> np.ndarray:
-        keys = [tuple(sorted((self.digests[i], self.digests[j]))) for i, j in ij]
-        method = self.verifier.method_id
+        """``(m, 2)`` float64 ``(inliers, mismatch)`` of the pairs ``(i, j)``,
+        each verified from ``i`` to ``j`` (results stored under the unordered
+        pair, by earlier versions, are under another method name: not read)."""
+        keys = [(self.digests[i], self.digests[j]) for i, j in ij]
+        method = self.verifier.method_id + "-ordered"
         got = self.cache.get_verified(keys, method)
         out = np.array([got.get(k, (-1, -1.0)) for k in keys], dtype=np.float64).reshape(-1, 2)
         miss = out[:, 0] < 0
