@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -44,6 +43,7 @@ import numpy as np
 from _common import BENCH, ROOT, machine, replace_readme_block, write
 from edits import build_edited_set
 from PIL import Image
+from speed import model_rate
 
 from dedup.backbones import EfficientNetLite0
 from dedup.backbones.runtime import onnxruntime_session, read_verified
@@ -153,14 +153,6 @@ def run_network(fn: Network, x: np.ndarray) -> np.ndarray:
     return np.concatenate([fn(x[s : s + BATCH]) for s in range(0, len(x), BATCH)])
 
 
-def model_rate(fn: Network, x: np.ndarray) -> float:
-    """Images/s over ``x`` in batches of 32, after one warm-up batch."""
-    fn(x[:BATCH])
-    t = time.perf_counter()
-    run_network(fn, x)
-    return len(x) / (time.perf_counter() - t)
-
-
 def cosines(ref: np.ndarray, got: np.ndarray) -> np.ndarray:
     a, b = ref.astype(np.float64), got.astype(np.float64)
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
@@ -230,6 +222,7 @@ def main() -> None:
     ukb = read_labels(BENCH / "ukbench-dev" / "labels.csv")
     ukb_paths = [BENCH / "ukbench-dev" / p for p in ukb.path]
     speed_x = network_inputs(ukb_paths[:600])
+    speed_batches = [speed_x[s : s + BATCH] for s in range(0, len(speed_x), BATCH)]
     calibration = network_inputs(ukb_paths[300::3][:96])
     every = []
     for name in SHARED:
@@ -255,7 +248,7 @@ def main() -> None:
                 rows.append({"runtime": arm, "supported": False})
                 print(arm, "not supported on this CPU", flush=True)
                 continue
-            row: dict = {"runtime": arm, "supported": True, "img_s": model_rate(fn, speed_x)}
+            row: dict = {"runtime": arm, "supported": True, "img_s": model_rate(fn, speed_batches)[0]}
             emb = run_network(fn, every_x)
             if ref is None:
                 ref = emb
