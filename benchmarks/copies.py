@@ -39,7 +39,15 @@ from dedup.evaluate import read_labels, run_bench
 from dedup.grouping import fused_vectors
 from dedup.pipeline import Deduplicator
 
-SETS = ("products-flipkart", "ukbench-dev", "inshop-women", "edited-inshop", "edited-ukbench", "edited-ukbench-x3")
+SETS = (
+    "products-flipkart",
+    "ukbench-dev",
+    "inshop-women",
+    "edited-inshop",
+    "edited-ukbench",
+    "edited-ukbench-x3",
+    "edited-ukbench-x13",
+)
 CUTOFFS = (1e-6, 0.002, 0.003, 0.005, 0.01)
 QUALITIES = (95, 90, 75)
 

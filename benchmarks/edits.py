@@ -15,6 +15,9 @@ look-alikes that must stay apart:
 * ``edited-ukbench-x3``: the same, with each original also uploaded twice more
   under other names (one photo listed under several SKUs): once byte for
   byte, once re-encoded at JPEG quality 90.
+* ``edited-ukbench-x13``: the same, with each original there 13 times, byte
+  for byte (a photo listed under many SKUs: its copies could fill its list
+  of nearest neighbours).
 
     python benchmarks/edits.py          # writes benchmarks/.cache/sets/edited-*/
 
@@ -60,10 +63,10 @@ def _pick_ukbench(n: int) -> pd.DataFrame:
 
 #: Edited-copy sets whose every original is also there as further uploads
 #: under other names (one photo listed under several SKUs): name -> (the set
-#: it extends, files of each original in all). The first upload is the
-#: original's file byte for byte, the others the photo re-encoded at JPEG
+#: it extends, byte-for-byte copies of each original, re-encoded copies).
+#: The byte copies come first (``-u1`` ...), then the photo re-encoded at JPEG
 #: quality :data:`UPLOAD_QUALITY` (as a marketplace re-encodes an upload).
-UPLOAD_SETS = {"edited-ukbench-x3": ("edited-ukbench", 3)}
+UPLOAD_SETS = {"edited-ukbench-x3": ("edited-ukbench", 1, 1), "edited-ukbench-x13": ("edited-ukbench", 12, 0)}
 UPLOAD_QUALITY = 90
 
 
@@ -74,7 +77,9 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
         name: ``"edited-inshop"``, ``"edited-ukbench"``, or one of
             :data:`UPLOAD_SETS` (``"edited-ukbench-x3"``: edited-ukbench with
             each original also uploaded twice more: ``NNNN-u1.jpg`` byte for
-            byte, ``NNNN-u2.jpg`` re-encoded at JPEG quality 90).
+            byte, ``NNNN-u2.jpg`` re-encoded at JPEG quality 90;
+            ``"edited-ukbench-x13"``: ``NNNN-u1.jpg`` to ``NNNN-u12.jpg``, byte
+            for byte).
         out: folder to write (default ``benchmarks/.cache/sets/NAME``).
         n: number of cuts (inshop, default 120) or objects (ukbench, default 150).
         seed: the seed of every random choice; the same seed gives the same files.
@@ -87,7 +92,8 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
     Raises:
         ValueError: unknown set name.
     """
-    base, files = UPLOAD_SETS.get(name, (name, 1))
+    base, byte_copies, reencoded = UPLOAD_SETS.get(name, (name, 0, 0))
+    files = 1 + byte_copies + reencoded
     if base == "edited-inshop":
         src, picked = BENCH / "inshop-women", _pick_inshop(n or 120, seed)
     elif base == "edited-ukbench":
@@ -110,8 +116,8 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
         apply_edit(im, kind, seed * 100003 + k).save(out / "images" / f"{stem}-x.jpg", quality=90)
         cut = getattr(r, "cut", r.group)
         rows += [(f"images/{stem}.jpg", r.group, "", cut), (f"images/{stem}-x.jpg", r.group, kind, cut)]
-        for u in range(1, files):  # the first upload byte for byte, the next ones re-encoded
-            if u == 1:
+        for u in range(1, files):  # the byte copies first, then the re-encoded ones
+            if u <= byte_copies:
                 shutil.copyfile(out / "images" / f"{stem}.jpg", out / "images" / f"{stem}-u{u}.jpg")
             else:
                 im.save(out / "images" / f"{stem}-u{u}.jpg", quality=UPLOAD_QUALITY)

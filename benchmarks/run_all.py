@@ -33,6 +33,7 @@ SETS = (
     "edited-inshop",
     "edited-ukbench",
     "edited-ukbench-x3",
+    "edited-ukbench-x13",
 )
 
 

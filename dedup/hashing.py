@@ -19,6 +19,7 @@ import os
 
 import imagehash
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 #: Default Hamming threshold for the pHash pass, in bits out of 64. Resized
@@ -68,6 +69,47 @@ def exact_groups(digests: list[str]) -> list[list[int]]:
     for i, d in enumerate(digests):
         by_digest.setdefault(d, []).append(i)
     return [ix for ix in by_digest.values() if len(ix) > 1]
+
+
+def unique_contents(digests: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """One row per content: the first row of each SHA-256 digest.
+
+    The candidate search runs over these rows only, so that the byte copies
+    of a photo (one photo listed under several SKUs) cannot fill an image's
+    list of nearest neighbours and push an edited copy out of it; the copies
+    themselves join through the hash pass.
+
+    Args:
+        digests: ``n`` SHA-256 hex digests.
+
+    Returns:
+        ``(rows, content)``: ``(u,)`` int64 ascending, the first row of each
+        digest, and ``(n,)`` int64, each row's position in ``rows``
+        (``rows[content[i]]`` is the first row with ``i``'s bytes).
+    """
+    content, uniques = pd.factorize(pd.Series(list(digests), dtype=object), sort=False)
+    content = np.asarray(content, np.int64)
+    rows = np.full(len(uniques), -1, np.int64)
+    rows[content[::-1]] = np.arange(len(content) - 1, -1, -1, dtype=np.int64)  # the first row wins
+    return rows, content
+
+
+def content_pairs(pairs: np.ndarray | None, content: np.ndarray) -> np.ndarray:
+    """Row pairs as pairs of contents (:func:`unique_contents`).
+
+    Args:
+        pairs: ``(e, 2)`` int64 row pairs, or ``None``.
+        content: ``(n,)`` int64 each row's content.
+
+    Returns:
+        ``(e', 2)`` int64 unique content pairs, ``a < b``, sorted; pairs of
+        one content (byte copies) dropped.
+    """
+    if pairs is None or len(pairs) == 0:
+        return np.zeros((0, 2), np.int64)
+    c = np.sort(content[np.asarray(pairs, np.int64).reshape(-1, 2)], axis=1)
+    c = c[c[:, 0] != c[:, 1]]
+    return np.unique(c, axis=0) if len(c) else np.zeros((0, 2), np.int64)
 
 
 #: Largest Hamming distance searched by multi-index hashing; above it all pairs are compared.

@@ -202,6 +202,10 @@ class WeightedVectors:
         out = np.hstack([X[idx] * np.float32(np.sqrt(w)) for X, w in zip(self.parts, self.weights)])
         return out * self.inv_norm[idx][:, None]
 
+    def take(self, idx: np.ndarray) -> "WeightedVectors":
+        """The rows ``idx`` as :class:`WeightedVectors` of their own (parts copied)."""
+        return WeightedVectors([X[idx] for X in self.parts], self.weights)
+
     def stack(self) -> np.ndarray:
         """``(n, dim)`` float32: every row stacked (what the class avoids; for small n)."""
         return self.rows(np.arange(len(self)))
@@ -224,6 +228,78 @@ class WeightedVectors:
 _ROW_BLOCK = 65_536
 
 
+def annoy_indexes(
+    vectors: dict,
+    n_trees: int = DEFAULT_N_TREES,
+    search_k_factor: int = SEARCH_K_FACTOR,
+    exact_max: int = EXACT_KNN_MAX,
+) -> dict[str, AnnIndex]:
+    """One Annoy index per matrix, saved in OUT for ``query``.
+
+    Annoy indexes serve ``query`` only (no group depends on them) and are
+    built up to ``exact_max`` rows, on one thread (the same index on any
+    machine). Above, building one costs too much time and memory for the run
+    (about 12 minutes and 5.7 GB for one 1280-d backbone at 1M images,
+    measured when the scaling work began), so the run leaves it to the first
+    ``query`` (:class:`dedup.query.Searcher`).
+
+    Args:
+        vectors: name -> ``(n, d)`` float32 L2-normalised rows.
+
+    Returns:
+        name -> :class:`AnnIndex` (none for an empty matrix or one of more
+        than ``exact_max`` rows).
+
+    Raises:
+        ValueError: a :class:`WeightedVectors` (an index needs stacked rows).
+    """
+    out = {}
+    for name, X in vectors.items():
+        if isinstance(X, WeightedVectors):
+            raise ValueError("annoy_indexes: an Annoy index needs stacked vectors, not WeightedVectors")
+        if 0 < len(X) <= exact_max:
+            out[name] = AnnIndex(n_trees, search_k_factor).build(X)
+    return out
+
+
+def neighbour_lists(
+    vectors: dict, k: int, exact_max: int = EXACT_KNN_MAX, progress: bool = False, search=None
+) -> list[np.ndarray]:
+    """Stage 5, search: each row's ``k`` nearest, per matrix.
+
+    Exact up to ``exact_max`` rows (:func:`exact_knn`), from
+    :func:`clustered_knn` above (or ``search``).
+
+    Args:
+        vectors: name -> ``(n, d)`` float32 L2-normalised rows, or a
+            :class:`WeightedVectors`.
+        k: neighbours per row (the row itself comes first, so ``k + 1`` ids).
+        progress: show the clustered search's progress (tqdm).
+        search: ``(X, k) -> (n, k) int64 ids`` finding the neighbour lists
+            above ``exact_max`` rows instead of :func:`clustered_knn` (the
+            Spark engine's :meth:`dedup.spark.SparkEngine.neighbours`).
+
+    Returns:
+        Per matrix, ``(n, k + 1)`` int64 ids, nearest first (-1 padded).
+    """
+    ids = []
+    for X in vectors.values():
+        if len(X) == 0:
+            ids.append(np.zeros((0, k + 1), np.int64))
+            continue
+        if len(X) <= exact_max:
+            X32 = X.stack() if isinstance(X, WeightedVectors) else np.asarray(X, np.float32)
+            found = exact_knn(X32, X32, k + 1)[0]
+        elif search is not None:
+            found = search(X, k + 1)
+        else:
+            found = clustered_knn(X, k + 1, progress=progress)[0]
+        out = np.full((len(X), k + 1), -1, np.int64)
+        out[:, : found.shape[1]] = found
+        ids.append(out)
+    return ids
+
+
 def build_indexes(
     vectors: dict,
     k: int,
@@ -234,29 +310,8 @@ def build_indexes(
     progress: bool = False,
     search=None,
 ) -> tuple[dict[str, AnnIndex], list[np.ndarray]]:
-    """Stage 5, index: each row's ``k`` nearest and, with ``keep``, one Annoy
-    index per matrix (saved in OUT for ``query``).
-
-    The neighbours are exact up to ``exact_max`` rows (:func:`exact_knn`)
-    and from :func:`clustered_knn` above. Annoy indexes serve ``query`` only
-    (no group depends on them) and are built here up to ``exact_max`` rows,
-    on one thread (the same index on any machine). Above, building one
-    costs too much time and memory for the run (about 12 minutes and 5.7 GB
-    for one 1280-d backbone at 1M images, measured when the scaling work
-    began), so the run leaves it to the first ``query``
-    (:class:`dedup.query.Searcher`).
-
-    Args:
-        vectors: name -> ``(n, d)`` float32 L2-normalised rows, or a
-            :class:`WeightedVectors` (not with ``keep``).
-        k: neighbours per row (the row itself comes first, so ``k + 1`` ids).
-        keep: also build and return the Annoy indexes (``False``: only the
-            neighbour lists, as for the fused vectors, which no later
-            command searches).
-        progress: show the clustered search's progress (tqdm).
-        search: ``(X, k) -> (n, k) int64 ids`` finding the neighbour lists
-            above ``exact_max`` rows instead of :func:`clustered_knn` (the
-            Spark engine's :meth:`dedup.spark.SparkEngine.neighbours`).
+    """:func:`annoy_indexes` (with ``keep``) and :func:`neighbour_lists` of
+    the same matrices.
 
     Returns:
         ``(indexes, neighbour_ids)``: name -> :class:`AnnIndex` (none when
@@ -266,26 +321,8 @@ def build_indexes(
     Raises:
         ValueError: ``keep`` with a :class:`WeightedVectors`.
     """
-    indexes, ids = {}, []
-    for name, X in vectors.items():
-        if len(X) == 0:
-            ids.append(np.zeros((0, k + 1), np.int64))
-            continue
-        if keep and isinstance(X, WeightedVectors):
-            raise ValueError("build_indexes: an Annoy index needs stacked vectors, not WeightedVectors")
-        if len(X) <= exact_max:
-            if keep:
-                indexes[name] = AnnIndex(n_trees, search_k_factor).build(X)
-            X32 = X.stack() if isinstance(X, WeightedVectors) else np.asarray(X, np.float32)
-            found = exact_knn(X32, X32, k + 1)[0]
-        elif search is not None:
-            found = search(X, k + 1)
-        else:
-            found = clustered_knn(X, k + 1, progress=progress)[0]
-        out = np.full((len(X), k + 1), -1, np.int64)
-        out[:, : found.shape[1]] = found
-        ids.append(out)
-    return indexes, ids
+    indexes = annoy_indexes(vectors, n_trees, search_k_factor, exact_max) if keep else {}
+    return indexes, neighbour_lists(vectors, k, exact_max, progress, search)
 
 
 def clustered_knn(

@@ -9,11 +9,12 @@ of its own module, usable alone:
    one embedding per backbone, cached by content;
 4. hash pass (:func:`dedup.hashing.hash_pass`): byte-identical files and
    pHash near-duplicates;
-5. index (:func:`dedup.index.build_indexes`): Annoy per backbone (for
+5. index (:func:`dedup.index.annoy_indexes`): Annoy per backbone (for
    ``query``; built by the first query above ``exact_knn_max`` images), and
-   each image's nearest neighbours by every backbone and by the colour-fused
-   vectors (in an adapted model's projection, :mod:`dedup.adapt`): exact,
-   or by the clustered search above ``exact_knn_max``;
+   search (:func:`dedup.index.neighbour_lists`): each content's nearest
+   neighbours by every backbone and by the colour-fused vectors (in an
+   adapted model's projection, :mod:`dedup.adapt`): exact, or by the
+   clustered search above ``exact_knn_max``;
 6. group (:mod:`dedup.grouping`, :mod:`dedup.verify`, :mod:`dedup.calibration`):
    candidate pairs, their evidence, the calibrated decision, the groups;
 7. report (:mod:`dedup.report`), written by :func:`dedup.job.run_job` or the caller.
@@ -58,9 +59,17 @@ from .grouping import (
     group,
     score_pairs,
 )
-from .hashing import DEFAULT_PHASH_MAX_DISTANCE, hash_pass
-from .index import DEFAULT_N_TREES, EXACT_KNN_MAX, SEARCH_K_FACTOR, AnnIndex, WeightedVectors, build_indexes
-from .rerank import ranked_neighbours
+from .hashing import DEFAULT_PHASH_MAX_DISTANCE, content_pairs, hash_pass, unique_contents
+from .index import (
+    DEFAULT_N_TREES,
+    EXACT_KNN_MAX,
+    SEARCH_K_FACTOR,
+    AnnIndex,
+    WeightedVectors,
+    annoy_indexes,
+    neighbour_lists,
+)
+from .rerank import ranked_neighbours, with_copies
 from .verify import GeometricVerifier
 
 log = logging.getLogger(__name__)
@@ -128,9 +137,14 @@ class Result:
         candidate pairs by calibrated confidence, then the rest of its fused
         kNN list); ``-1`` pads. ``k`` defaults to the fused kNN lists' length.
         With ``with_confidence``, also the ``(n, k)`` float32 confidences
-        (NaN where no pair was scored)."""
+        (NaN where no pair was scored). An image's byte copies come first
+        (confidence 1; :func:`dedup.rerank.with_copies`), then its content's
+        neighbours."""
         p = self.pairs
-        return ranked_neighbours(p.ij, self.confidence, p.rank_ij, p.rank_ji, self.fused_ids, k, with_confidence)
+        ids, conf = ranked_neighbours(p.ij, self.confidence, p.rank_ij, p.rank_ji, self.fused_ids, k, True)
+        if "sha256" in self.groups.columns and len(self.groups) == len(ids):
+            ids, conf = with_copies(ids, conf, *unique_contents(list(self.groups["sha256"])))
+        return (ids, conf) if with_confidence else ids
 
     def ensemble_embeddings(self) -> np.ndarray:
         """``(n, sum d_b)`` float32: the backbones' embeddings side by side, each
@@ -238,6 +252,22 @@ def _timed(timings: dict, name: str):
         yield
     finally:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
+
+
+class _Rows:
+    """Selects one row per content (:func:`dedup.hashing.unique_contents`)
+    from per-image arrays; without copies, the arrays themselves."""
+
+    def __init__(self, rows: np.ndarray, active: bool):
+        self.rows, self.active = rows, active
+
+    def __call__(self, X):
+        if X is None or not self.active:
+            return X
+        return X.take(self.rows) if isinstance(X, WeightedVectors) else X[self.rows]
+
+    def each(self, mats: list) -> list:
+        return [self(X) for X in mats]
 
 
 class _ImageAt:
@@ -393,7 +423,7 @@ class Deduplicator:
             clustered search finds them (the distributed one with the Spark
             engine), the fused vectors are never stacked,
             and the first ``query`` builds the Annoy index
-            (:func:`dedup.index.build_indexes`).
+            (:func:`dedup.index.annoy_indexes`).
         max_pixels: decompression-bomb guard in pixels.
         progress: show tqdm progress bars.
         runtime: the backbones' inference runtime (one of
@@ -802,7 +832,11 @@ class Deduplicator:
     ) -> "Scored":
         """Stages 5 and the evidence of stage 6: the ANN indexes, the candidate
         pairs and their evidence (geometric verification included, cached
-        by content), before any decision. On the Spark engine above
+        by content), before any decision. The lists and the pairs are found
+        over one row per content (:func:`dedup.hashing.unique_contents`: the
+        first of each set of byte-identical files, which the hash pass
+        joins), so that a photo uploaded many times cannot fill the lists
+        with its own copies; a copy gets its first row's list. On the Spark engine above
         ``exact_knn_max`` images (and without an adapted model), the lists
         and the evidence are Spark jobs
         (:meth:`dedup.spark.SparkEngine.pair_evidence`); verification stays
@@ -828,50 +862,50 @@ class Deduplicator:
         params = self.grouping_params()
         engine = self.spark_engine()
         search = None if engine is None else engine.neighbours
-        if engine is not None and adapted is None and len(colours) > self.exact_knn_max:
+        embeddings = list(emb.values())
+        # the search and the evidence run over one row per content: byte copies
+        # (joined by the hash pass) would otherwise fill each other's lists
+        rows, content = unique_contents(digests)
+        take = _Rows(rows, len(rows) < len(digests))
+        emb_u, colours_u = take.each(embeddings), take(colours)  # copied only when there are copies
+        phash_u = content_pairs(phash_pairs, content)
+        if engine is not None and adapted is None and len(rows) > self.exact_knn_max:
             # lists and evidence as Spark jobs, each pair scored where the search found it
             with _timed(timings, "index"):
-                fused_ids, pairs = engine.pair_evidence(
-                    list(emb.values()),
-                    colours,
-                    layouts,
-                    codes,
-                    phash_pairs,
+                ids, pairs = engine.pair_evidence(
+                    emb_u,
+                    colours_u,
+                    take(layouts),
+                    take(codes),
+                    phash_u,
                     self.n_neighbours + 1,
                     params.colour_weight,
                     params.k_context,
                 )
+            indexes: dict[str, AnnIndex] = {}
+        else:
+            with _timed(timings, "index"):
+                indexes = annoy_indexes(emb, self.n_trees, self.search_k_factor, self.exact_knn_max)
+                fused_u = self.fused_space(emb_u, colours_u, adapted) if fused is None else take(fused)
+                lists = neighbour_lists(
+                    {**dict(zip(emb, emb_u)), "fused": fused_u},
+                    self.n_neighbours,
+                    self.exact_knn_max,
+                    self.progress,
+                    search,
+                )
+                ids = lists[-1]
             with _timed(timings, "group"):
-                verifier, p_unverified = self._verify(pairs, files, digests, cache, screen=self.screens(adapted))
-            return Scored({}, fused_ids, pairs, verifier, p_unverified)
-        with _timed(timings, "index"):
-            if fused is None:
-                fused = self.fused_space(list(emb.values()), colours, adapted)
-            indexes, neighbour_ids = build_indexes(
-                emb,
-                self.n_neighbours,
-                self.n_trees,
-                self.search_k_factor,
-                True,
-                self.exact_knn_max,
-                self.progress,
-                search,
-            )
-            fused_ids = build_indexes(
-                {"fused": fused},
-                self.n_neighbours,
-                keep=False,
-                exact_max=self.exact_knn_max,
-                progress=self.progress,
-                search=search,
-            )[1][0]
+                ij = candidate_pairs(lists, extra=phash_u)
+                # copies are recognised in the unadapted fused space, where SAME_CONTENT_DISTANCE was chosen
+                raw = None if adapted is None else fused_parts(emb_u, colours_u, params.colour_weight)
+                pairs = score_pairs(
+                    ij, emb_u, colours_u, fused_u, ids, take(codes), params.k_context, take(layouts), copies_space=raw
+                )
+        # back to rows: each content's pairs between first rows; a copy has its first row's list
+        pairs = dataclasses.replace(pairs, ij=rows[pairs.ij])
+        fused_ids = np.where(ids >= 0, rows[np.maximum(ids, 0)], -1)[content]
         with _timed(timings, "group"):
-            ij = candidate_pairs(neighbour_ids + [fused_ids], extra=phash_pairs)
-            # copies are recognised in the unadapted fused space, where SAME_CONTENT_DISTANCE was chosen
-            raw = None if adapted is None else fused_parts(list(emb.values()), colours, params.colour_weight)
-            pairs = score_pairs(
-                ij, list(emb.values()), colours, fused, fused_ids, codes, params.k_context, layouts, copies_space=raw
-            )
             verifier, p_unverified = self._verify(pairs, files, digests, cache, screen=self.screens(adapted))
         return Scored(indexes, fused_ids, pairs, verifier, p_unverified)
 

@@ -111,3 +111,46 @@ def ranked_neighbours(
     sel = pos < k
     out[rows[sel], pos[sel]] = cols[sel]
     return (out, conf) if with_confidence else out
+
+
+def with_copies(
+    ids: np.ndarray, confidence: np.ndarray, rows: np.ndarray, content: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's neighbours with its byte copies first.
+
+    The run searches and scores one row per content
+    (:func:`dedup.hashing.unique_contents`), so only those rows have scored
+    pairs. Here every image lists the other files with its bytes first
+    (confidence 1: the hash pass joins them), then its content's
+    neighbours (:func:`ranked_neighbours` of the content's first row).
+
+    Args:
+        ids: ``(n, k)`` int64 from :func:`ranked_neighbours`, ``-1`` padded.
+        confidence: ``(n, k)`` float32 beside it (NaN: no scored pair).
+        rows, content: from :func:`dedup.hashing.unique_contents` of the
+            images' digests (``(u,)`` and ``(n,)`` int64).
+
+    Returns:
+        ``(ids, confidence)`` of the same shapes; an image never lists itself.
+
+    Raises:
+        ValueError: ``content`` does not have one entry per row of ``ids``.
+    """
+    n, k = ids.shape
+    if len(content) != n:
+        raise ValueError(f"{n} neighbour lists but {len(content)} contents")
+    first = rows[content]
+    if n == 0 or k == 0 or len(rows) == n:
+        return ids, confidence
+    out, conf = ids[first].copy(), confidence[first].copy()
+    order = np.argsort(content, kind="stable")  # the rows of each content, in row order
+    sizes = np.bincount(content, minlength=len(rows))
+    starts = np.cumsum(sizes) - sizes
+    for i in np.nonzero(sizes[content] > 1)[0].tolist():
+        c = content[i]
+        same = order[starts[c] : starts[c] + sizes[c]]
+        same = same[same != i][:k]
+        listed = np.concatenate([same, out[i]])[:k]
+        out[i] = listed
+        conf[i] = np.concatenate([np.ones(len(same), conf.dtype), conf[i]])[:k]
+    return out, conf

@@ -181,6 +181,46 @@ def test_an_edited_copy_joins_an_original_uploaded_three_times(tmp_path, dd):
 
 
 @pytest.mark.slow
+def test_an_original_uploaded_thirteen_times_still_finds_its_edited_copy(tmp_path, dd):
+    """A photo listed under many SKUs must not hide its edited copies: the
+    search runs over one file per content, so the original's twelve byte
+    copies do not fill its list of nearest neighbours (before, they did, and
+    on these twelve ukbench objects the padded, jittered+padded and rotated
+    copies of objects 23, 25 and 28 stayed alone). Each file lists its own
+    copies first among its neighbours, then its content's neighbours."""
+    uk = labels_of("ukbench-dev").sort_values("path").groupby("group").head(1).path.tolist()
+    once, many = tmp_path / "once", tmp_path / "many"
+    for d in (once, many):
+        d.mkdir()
+    for k in range(20, 32):
+        im = Image.open(bench_set("ukbench-dev") / uk[k]).convert("RGB")
+        for d in (once, many):
+            im.save(d / f"o{k:02d}.jpg", quality=95)
+            apply_edit(im, KINDS[k % len(KINDS)], k).save(d / f"o{k:02d}-x.jpg", quality=90)
+        for c in range(12):
+            shutil.copyfile(once / f"o{k:02d}.jpg", many / f"o{k:02d}-c{c:02d}.jpg")
+    a = dd.run(once)
+    b = dd.run(many)
+    ga, gb = a.groups.set_index("path"), b.groups.set_index("path")
+    for k in range(20, 32):
+        o, x = f"o{k:02d}.jpg", f"o{k:02d}-x.jpg"
+        assert gb.group[x] == gb.group[o], (x, gb.stage[x])
+        assert ga.stage[x] == gb.stage[x] and abs(ga.confidence[x] - gb.confidence[x]) <= 1e-6, x
+        assert (gb.group[[f"o{k:02d}-c{c:02d}.jpg" for c in range(12)]] == gb.group[o]).all()
+    assert gb.group.nunique() == ga.group.nunique() == 12  # and no two products joined
+    # the pairs are scored once per pair of contents, whatever the number of copies
+    assert len(b.pairs.ij) == len(a.pairs.ij)
+    ids, conf = b.neighbours(k=14, with_confidence=True)
+    path = list(b.groups.path)
+    for i in (path.index("o23.jpg"), path.index("o23-c05.jpg")):
+        listed = [path[j] for j in ids[i]]
+        assert path[i] not in listed
+        assert sorted(listed[:12]) == sorted({"o23.jpg", *[f"o23-c{c:02d}.jpg" for c in range(12)]} - {path[i]})
+        assert (conf[i, :12] == 1).all()
+        assert listed[12] == "o23-x.jpg", listed  # then the content's neighbours: its edited copy first
+
+
+@pytest.mark.slow
 def test_every_join_has_a_calibrated_confidence(edited):
     res, _ = edited
     g = res.groups

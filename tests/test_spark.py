@@ -281,14 +281,23 @@ def test_spark_engine_gives_the_local_groups_on_ukbench_dev(spark, tmp_path):
     other 500: a run embeds only what its Parquet features table lacks; the
     geometric verification results, cached by content, are reused); a
     further Spark run embeds nothing."""
+    import shutil
+
     import pandas as pd
 
     from dedup.pipeline import Deduplicator
     from dedup.spark import SparkEngine
 
-    root = bench_set("ukbench-dev")
+    # with byte copies: both engines search and score one file per content
+    root = tmp_path / "ukbench-dev"
+    shutil.copytree(bench_set("ukbench-dev"), root)
+    images = root / "images"
+    for k, name in enumerate(sorted(p.name for p in images.glob("*.jpg"))[:12:4]):
+        for c in range(k + 1):
+            shutil.copyfile(images / name, images / f"zz-copy{c}-{name}")
     cache = tmp_path / "cache.sqlite"
     local = Deduplicator(backbones="efficientnet-lite0", cache=cache, progress=False).run(root)
+    assert len(local.groups) == 606
     engine = SparkEngine(features=str(tmp_path / "features"))
     # exact_knn_max=0: the neighbour lists and the pair evidence too come from Spark jobs, not the driver
     dd = Deduplicator(backbones="efficientnet-lite0", cache=cache, progress=False, engine=engine, exact_knn_max=0)
@@ -296,12 +305,12 @@ def test_spark_engine_gives_the_local_groups_on_ukbench_dev(spark, tmp_path):
     assert part.meta["counts"]["embedded"] == 100
     first = dd.run(root)  # embeds only what the features folder lacks
     assert first.meta["engine"]["name"] == "spark"
-    assert len(local.groups) == 600
-    assert first.meta["counts"]["embedded"] == 500 and first.meta["counts"]["from_cache"] == 100
+    # the copies' contents are among the first 100 photos: their features come from the features table
+    assert first.meta["counts"]["embedded"] == 500 and first.meta["counts"]["from_cache"] == 106
     E_local, E_spark = local.embeddings["efficientnet-lite0"], first.embeddings["efficientnet-lite0"]
     assert np.abs(E_local - E_spark).max() < 1e-4  # the same network on the same pixels
     second = dd.run(root)
-    assert second.meta["counts"]["embedded"] == 0 and second.meta["counts"]["from_cache"] == 600
+    assert second.meta["counts"]["embedded"] == 0 and second.meta["counts"]["from_cache"] == 606
     for got in (first, second):
         pd.testing.assert_frame_equal(
             got.groups.drop(columns=["confidence", "distance"]), local.groups.drop(columns=["confidence", "distance"])
