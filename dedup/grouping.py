@@ -346,7 +346,6 @@ def score_pairs(
     k_context: int = 10,
     layouts: np.ndarray | None = None,
     copies_space: np.ndarray | WeightedVectors | None = None,
-    hash_copies: tuple[int, float] | None = None,
 ) -> Pairs:
     """The evidence of every candidate pair (all but the geometric verification).
 
@@ -373,13 +372,6 @@ def score_pairs(
             than copies): those unadapted rows (:func:`fused_parts` of the
             same embeddings and colours), the space
             :data:`SAME_CONTENT_DISTANCE` was chosen in. ``None``: ``fused``.
-        hash_copies: ``(bits, colour)``: a neighbour within that pHash
-            Hamming distance and Hellinger colour distance (the pHash
-            near-duplicates the hash pass joins: ``phash_max_distance``,
-            ``phash_colour_cutoff``) is a copy too, left out of the radii
-            and ranks as one within :data:`SAME_CONTENT_DISTANCE` is (a
-            photo re-encoded by every marketplace that lists it).
-            ``None``: only the fused distance decides.
 
     Returns:
         :class:`Pairs` with ``inliers`` and ``mismatch`` set to -1.
@@ -424,13 +416,7 @@ def score_pairs(
             dd[rows[sl], cols[sl]] = d = 1.0 - _rows_dot(fused, i, j)
             if copies_space is not None:
                 d = 1.0 - _rows_dot(copies_space, i, j)
-            copy = d <= SAME_CONTENT_DISTANCE
-            if hash_copies is not None:  # the near-duplicates the hash pass joins are copies too
-                x = np.bitwise_xor(codes[i], codes[j])
-                near = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1) <= hash_copies[0]
-                near &= colour_distance(colours[i], colours[j]) <= hash_copies[1]
-                copy |= near
-            same[rows[sl], cols[sl]] = copy
+            same[rows[sl], cols[sl]] = d <= SAME_CONTENT_DISTANCE
         # the radii are measured over other contents: copies of the image are the image
         counted = ok & ~same
         dd = np.sort(np.where(counted, dd, np.inf), axis=1)

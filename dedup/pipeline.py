@@ -869,8 +869,6 @@ class Deduplicator:
         take = _Rows(rows, len(rows) < len(digests))
         emb_u, colours_u = take.each(embeddings), take(colours)  # copied only when there are copies
         phash_u = content_pairs(phash_pairs, content)
-        # the near-duplicates the hash pass joins are copies in a neighbourhood, as byte copies are
-        hash_copies = (self.phash_max_distance, params.phash_colour_cutoff)
         if engine is not None and adapted is None and len(rows) > self.exact_knn_max:
             # lists and evidence as Spark jobs, each pair scored where the search found it
             with _timed(timings, "index"):
@@ -883,7 +881,6 @@ class Deduplicator:
                     self.n_neighbours + 1,
                     params.colour_weight,
                     params.k_context,
-                    hash_copies,
                 )
             indexes: dict[str, AnnIndex] = {}
         else:
@@ -903,9 +900,8 @@ class Deduplicator:
                 # copies are recognised in the unadapted fused space, where SAME_CONTENT_DISTANCE was chosen
                 raw = None if adapted is None else fused_parts(emb_u, colours_u, params.colour_weight)
                 pairs = score_pairs(
-                    ij, emb_u, colours_u, fused_u, ids, take(codes), params.k_context, take(layouts), copies_space=raw,
-                    hash_copies=hash_copies,
-                )  # fmt: skip
+                    ij, emb_u, colours_u, fused_u, ids, take(codes), params.k_context, take(layouts), copies_space=raw
+                )
         # back to rows: each content's pairs between first rows; a copy has its first row's list
         pairs = dataclasses.replace(pairs, ij=rows[pairs.ij])
         fused_ids = np.where(ids >= 0, rows[np.maximum(ids, 0)], -1)[content]

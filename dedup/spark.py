@@ -711,7 +711,6 @@ class SparkEngine:
         k: int,
         colour_weight: float,
         k_context: int = 10,
-        hash_copies: tuple[int, float] | None = None,
     ) -> "tuple[np.ndarray, Pairs]":
         """The candidate pairs and their evidence as Spark jobs
         (:func:`dedup.spark_evidence.pair_evidence`: each pair scored in the
@@ -725,8 +724,7 @@ class SparkEngine:
                 or ``None``; codes: ``(n,)`` uint64 pHashes.
             phash_pairs: ``(e, 2)`` int64 pHash near-duplicates, also candidates.
             k: list length (the row itself first); colour_weight, k_context:
-                the grouping's settings; hash_copies: as
-                :func:`dedup.grouping.score_pairs`.
+                the grouping's settings.
 
         Returns:
             ``(fused_ids, pairs)``: ``(n, k)`` int64 fused-space lists (-1
@@ -742,7 +740,7 @@ class SparkEngine:
         if phash_pairs is not None and len(phash_pairs):
             pdf = pd.DataFrame(np.sort(np.asarray(phash_pairs, np.int64), axis=1), columns=["a", "b"])
             extra = self.spark.createDataFrame(pdf, "a long, b long")
-        scored, lists = pair_evidence(df, len(embeddings), colour_weight, k, k_context, extra, hash_copies)
+        scored, lists = pair_evidence(df, len(embeddings), colour_weight, k, k_context, extra)
         try:
             got = collect_pandas(scored, "i").sort_values(["i", "j"], kind="stable").reset_index(drop=True)
             fused_ids = list_arrays(lists, n, k)

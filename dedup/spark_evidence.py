@@ -247,17 +247,12 @@ def _joined_evidence(pairs: "DataFrame", df: "DataFrame", n_backbones: int, fuse
     return both.mapInPandas(score, _evidence_schema(B, "a long, b long"))
 
 
-def neighbourhood(
-    fused_lists: "DataFrame", k_context: int, hash_copies: tuple[int, float] | None = None
-) -> tuple["DataFrame", "DataFrame"]:
+def neighbourhood(fused_lists: "DataFrame", k_context: int) -> tuple["DataFrame", "DataFrame"]:
     """Neighbourhood statistics of the fused lists, by window functions.
 
     Args:
         fused_lists: :func:`neighbour_evidence`'s rows in the fused space.
         k_context: neighbours averaged for the context radius.
-        hash_copies: ``(bits, colour)``: a neighbour within that pHash
-            Hamming distance and colour distance is a copy too (as
-            :func:`dedup.grouping.score_pairs`).
 
     Returns:
         ``(ranks, radii)``: ``ranks`` ``(id, nbr, rank)`` with the rank of
@@ -275,13 +270,8 @@ def neighbourhood(
     from pyspark.sql import functions as F
 
     by_pos = Window.partitionBy("id").orderBy("pos")
-    # copies of the row itself are not counted (as score_pairs: SAME_CONTENT_DISTANCE, hash_copies)
-    copy = F.col("fused") <= F.lit(SAME_CONTENT_DISTANCE)
-    if hash_copies is not None:
-        copy = copy | (
-            (F.col("phash_bits") <= F.lit(int(hash_copies[0]))) & (F.col("colour") <= F.lit(float(hash_copies[1])))
-        )
-    counted = (~copy).cast("int")
+    # copies of the row itself are not counted (as score_pairs: SAME_CONTENT_DISTANCE)
+    counted = (F.col("fused") > F.lit(SAME_CONTENT_DISTANCE)).cast("int")
     others = fused_lists.where(F.col("nbr") != F.col("id")).withColumn("counted", counted)
     before = F.sum("counted").over(by_pos.rowsBetween(Window.unboundedPreceding, -1))
     ranks = others.select("id", "nbr", F.coalesce(before, F.lit(0)).cast("long").alias("rank"))
@@ -316,7 +306,6 @@ def pair_evidence(
     k: int,
     k_context: int = 10,
     phash_pairs: "DataFrame | None" = None,
-    hash_copies: tuple[int, float] | None = None,
     **search,
 ) -> tuple["DataFrame", "DataFrame"]:
     """The candidate pairs and their evidence, as the local engine's
@@ -333,7 +322,6 @@ def pair_evidence(
         k: list length (the run's ``n_neighbours + 1``: the row itself first).
         k_context: neighbours averaged for the context radius.
         phash_pairs: ``(a, b)`` longs with ``a < b``, or ``None``.
-        hash_copies: passed to :func:`neighbourhood`.
         search: passed to :func:`neighbour_evidence` (``list_size``,
             ``lists_per_row``, ...).
 
@@ -363,7 +351,7 @@ def pair_evidence(
         extra = phash_pairs.select("a", "b").join(found.select("a", "b"), ["a", "b"], "left_anti").distinct()
         found = found.unionByName(_joined_evidence(extra, df, B, fused_weights).select("a", "b", *ev_cols))
     pairs = found.dropDuplicates(["a", "b"])
-    ranks, radii = neighbourhood(fused_lists, k_context, hash_copies)
+    ranks, radii = neighbourhood(fused_lists, k_context)
     rank_ij = ranks.select(F.col("id").alias("a"), F.col("nbr").alias("b"), F.col("rank").alias("rank_ij"))
     rank_ji = ranks.select(F.col("id").alias("b"), F.col("nbr").alias("a"), F.col("rank").alias("rank_ji"))
     ra = radii.select(F.col("id").alias("a"), F.col("r").alias("r_a"), F.col("r1").alias("r1_a"))

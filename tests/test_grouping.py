@@ -221,48 +221,6 @@ def test_an_original_uploaded_thirteen_times_still_finds_its_edited_copy(tmp_pat
 
 
 @pytest.mark.slow
-def test_re_encoded_uploads_are_copies_in_a_neighbourhood(tmp_path, dd):
-    """A photo re-encoded by every marketplace that lists it (twelve JPEG
-    qualities, distinct bytes, the same pHash) is one content to its
-    neighbourhood: the near-duplicates the hash pass joins are left out of
-    an image's radii, as byte copies are, so its edited copy keeps the
-    relative distance it has where the photo is there once (before, about
-    30 times larger: the nearest neighbour was a re-encode at fused distance
-    0.001-0.004, and the pair model gave the copy p about 0)."""
-    uk = labels_of("ukbench-dev").sort_values("path").groupby("group").head(1).path.tolist()
-    once, many = tmp_path / "once", tmp_path / "reencoded"
-    for d in (once, many):
-        d.mkdir()
-    for k in range(4, 12):
-        im = Image.open(bench_set("ukbench-dev") / uk[k]).convert("RGB")
-        for d in (once, many):
-            im.save(d / f"o{k:02d}.jpg", quality=95)
-            apply_edit(im, KINDS[k % len(KINDS)], k).save(d / f"o{k:02d}-x.jpg", quality=90)
-        for c in range(12):
-            Image.open(once / f"o{k:02d}.jpg").save(many / f"o{k:02d}-q{95 - c}.jpg", quality=95 - c)
-    a, b = dd.run(once), dd.run(many)
-
-    def evidence(res, o, x):
-        path = list(res.groups.path)
-        i, j = sorted((path.index(o), path.index(x)))
-        row = np.nonzero((res.pairs.ij[:, 0] == i) & (res.pairs.ij[:, 1] == j))[0]
-        return res.pairs.relative[row[0]] if len(row) else None
-
-    compared = 0
-    for k in range(4, 12):
-        ra, rb = evidence(a, f"o{k:02d}.jpg", f"o{k:02d}-x.jpg"), evidence(b, f"o{k:02d}.jpg", f"o{k:02d}-x.jpg")
-        if ra is not None and rb is not None:
-            compared += 1
-            assert rb <= 2 * ra, (k, ra, rb)
-    assert compared >= 4
-    g = b.groups.set_index("path").group
-    for k in range(4, 12):  # the re-encodes join their photo (hash pass), and no two objects share a group
-        assert (g[[f"o{k:02d}-q{95 - c}.jpg" for c in range(12)]] == g[f"o{k:02d}.jpg"]).all()
-    objects = b.groups.path.str.slice(1, 3)
-    assert (b.groups.groupby("group").apply(lambda d: objects[d.index].nunique()) == 1).all()
-
-
-@pytest.mark.slow
 def test_every_join_has_a_calibrated_confidence(edited):
     res, _ = edited
     g = res.groups
