@@ -18,6 +18,9 @@ look-alikes that must stay apart:
 * ``edited-ukbench-x13``: the same, with each original there 13 times, byte
   for byte (a photo listed under many SKUs: its copies could fill its list
   of nearest neighbours).
+* ``edited-ukbench-r13``: the same, with each original also there re-encoded
+  at 12 JPEG qualities, 90 down to 79 (a photo listed under many SKUs, each
+  marketplace re-encoding it its own way).
 
     python benchmarks/edits.py          # writes benchmarks/.cache/sets/edited-*/
 
@@ -65,8 +68,13 @@ def _pick_ukbench(n: int) -> pd.DataFrame:
 #: under other names (one photo listed under several SKUs): name -> (the set
 #: it extends, byte-for-byte copies of each original, re-encoded copies).
 #: The byte copies come first (``-u1`` ...), then the photo re-encoded at JPEG
-#: quality :data:`UPLOAD_QUALITY` (as a marketplace re-encodes an upload).
-UPLOAD_SETS = {"edited-ukbench-x3": ("edited-ukbench", 1, 1), "edited-ukbench-x13": ("edited-ukbench", 12, 0)}
+#: quality :data:`UPLOAD_QUALITY`, one less for each further re-encode (as
+#: marketplaces re-encode an upload, each its own way).
+UPLOAD_SETS = {
+    "edited-ukbench-x3": ("edited-ukbench", 1, 1),
+    "edited-ukbench-x13": ("edited-ukbench", 12, 0),
+    "edited-ukbench-r13": ("edited-ukbench", 0, 12),
+}
 UPLOAD_QUALITY = 90
 
 
@@ -79,7 +87,8 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
             each original also uploaded twice more: ``NNNN-u1.jpg`` byte for
             byte, ``NNNN-u2.jpg`` re-encoded at JPEG quality 90;
             ``"edited-ukbench-x13"``: ``NNNN-u1.jpg`` to ``NNNN-u12.jpg``, byte
-            for byte).
+            for byte; ``"edited-ukbench-r13"``: the same names, re-encoded at
+            JPEG quality 90 down to 79).
         out: folder to write (default ``benchmarks/.cache/sets/NAME``).
         n: number of cuts (inshop, default 120) or objects (ukbench, default 150).
         seed: the seed of every random choice; the same seed gives the same files.
@@ -120,7 +129,7 @@ def build_edited_set(name: str, out: Path | None = None, n: int | None = None, s
             if u <= byte_copies:
                 shutil.copyfile(out / "images" / f"{stem}.jpg", out / "images" / f"{stem}-u{u}.jpg")
             else:
-                im.save(out / "images" / f"{stem}-u{u}.jpg", quality=UPLOAD_QUALITY)
+                im.save(out / "images" / f"{stem}-u{u}.jpg", quality=UPLOAD_QUALITY + byte_copies + 1 - u)
             rows.append((f"images/{stem}-u{u}.jpg", r.group, "", cut))
     tmp = out / "labels.csv.tmp"
     pd.DataFrame(rows, columns=["path", "group", "edit", "cut"]).to_csv(tmp, index=False)

@@ -34,6 +34,7 @@ SETS = (
     "edited-ukbench",
     "edited-ukbench-x3",
     "edited-ukbench-x13",
+    "edited-ukbench-r13",
 )
 
 
