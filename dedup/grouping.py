@@ -25,7 +25,9 @@ person. How a run decides (every number is a documented default of
 6. No chaining: joins are applied strongest first (Kruskal's order), and two
    groups merge by a classifier join only if the scored pairs between them
    average at least ``linkage_confidence`` (average linkage over the
-   evidence at hand); no join of any kind but SHA-256 merges two groups
+   evidence at hand; the pairs between two photos' copies, byte copies and
+   re-encodes, count once, at their highest confidence:
+   :func:`content_labels`); no join of any kind but SHA-256 merges two groups
    between which a person rejected a pair. One bridging image cannot pull two products
    together, and no component is too big to check.
 """
@@ -119,7 +121,9 @@ class Pairs:
         context: ``(m,)`` float32 ``fused / sqrt(r_i r_j)``.
         rank_ij, rank_ji: ``(m,)`` int64 rank of j in i's fused kNN list (and
             back), 0 = nearest, ``k`` when absent; copies of i (fused distance
-            <= :data:`SAME_CONTENT_DISTANCE`) are not counted.
+            <= :data:`SAME_CONTENT_DISTANCE`, or a re-encode:
+            :data:`REENCODE_PHASH_BITS`, :data:`REENCODE_COLOUR_DISTANCE`)
+            are not counted.
         relative: ``(m,)`` float32 fused distance over the smaller of the two
             images' nearest-neighbour distances (to another content).
         phash_bits: ``(m,)`` int64 pHash Hamming distance, 0..64.
@@ -328,6 +332,35 @@ _PAIR_BLOCK = 8192
 #: measured.
 SAME_CONTENT_DISTANCE: float = 0.003
 
+#: A neighbour within this pHash Hamming distance (bits of 64) ...
+REENCODE_PHASH_BITS: int = 2
+#: ... and this Hellinger colour distance is a re-encode of the image (the
+#: same photo saved again at another JPEG quality), a copy whatever its
+#: fused distance: a photo that marketplaces re-encode each their own way
+#: would otherwise fill its own neighbourhood with near-zero distances (as
+#: byte copies did), against which its edited copies look many times
+#: farther. Measured by ``benchmarks/copies.py``: re-encodes at JPEG quality
+#: 79-90 lie within 2 bits and colour distance 0.052 of the photo in 99 % of
+#: pairs (fused distance up to 0.04, beyond :data:`SAME_CONTENT_DISTANCE`),
+#: a seller's edit no nearer than colour distance 0.068 (JPEG re-encoding
+#: at quality 30-60 after a resize) or 0.078 (colour jitter); counting those
+#: edits as copies too (the hash pass's own cutoffs: 4 bits, 0.35) raised
+#: colour variants' confidences on edited-inshop (pairs of two products at
+#: p >= 0.5: 15 -> 40).
+REENCODE_COLOUR_DISTANCE: float = 0.05
+
+
+def _reencoded(code_a: np.ndarray, code_b: np.ndarray, colour_a: np.ndarray, colour_b: np.ndarray) -> np.ndarray:
+    """``(m,)`` bool: pairs within :data:`REENCODE_PHASH_BITS` and
+    :data:`REENCODE_COLOUR_DISTANCE` (rows of pHash codes and colour descriptors)."""
+    x = np.bitwise_xor(np.asarray(code_a, np.uint64), np.asarray(code_b, np.uint64))
+    bits = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+    near = bits <= REENCODE_PHASH_BITS
+    if near.any():
+        near[near] = colour_distance(colour_a[near], colour_b[near]) <= REENCODE_COLOUR_DISTANCE
+    return near
+
+
 #: Fused-space radius assumed for neighbours a small collection lacks: the
 #: median mean distance to the 10 nearest on ``inshop-women``, the densest
 #: shared set (ukbench-dev: 0.26, products-flipkart: 0.34). Conservative: in
@@ -361,8 +394,9 @@ def score_pairs(
         k_context: neighbours averaged for the context radius; where an
             image has fewer (a collection of <= k_context images), the
             missing ones count at :data:`CONTEXT_PRIOR_RADIUS`. Copies of the
-            image itself (:data:`SAME_CONTENT_DISTANCE`) are not neighbours
-            here.
+            image itself (:data:`SAME_CONTENT_DISTANCE`; re-encodes,
+            :data:`REENCODE_PHASH_BITS` and :data:`REENCODE_COLOUR_DISTANCE`)
+            are not neighbours here.
         layouts: ``(n, dedup.colour.LAYOUT_DIM)`` uint8 colour layouts, or
             ``None`` (a caller without them, e.g. synthetic data): the
             colour distance then stands in for both layout distances.
@@ -416,7 +450,9 @@ def score_pairs(
             dd[rows[sl], cols[sl]] = d = 1.0 - _rows_dot(fused, i, j)
             if copies_space is not None:
                 d = 1.0 - _rows_dot(copies_space, i, j)
-            same[rows[sl], cols[sl]] = d <= SAME_CONTENT_DISTANCE
+            same[rows[sl], cols[sl]] = (d <= SAME_CONTENT_DISTANCE) | _reencoded(
+                codes[i], codes[j], colours[i], colours[j]
+            )
         # the radii are measured over other contents: copies of the image are the image
         counted = ok & ~same
         dd = np.sort(np.where(counted, dd, np.inf), axis=1)
@@ -536,8 +572,9 @@ class _Clusters:
     2 x 8 bytes a pair), built without a Python loop over the pairs.
     """
 
-    def __init__(self, n: int, ij: np.ndarray, p: np.ndarray, rejected: set):
+    def __init__(self, n: int, ij: np.ndarray, p: np.ndarray, rejected: set, content: np.ndarray | None = None):
         self.parent = np.arange(n)
+        self.content = np.arange(n) if content is None else np.asarray(content, np.int64)
         self.members: dict[int, list[int]] = {i: [i] for i in range(n)}
         ids = np.int32 if n < 2**31 else np.int64
         src = np.concatenate([ij[:, 0], ij[:, 1]]).astype(ids)
@@ -557,17 +594,23 @@ class _Clusters:
         return int(root)
 
     def cross(self, ra: int, rb: int) -> tuple[float, int, bool]:
-        """(sum of p, count, any rejected) over scored pairs between two clusters."""
+        """(sum of p, count, any rejected) over the scored pairs between two
+        clusters, the pairs between two contents (:func:`content_labels`)
+        counted once, at their highest p."""
         small, other = (ra, rb) if len(self.members[ra]) <= len(self.members[rb]) else (rb, ra)
-        total, count, veto = 0.0, 0, False  # summed in Python floats (float64)
+        best: dict[tuple[int, int], float] = {}
+        veto = False
+        content = self.content
         for i in self.members[small]:
             lo, hi = self.start[i], self.start[i + 1]
+            ci = int(content[i])
             for j, pp in zip(self.nbr[lo:hi].tolist(), self.nbr_p[lo:hi].tolist()):
                 if self.find(j) == other:
-                    total += pp
-                    count += 1
+                    key = (ci, int(content[j]))
+                    if pp > best.get(key, -1.0):
+                        best[key] = pp
                     veto = veto or (min(i, j), max(i, j)) in self.rejected
-        return total, count, veto
+        return sum(best.values()), len(best), veto  # summed in Python floats (float64)
 
     def union(self, ra: int, rb: int) -> None:
         if len(self.members[ra]) < len(self.members[rb]):
@@ -694,6 +737,40 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
     return remap[inverse].astype(np.int64)
 
 
+def content_labels(n: int, pairs: Pairs, hash_pairs: dict[str, np.ndarray]) -> np.ndarray:
+    """Which images are copies of one photo: byte copies (the SHA-256 pairs)
+    and re-encodes (scored pairs within :data:`REENCODE_PHASH_BITS` and
+    :data:`REENCODE_COLOUR_DISTANCE`), as connected components.
+
+    The linkage check (:func:`group`, rule 6) counts the pairs of one image
+    with several copies of one photo once, at their highest confidence: they
+    are one piece of evidence, and geometric verification, which the run
+    spends on an image's nearest candidates, may have looked at one copy
+    only (a photo that marketplaces re-encoded twelve times, beside its
+    edited copy, left that copy alone: ``edited-ukbench-r13`` in
+    ``benchmarks/run_all.py``).
+
+    Args:
+        n: number of images; pairs: the scored pairs (``phash_bits`` and
+            ``colour`` are read); hash_pairs: ``{"sha256": (e, 2)}`` int64.
+
+    Returns:
+        ``(n,)`` int64 label per image (equal labels: copies of one photo).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    sha = np.asarray(hash_pairs.get("sha256", np.zeros((0, 2))), np.int64).reshape(-1, 2)
+    near = (np.asarray(pairs.phash_bits) <= REENCODE_PHASH_BITS) & (
+        np.asarray(pairs.colour, np.float32) <= np.float32(REENCODE_COLOUR_DISTANCE)
+    )
+    edges = np.concatenate([sha, np.asarray(pairs.ij, np.int64)[near]])
+    if n == 0 or len(edges) == 0:
+        return np.arange(n, dtype=np.int64)
+    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    return connected_components(graph, directed=False)[1].astype(np.int64)
+
+
 def group(
     n: int,
     pairs: Pairs,
@@ -729,7 +806,7 @@ def group(
         phash_edges(hash_pairs, rows, pairs, conf, p),
         classifier_edges(pairs, conf, p),
     )
-    cl = _Clusters(n, pairs.ij, conf, rejected)
+    cl = _Clusters(n, pairs.ij, conf, rejected, content_labels(n, pairs, hash_pairs))
     record = _Record(n)
     for edge in edges:
         name, a, b = edge[:3]

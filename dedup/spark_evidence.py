@@ -45,7 +45,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from .grouping import CONTEXT_PRIOR_RADIUS, SAME_CONTENT_DISTANCE, pair_columns
+from .grouping import (
+    CONTEXT_PRIOR_RADIUS,
+    REENCODE_COLOUR_DISTANCE,
+    REENCODE_PHASH_BITS,
+    SAME_CONTENT_DISTANCE,
+    pair_columns,
+)
 from .index import COARSE_DIM, WeightedVectors, _top_k
 from .spark import SPARK_LIST_SIZE, SPARK_LISTS_PER_ROW, spread_to_lists
 
@@ -258,7 +264,9 @@ def neighbourhood(fused_lists: "DataFrame", k_context: int) -> tuple["DataFrame"
         ``(ranks, radii)``: ``ranks`` ``(id, nbr, rank)`` with the rank of
         ``nbr`` in ``id``'s list, 0 = nearest other content (neither the row
         itself nor its copies, at fused distance <=
-        :data:`dedup.grouping.SAME_CONTENT_DISTANCE`, are counted: as
+        :data:`dedup.grouping.SAME_CONTENT_DISTANCE` or re-encodes
+        (:data:`dedup.grouping.REENCODE_PHASH_BITS`,
+        :data:`~dedup.grouping.REENCODE_COLOUR_DISTANCE`), are counted: as
         :func:`dedup.grouping.score_pairs` ranks); ``radii`` ``(id, r, r1)``:
         the mean distance to the ``k_context`` nearest other contents (a
         missing one counts at :data:`dedup.grouping.CONTEXT_PRIOR_RADIUS`)
@@ -270,8 +278,11 @@ def neighbourhood(fused_lists: "DataFrame", k_context: int) -> tuple["DataFrame"
     from pyspark.sql import functions as F
 
     by_pos = Window.partitionBy("id").orderBy("pos")
-    # copies of the row itself are not counted (as score_pairs: SAME_CONTENT_DISTANCE)
-    counted = (F.col("fused") > F.lit(SAME_CONTENT_DISTANCE)).cast("int")
+    # copies of the row itself are not counted (as score_pairs: SAME_CONTENT_DISTANCE, and re-encodes)
+    reencoded = (F.col("phash_bits") <= F.lit(REENCODE_PHASH_BITS)) & (
+        F.col("colour") <= F.lit(float(np.float32(REENCODE_COLOUR_DISTANCE)))  # compared as float32, as NumPy does
+    )
+    counted = ((F.col("fused") > F.lit(SAME_CONTENT_DISTANCE)) & ~reencoded).cast("int")
     others = fused_lists.where(F.col("nbr") != F.col("id")).withColumn("counted", counted)
     before = F.sum("counted").over(by_pos.rowsBetween(Window.unboundedPreceding, -1))
     ranks = others.select("id", "nbr", F.coalesce(before, F.lit(0)).cast("long").alias("rank"))

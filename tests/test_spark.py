@@ -127,43 +127,65 @@ def test_distributed_pair_evidence_equals_score_pairs(spark, ukbench_embedded, m
     assert len(np.setdiff1d(phash[:, 0] * n + phash[:, 1], ij[:, 0] * n + ij[:, 1])) == 0
 
 
-def test_distributed_pair_evidence_over_many_lists(spark, ukbench_embedded):
+def test_distributed_pair_evidence_over_many_lists(spark, ukbench_embedded, monkeypatch):
     """With many small k-means lists (each row in 3 of them, pairs found by
-    several lists) and ten rows each there three times (as is, a byte copy and
-    a near copy), the neighbourhood statistics by window functions (ranks,
-    context radii, nearest distances, copies left out of all three) equal
+    several lists), ten rows each there three times (as is, a byte copy and
+    a near copy) and ten more once more as a re-encode (the same pHash and
+    colours, farther than SAME_CONTENT_DISTANCE), the neighbourhood
+    statistics by window functions (ranks, context radii, nearest
+    distances, copies and re-encodes left out of all three) equal
     score_pairs' on the same lists, and the candidates keep >= 0.95 of the
-    exact search's."""
-    from dedup.grouping import SAME_CONTENT_DISTANCE, GroupingParams, candidate_pairs, fused_parts, score_pairs
+    exact search's. Without the re-encode criterion (both engines), the
+    re-encodes' originals measure their other pairs against them."""
+    import dedup.grouping
+    import dedup.spark_evidence
+    from dedup.grouping import SAME_CONTENT_DISTANCE, GroupingParams, Pairs, candidate_pairs, fused_parts, score_pairs
     from dedup.index import exact_knn
     from dedup.spark_evidence import features_frame, list_arrays, pair_evidence
 
     e, params, K = ukbench_embedded, GroupingParams(), 11
-    rows = np.r_[np.arange(len(e.colours)), np.repeat(np.arange(0, 100, 10), 2)]  # the copies last
+    m = len(e.colours)
+    rows = np.r_[np.arange(m), np.repeat(np.arange(0, 100, 10), 2), np.arange(5, 100, 10)]  # the copies last
     E, n = [X[rows] for X in _two_backbones(e)], len(rows)
     colours, layouts, codes = e.colours[rows], e.layouts[rows], e.codes[rows]
-    # every second copy is a near copy (as a re-encode): a little noise on its embeddings
-    near = np.arange(len(e.colours) + 1, n, 2)
+    # every second copy is a near copy (a high-quality re-encode): a little noise on its embeddings;
+    # the last ten are re-encodes farther off (more noise)
+    near, reenc = np.arange(m + 1, m + 20, 2), np.arange(m + 20, n)
     noise = np.random.default_rng(5)
     for X in E:
-        X[near] += 0.1 * noise.standard_normal((len(near), X.shape[1]), dtype=np.float32) / np.sqrt(X.shape[1])
-        X[near] /= np.linalg.norm(X[near], axis=1, keepdims=True)
-    df = features_frame(spark, E, colours, layouts, codes)
-    scored, lists = pair_evidence(df, 2, params.colour_weight, K, params.k_context, list_size=60, lists_per_row=3)
-    from dedup.grouping import Pairs
-
-    got = Pairs.from_frame(scored.toPandas().sort_values(["i", "j"]))
-    fused_ids = list_arrays(lists, n, K)
-    lists.unpersist()
+        for idx, scale in ((near, 0.1), (reenc, 1.0)):
+            X[idx] += scale * noise.standard_normal((len(idx), X.shape[1]), dtype=np.float32) / np.sqrt(X.shape[1])
+            X[idx] /= np.linalg.norm(X[idx], axis=1, keepdims=True)
+    df = features_frame(spark, E, colours, layouts, codes).persist()
     fused = fused_parts(E, colours, params.colour_weight)
-    assert (fused_ids >= 0).all()
-    want = score_pairs(got.ij, E, colours, fused, fused_ids, codes, params.k_context, layouts)
-    _assert_same_evidence(got, want)
-    copies = rows[got.ij[:, 0]] == rows[got.ij[:, 1]]
-    assert copies.sum() == 30 and (got.fused[copies] <= SAME_CONTENT_DISTANCE).all()
-    assert (got.fused[copies] > 1e-4).sum() >= 10  # the near copies: not merely rounding
-    assert (got.rank_ij[copies] == 0).all()
-    assert (got.relative < 1e3).all()  # no pair is measured against a copy's zero distance
+    runs = {}
+    for criterion in (True, False):
+        if not criterion:
+            for module in (dedup.grouping, dedup.spark_evidence):
+                monkeypatch.setattr(module, "REENCODE_COLOUR_DISTANCE", -1.0)
+        scored, lists = pair_evidence(df, 2, params.colour_weight, K, params.k_context, list_size=60, lists_per_row=3)
+        got = Pairs.from_frame(scored.toPandas().sort_values(["i", "j"]))
+        fused_ids = list_arrays(lists, n, K)
+        lists.unpersist()
+        assert (fused_ids >= 0).all()
+        want = score_pairs(got.ij, E, colours, fused, fused_ids, codes, params.k_context, layouts)
+        _assert_same_evidence(got, want)
+        copies = rows[got.ij[:, 0]] == rows[got.ij[:, 1]]
+        reencoded = copies & np.isin(got.ij[:, 1], reenc)
+        copies &= ~reencoded
+        assert copies.sum() == 30 and (got.fused[copies] <= SAME_CONTENT_DISTANCE).all()
+        assert (got.fused[copies] > 1e-4).sum() >= 10  # the near copies: not merely rounding
+        assert (got.rank_ij[copies] == 0).all()
+        assert reencoded.sum() == 10 and (got.fused[reencoded] > SAME_CONTENT_DISTANCE).all()
+        assert (got.relative < 1e3).all()  # no pair is measured against a copy's zero distance
+        runs[criterion] = got
+    df.unpersist()
+    # the re-encodes' originals: their other pairs are no longer measured against a re-encode
+    a, b = runs[False], runs[True]
+    np.testing.assert_array_equal(a.ij, b.ij)
+    touched = np.isin(a.ij, np.arange(5, 100, 10)).any(axis=1) & (rows[a.ij[:, 0]] != rows[a.ij[:, 1]])
+    assert (b.relative[touched] <= a.relative[touched] + 1e-6).all()
+    assert (b.relative[touched] < a.relative[touched] - 1e-3).sum() >= 10
     F = fused.stack()
     exact = candidate_pairs([exact_knn(X, X, K)[0] for X in E] + [exact_knn(F, F, K)[0]])
     found = np.intersect1d(exact[:, 0] * n + exact[:, 1], got.ij[:, 0] * n + got.ij[:, 1])
