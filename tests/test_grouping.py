@@ -180,6 +180,28 @@ def test_an_edited_copy_joins_an_original_uploaded_three_times(tmp_path, dd):
     assert b.group.nunique() == a.group.nunique() == 12  # and no two products joined
 
 
+def _objects_with_edits(folder, objects, uploads=None):
+    """Write the first ukbench-dev photo of each object in ``objects``
+    (``oKK.jpg``, JPEG quality 95) and its edited copy (``oKK-x.jpg``, the
+    edit kinds in turn); ``uploads(photo_file, image, k)`` adds more files of
+    each object. Returns ``folder``."""
+    uk = labels_of("ukbench-dev").sort_values("path").groupby("group").head(1).path.tolist()
+    folder.mkdir(exist_ok=True)
+    for k in objects:
+        im = Image.open(bench_set("ukbench-dev") / uk[k]).convert("RGB")
+        im.save(folder / f"o{k:02d}.jpg", quality=95)
+        apply_edit(im, KINDS[k % len(KINDS)], k).save(folder / f"o{k:02d}-x.jpg", quality=90)
+        if uploads is not None:
+            uploads(folder / f"o{k:02d}.jpg", im, k)
+    return folder
+
+
+def _reencodes(photo, im, k):
+    """Twelve re-encodes of an object's photo, JPEG quality 79 to 90 (``oKK-qQQ.jpg``)."""
+    for q in range(79, 91):
+        im.save(photo.with_name(f"o{k:02d}-q{q}.jpg"), quality=q)
+
+
 @pytest.mark.slow
 def test_an_original_uploaded_thirteen_times_still_finds_its_edited_copy(tmp_path, dd):
     """A photo listed under many SKUs must not hide its edited copies: the
@@ -188,17 +210,13 @@ def test_an_original_uploaded_thirteen_times_still_finds_its_edited_copy(tmp_pat
     on these twelve ukbench objects the padded, jittered+padded and rotated
     copies of objects 23, 25 and 28 stayed alone). Each file lists its own
     copies first among its neighbours, then its content's neighbours."""
-    uk = labels_of("ukbench-dev").sort_values("path").groupby("group").head(1).path.tolist()
-    once, many = tmp_path / "once", tmp_path / "many"
-    for d in (once, many):
-        d.mkdir()
-    for k in range(20, 32):
-        im = Image.open(bench_set("ukbench-dev") / uk[k]).convert("RGB")
-        for d in (once, many):
-            im.save(d / f"o{k:02d}.jpg", quality=95)
-            apply_edit(im, KINDS[k % len(KINDS)], k).save(d / f"o{k:02d}-x.jpg", quality=90)
+
+    def copies(photo, im, k):
         for c in range(12):
-            shutil.copyfile(once / f"o{k:02d}.jpg", many / f"o{k:02d}-c{c:02d}.jpg")
+            shutil.copyfile(photo, photo.with_name(f"o{k:02d}-c{c:02d}.jpg"))
+
+    once = _objects_with_edits(tmp_path / "once", range(20, 32))
+    many = _objects_with_edits(tmp_path / "many", range(20, 32), copies)
     a = dd.run(once)
     b = dd.run(many)
     ga, gb = a.groups.set_index("path"), b.groups.set_index("path")
@@ -229,17 +247,9 @@ def test_re_encoded_uploads_are_copies_in_a_neighbourhood(tmp_path, dd):
     distance it has where the photo is there once (before, 2-30 times
     larger: the photo's nearest neighbour was a re-encode at fused distance
     0.001-0.02, and the pair model gave the copy p about 0)."""
-    uk = labels_of("ukbench-dev").sort_values("path").groupby("group").head(1).path.tolist()
-    once, many = tmp_path / "once", tmp_path / "reencoded"
-    for d in (once, many):
-        d.mkdir()
-    for k in range(4, 16):
-        im = Image.open(bench_set("ukbench-dev") / uk[k]).convert("RGB")
-        for d in (once, many):
-            im.save(d / f"o{k:02d}.jpg", quality=95)
-            apply_edit(im, KINDS[k % len(KINDS)], k).save(d / f"o{k:02d}-x.jpg", quality=90)
-        for q in range(79, 91):
-            im.save(many / f"o{k:02d}-q{q}.jpg", quality=q)
+
+    once = _objects_with_edits(tmp_path / "once", range(4, 16))
+    many = _objects_with_edits(tmp_path / "reencoded", range(4, 16), _reencodes)
     a, b = dd.run(once), dd.run(many)
 
     def relative(res, o, x):
@@ -271,13 +281,8 @@ def test_an_edited_copy_joins_a_photo_re_encoded_twelve_times(tmp_path, dd):
     pairs with copies of one photo once, at their best (before, it averaged
     them all and kept 8 of edited-ukbench-r13's 150 edited copies apart, the
     padded ones of objects 23 and 25 among them). No two objects join."""
-    uk = labels_of("ukbench-dev").sort_values("path").groupby("group").head(1).path.tolist()
-    for k in range(20, 32):
-        im = Image.open(bench_set("ukbench-dev") / uk[k]).convert("RGB")
-        im.save(tmp_path / f"o{k:02d}.jpg", quality=95)
-        apply_edit(im, KINDS[k % len(KINDS)], k).save(tmp_path / f"o{k:02d}-x.jpg", quality=90)
-        for q in range(79, 91):
-            im.save(tmp_path / f"o{k:02d}-q{q}.jpg", quality=q)
+
+    _objects_with_edits(tmp_path, range(20, 32), _reencodes)
     res = dd.run(tmp_path)
     g = res.groups.set_index("path").group
     for k in range(20, 32):
