@@ -24,7 +24,9 @@ from dedup.grouping import (
 )
 
 
-def pairs_of(ij, colour=None):
+def pairs_of(ij, colour=None, phash_bits=None):
+    """Pairs whose evidence is neutral: two unrelated photos' pHashes
+    (32 bits apart) unless ``phash_bits`` says otherwise."""
     ij = np.asarray(ij, np.int64).reshape(-1, 2)
     m = len(ij)
     z = np.zeros(m, np.float32)
@@ -38,7 +40,7 @@ def pairs_of(ij, colour=None):
         np.zeros(m, np.int64),
         np.zeros(m, np.int64),
         z.copy(),
-        np.zeros(m, np.int64),
+        np.full(m, 32, np.int64) if phash_bits is None else np.asarray(phash_bits, np.int64),
         np.zeros(m, np.int64),
     )
 
@@ -69,6 +71,20 @@ def test_a_bridge_image_cannot_chain_two_products():
     assert g.labels[2] == g.labels[3] != g.labels[0]
     # the refused join is offered for review
     assert (2, 4) in {tuple(pairs_of(ij).ij[r]) for r in g.review}
+
+
+@pytest.mark.parametrize("reencodes", [True, False])
+def test_the_linkage_check_counts_pairs_with_copies_of_one_photo_once(reencodes):
+    """Images 0-2 are one photo re-encoded (pHash 0 bits and colour distance
+    0.01 apart) or three photos (32 bits); image 3 is confirmed against 0
+    only (p 0.99), its pairs with 1 and 2 weak. Re-encodes are one piece of
+    evidence, at its best: 3 joins. Three photos average 0.34: it does not."""
+    ij = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3)]
+    bits = [0, 0, 0, 20, 20, 20] if reencodes else [32] * 6
+    pairs = pairs_of(ij, colour=[0.01, 0.01, 0.01, 0.2, 0.2, 0.2], phash_bits=bits)
+    g = group(4, pairs, np.array([0.99, 0.99, 0.99, 0.99, 0.01, 0.01]), NO_EXACT)
+    assert g.labels[0] == g.labels[1] == g.labels[2]
+    assert (g.labels[3] == g.labels[0]) == reencodes
 
 
 def test_byte_identical_files_always_join_and_phash_needs_agreeing_colour():
