@@ -235,13 +235,19 @@ def hash_pass(
 
     Returns:
         ``{"sha256": (a, 2) int64 pairs chaining each set of identical files,
-        "phash": (b, 2) int64 pairs within max_distance, i < j}``. The
-        grouping stage always joins the first and joins the second only
-        when the colours agree.
+        "phash": (b, 2) int64 pairs within max_distance, i < j, sorted}``.
+        The pHash pairs are those of one row per content (the first of each
+        set of identical files, :func:`unique_contents`; the others join it
+        through the first): a placeholder photo there 10^5 times would
+        otherwise give 5 x 10^9 pairs. The grouping stage always joins the
+        first and joins the second only when the colours agree.
     """
     sha = [(a, b) for g in exact_groups(digests) for a, b in zip(g[:-1], g[1:])]
+    rows, _ = unique_contents(digests)
+    codes = np.asarray(codes, np.uint64)[rows]
     near = near_duplicate_pairs(codes, max_distance)[0] if search is None else search(codes, max_distance)
-    return {"sha256": np.asarray(sha, np.int64).reshape(-1, 2), "phash": near}
+    phash = rows[np.asarray(near, np.int64)].reshape(-1, 2)  # rows ascend: i < j and the order hold
+    return {"sha256": np.asarray(sha, np.int64).reshape(-1, 2), "phash": phash}
 
 
 #: Side in pixels the hash pass decodes JPEGs down to (DCT-domain draft

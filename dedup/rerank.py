@@ -148,7 +148,7 @@ def with_copies(
     starts = np.cumsum(sizes) - sizes
     for i in np.nonzero(sizes[content] > 1)[0].tolist():
         c = content[i]
-        same = order[starts[c] : starts[c] + sizes[c]]
+        same = order[starts[c] : starts[c] + min(sizes[c], k + 1)]  # a placeholder photo may be there 10^5 times
         same = same[same != i][:k]
         listed = np.concatenate([same, out[i]])[:k]
         out[i] = listed

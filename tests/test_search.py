@@ -10,7 +10,7 @@ from conftest import bench_set
 
 from dedup.backbones import EfficientNetLite0
 from dedup.decode import load_image
-from dedup.hashing import MIH_MAX_DISTANCE, _all_pairs_within, near_duplicate_pairs, phash_files
+from dedup.hashing import MIH_MAX_DISTANCE, _all_pairs_within, hash_pass, near_duplicate_pairs, phash_files
 from dedup.index import AnnIndex, WeightedVectors, clustered_knn, exact_knn, recall_at_k
 
 
@@ -44,6 +44,30 @@ def test_empty_and_single_inputs():
     for n in (0, 1):
         pairs, dist = near_duplicate_pairs(np.zeros(n, np.uint64), 4)
         assert pairs.shape == (0, 2) and dist.shape == (0,)
+
+
+def test_the_hash_pass_is_linear_in_a_placeholder_photo_s_copies(tmp_path):
+    """A placeholder photo under 3,000 SKUs (byte copies) beside its re-encode
+    and another photo: the SHA-256 pass chains the copies, and the pHash
+    pairs are those of one file per content (two here), not the 4.5 million
+    pairs of every copy with every other."""
+    import shutil
+
+    from PIL import Image
+
+    src = sorted((bench_set("ukbench-dev") / "images").glob("*.jpg"))
+    shutil.copyfile(src[0], tmp_path / "placeholder.jpg")
+    Image.open(src[0]).save(tmp_path / "reencoded.jpg", quality=80)
+    shutil.copyfile(src[8], tmp_path / "other.jpg")
+    files = [tmp_path / "placeholder.jpg", tmp_path / "reencoded.jpg", tmp_path / "other.jpg"]
+    codes, errors = phash_files(files)
+    bits = [bin(int(codes[0]) ^ int(c)).count("1") for c in codes[1:]]
+    assert errors == [None] * 3 and bits[0] <= 4 < bits[1]  # the re-encode is a pHash near-duplicate, the other not
+    n = 3000
+    digests = ["placeholder"] * n + ["reencoded", "other"]
+    out = hash_pass(digests, np.r_[np.full(n, codes[0]), codes[1:]], max_distance=4)
+    assert len(out["sha256"]) == n - 1
+    assert out["phash"].tolist() == [[0, n]]  # the first copy and the re-encode
 
 
 def test_threaded_ann_queries_equal_one_thread_and_keep_recall_against_exact_search():

@@ -201,6 +201,29 @@ def test_gallery_pages_hold_every_group_once_and_link_each_other(flipkart_run, t
     assert "singletons" in pages[0].read_text()
 
 
+def test_a_huge_group_shows_some_thumbnails_and_lists_the_rest(flipkart_run, tmp_path, monkeypatch):
+    """A placeholder photo under thousands of SKUs is one huge group: its
+    section shows the first MAX_GROUP_THUMBS thumbnails and names the others,
+    so that a page stays small (here with a limit of 2 on real groups)."""
+    import dedup.report.gallery as gallery
+    from dedup.report import write_gallery
+
+    monkeypatch.setattr(gallery, "MAX_GROUP_THUMBS", 2)
+    _, out = flipkart_run
+    groups = pd.read_csv(out / "groups.csv", keep_default_na=False)
+    groups["confidence"] = pd.to_numeric(groups.confidence)
+    write_gallery(groups, bench_set("products-flipkart") / "images", tmp_path / "gallery.html")
+    text = (tmp_path / "gallery.html").read_text()
+    sizes = groups[groups.group_size > 1].groupby("group").size()
+    assert sizes.max() > 2
+    for gid, n in sizes.items():
+        section = text.split(f"<section class='group' id='{gid}'>")[1].split("</section>")[0]
+        assert section.count("<figure>") == min(n, 2)
+        named = re.findall(r"<li>([^<]+)</li>", section)
+        assert len(named) == n - min(n, 2)
+        assert set(named) | set(re.findall(r"alt='([^']+)'", section)) == set(groups.path[groups.group == gid])
+
+
 def test_map_of_a_large_run_is_drawn_from_a_reproducible_subsample(flipkart_run, tmp_path):
     from dedup.report import plot_map
 

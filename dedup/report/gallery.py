@@ -106,6 +106,10 @@ PAGE_GROUPS = 200
 MAX_REVIEW = 300
 #: Singletons listed by name (all are in groups.csv).
 MAX_SINGLETONS = 2000
+#: Images of one group shown as thumbnails; the next ones (up to
+#: :data:`MAX_SINGLETONS`) are listed by name. A placeholder photo uploaded
+#: under 20,000 SKUs made one group of 20,000 and a 30 MB page before.
+MAX_GROUP_THUMBS = 60
 
 
 def _page_name(path: Path, k: int) -> str:
@@ -203,11 +207,12 @@ def _nav(path: Path, k: int, n_pages: int) -> str:
 
 
 def _group_section(gid, members: pd.DataFrame, cache) -> list[str]:
-    """One group's section: a captioned thumbnail per image."""
+    """One group's section: a captioned thumbnail per image (the first
+    :data:`MAX_GROUP_THUMBS`; the next ones by name, folded)."""
     parts = [
         f"<section class='group' id='{html.escape(str(gid))}'><h2>{html.escape(str(gid))} ({len(members)} images)</h2>"
     ]
-    for r in members.itertuples():
+    for r in members.head(MAX_GROUP_THUMBS).itertuples():
         p = r.real_file
         size = p.stat().st_size if not is_url(p) and p.exists() else 0
         conf = getattr(r, "confidence", np.nan)
@@ -218,5 +223,12 @@ def _group_section(gid, members: pd.DataFrame, cache) -> list[str]:
             f"<figcaption>{html.escape(r.path)}<br>{r.width}x{r.height} px, {size / 1024:.0f} KB"
             f"<br>{html.escape(str(r.stage))} {dist}</figcaption></figure>"
         )
+    rest = members.path.iloc[MAX_GROUP_THUMBS:]
+    if len(rest):
+        parts.append(f"<details><summary>{len(rest)} more images of this group</summary><ul>")
+        parts += [f"<li>{html.escape(str(p))}</li>" for p in rest[:MAX_SINGLETONS]]
+        if len(rest) > MAX_SINGLETONS:
+            parts.append(f"<li>... {len(rest) - MAX_SINGLETONS} more in groups.csv</li>")
+        parts.append("</ul></details>")
     parts.append("</section>")
     return parts
