@@ -1086,15 +1086,12 @@ class Deduplicator:
                 cache.put_decisions(by_digest)
         if cache is not None:
             by_digest = {**cache.get_decisions(), **by_digest}
-        rows_of: dict[str, list[int]] = {}
+        # each content's first row: the pairs are scored between first rows
+        # (:meth:`score`), and the copies join those through the SHA-256 pairs
+        first: dict[str, int] = {}
         for i, d in enumerate(digests):
-            rows_of.setdefault(d, []).append(i)
-        out = [
-            (i, j, same)
-            for (da, db), same in by_digest.items()
-            for i in rows_of.get(da, [])
-            for j in rows_of.get(db, [])
-        ]
+            first.setdefault(d, i)
+        out = [(first[da], first[db], same) for (da, db), same in by_digest.items() if da in first and db in first]
         return pd.DataFrame(out, columns=["i", "j", "same"])
 
     def regroup(self, result: "Result", **overrides) -> Grouping:

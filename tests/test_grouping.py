@@ -338,6 +338,34 @@ def test_a_decisions_file_is_honoured_and_kept(tmp_path):
     assert proc.returncode == 1 and "same" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_decision_on_a_byte_copy_holds_for_every_copy(tmp_path):
+    """A person rejects a pair through one of a photo's byte copies and
+    confirms another through a copy: every copy follows (the copies join
+    their first file, the decision is kept by content and applied between
+    the contents' first files, one row per decided pair however many copies)."""
+    d = tmp_path / "pics"
+    shutil.copytree(bench_set("products-flipkart") / "images", d)
+    dd = Deduplicator(backbones="efficientnet-lite0", progress=False, cache=tmp_path / "cache.sqlite")
+    g = dd.run(d).groups
+    joined = g[g.group_size > 1].groupby("group").path.apply(list)
+    a, b = joined.iloc[0][:2]
+    x, y = g.drop_duplicates("group").path.tolist()[1:3]  # two images in different groups
+    for name, n in ((a, 3), (x, 2)):
+        for c in range(n):
+            shutil.copyfile(d / name, d / f"copy{c}-{name}")
+    dec = tmp_path / "decisions.csv"
+    pd.DataFrame({"path_a": [f"copy2-{a}", f"copy1-{x}"], "path_b": [b, y], "decision": ["different", "same"]}).to_csv(
+        dec, index=False
+    )
+    dd.decisions = str(dec)
+    res = dd.run(d)
+    g2 = res.groups.set_index("path").group
+    copies_a = [a] + [f"copy{c}-{a}" for c in range(3)]
+    assert g2[copies_a].nunique() == 1 and g2[a] != g2[b]
+    assert g2[[x, f"copy0-{x}", f"copy1-{x}", y]].nunique() == 1
+    assert res.meta["counts"]["decisions_applied"] == 2
+
+
 def test_a_small_folder_keeps_look_alikes_apart_and_still_joins_views(dd, tmp_path):
     """Fewer images than a neighbourhood: two black dresses and a black shirt of
     different products once merged at confidence 0.98 because 'the rest' were
