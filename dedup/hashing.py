@@ -220,6 +220,14 @@ def _all_pairs_within(
     return np.concatenate(out_p).astype(np.int64), np.concatenate(out_d)
 
 
+#: Contents sharing one pHash exactly beyond which :func:`hash_pass` pairs
+#: them with the first of them only (a star, not all of their pairs): 10^4
+#: re-encodes of one placeholder would give 5 x 10^7 pairs. On the labelled
+#: sets at most 14 contents share one pHash (edited-ukbench-r13: a photo, 12
+#: re-encodes of it and its JPEG-edited copy), so none is paired this way.
+MAX_SAME_PHASH = 64
+
+
 def hash_pass(
     digests: list[str], codes: np.ndarray, max_distance: int = DEFAULT_PHASH_MAX_DISTANCE, search=None
 ) -> dict[str, np.ndarray]:
@@ -239,14 +247,27 @@ def hash_pass(
         The pHash pairs are those of one row per content (the first of each
         set of identical files, :func:`unique_contents`; the others join it
         through the first): a placeholder photo there 10^5 times would
-        otherwise give 5 x 10^9 pairs. The grouping stage always joins the
-        first and joins the second only when the colours agree.
+        otherwise give 5 x 10^9 pairs. Where more than
+        :data:`MAX_SAME_PHASH` contents share one pHash exactly, the first
+        of them stands for all in the search and each other one is paired
+        with it alone. The grouping stage always joins the first and joins
+        the second only when the colours agree.
     """
     sha = [(a, b) for g in exact_groups(digests) for a, b in zip(g[:-1], g[1:])]
     rows, _ = unique_contents(digests)
     codes = np.asarray(codes, np.uint64)[rows]
-    near = near_duplicate_pairs(codes, max_distance)[0] if search is None else search(codes, max_distance)
-    phash = rows[np.asarray(near, np.int64)].reshape(-1, 2)  # rows ascend: i < j and the order hold
+    # more than MAX_SAME_PHASH contents with one pHash (a placeholder re-encoded
+    # by every marketplace): the first searches for all, the others pair with it
+    _, first, same = np.unique(codes, return_index=True, return_inverse=True)
+    crowded = np.bincount(same) > MAX_SAME_PHASH
+    searched = np.nonzero(~crowded[same] | (np.arange(len(codes)) == first[same]))[0]
+    found = codes[searched]
+    near = near_duplicate_pairs(found, max_distance)[0] if search is None else search(found, max_distance)
+    near = searched[np.asarray(near, np.int64).reshape(-1, 2)]
+    star = np.nonzero(crowded[same] & (np.arange(len(codes)) != first[same]))[0]
+    if len(star):
+        near = np.unique(np.sort(np.concatenate([near, np.stack([first[same[star]], star], axis=1)]), axis=1), axis=0)
+    phash = rows[near].reshape(-1, 2)  # rows ascend: i < j and the order hold
     return {"sha256": np.asarray(sha, np.int64).reshape(-1, 2), "phash": phash}
 
 

@@ -10,7 +10,14 @@ from conftest import bench_set
 
 from dedup.backbones import EfficientNetLite0
 from dedup.decode import load_image
-from dedup.hashing import MIH_MAX_DISTANCE, _all_pairs_within, hash_pass, near_duplicate_pairs, phash_files
+from dedup.hashing import (
+    MAX_SAME_PHASH,
+    MIH_MAX_DISTANCE,
+    _all_pairs_within,
+    hash_pass,
+    near_duplicate_pairs,
+    phash_files,
+)
 from dedup.index import AnnIndex, WeightedVectors, clustered_knn, exact_knn, recall_at_k
 
 
@@ -50,7 +57,8 @@ def test_the_hash_pass_is_linear_in_a_placeholder_photo_s_copies(tmp_path):
     """A placeholder photo under 3,000 SKUs (byte copies) beside its re-encode
     and another photo: the SHA-256 pass chains the copies, and the pHash
     pairs are those of one file per content (two here), not the 4.5 million
-    pairs of every copy with every other."""
+    pairs of every copy with every other. Re-encoded 3,000 times instead
+    (other bytes, one pHash), the contents pair with the first of them."""
     import shutil
 
     from PIL import Image
@@ -68,6 +76,15 @@ def test_the_hash_pass_is_linear_in_a_placeholder_photo_s_copies(tmp_path):
     out = hash_pass(digests, np.r_[np.full(n, codes[0]), codes[1:]], max_distance=4)
     assert len(out["sha256"]) == n - 1
     assert out["phash"].tolist() == [[0, n]]  # the first copy and the re-encode
+    # the placeholder re-encoded 3,000 times (other bytes, one pHash): a star around the first, not all pairs
+    many = hash_pass([f"r{i}" for i in range(n)] + ["other"], np.r_[np.full(n, codes[0]), codes[2:]], 4)
+    assert len(many["sha256"]) == 0
+    assert many["phash"].tolist() == [[0, i] for i in range(1, n)]
+    # up to MAX_SAME_PHASH such contents, every pair, as near_duplicate_pairs finds them
+    few = np.r_[np.full(MAX_SAME_PHASH, codes[0]), codes[2:]]
+    got = hash_pass([f"f{i}" for i in range(len(few))], few, 4)["phash"]
+    np.testing.assert_array_equal(got, near_duplicate_pairs(few, 4)[0])
+    assert len(got) == MAX_SAME_PHASH * (MAX_SAME_PHASH - 1) // 2
 
 
 def test_threaded_ann_queries_equal_one_thread_and_keep_recall_against_exact_search():
