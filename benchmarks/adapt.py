@@ -39,7 +39,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCH, ROOT, machine, replace_readme_block, write  # noqa: E402
-from edits import build_edited_set  # noqa: E402
+from edits import set_folder  # noqa: E402
 
 from dedup.adapt import DEFAULT_DIM, DEFAULT_SHRINKAGE, read_fit_labels  # noqa: E402
 from dedup.calibration import PairModel  # noqa: E402
@@ -150,7 +150,7 @@ def prior_sweep(tmp: Path, strengths=(0.0, 10.0, 30.0, 100.0, 300.0, 1000.0)) ->
         )
         row["held-out cuts"] = _scores(run_bench(tmp / "test.csv", dd, tmp / "ps", root=INSHOP))
         for name in ("edited-ukbench", "ukbench-dev"):
-            folder = build_edited_set(name) if name.startswith("edited-") else BENCH / name
+            folder = set_folder(name)
             dd = Deduplicator(
                 backbones="efficientnet-lite0",
                 cache=CACHE / f"{name}.sqlite",
@@ -173,7 +173,7 @@ def transfer(tmp: Path) -> dict:
     fit_s = round(time.perf_counter() - t, 1)
     out = {}
     for name in TRANSFER:
-        folder = build_edited_set(name) if name.startswith("edited-") else BENCH / name
+        folder = set_folder(name)
         csv = folder / "labels.csv"
         labels = pd.read_csv(csv, dtype=str, keep_default_na=False)
         t = time.perf_counter()

@@ -42,8 +42,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH, ROOT, machine, replace_readme_block, write  # noqa: E402
-from edits import build_edited_set  # noqa: E402
+from _common import ROOT, machine, replace_readme_block, write  # noqa: E402
+from edits import set_folder  # noqa: E402
 
 from dedup.calibration import (  # noqa: E402
     FEATURES,
@@ -63,11 +63,6 @@ CACHE = ROOT / "benchmarks" / ".cache"
 DEFAULT_MIN_CONFIDENCE = GroupingParams().min_confidence
 MODEL_OUT = ROOT / "dedup" / "data" / "pair_model.json"
 UNVERIFIED_OUT = ROOT / "dedup" / "data" / UNVERIFIED_MODEL_FILE
-
-
-def set_folder(name: str) -> Path:
-    """The folder of a labelled set (edited sets are built on first use)."""
-    return build_edited_set(name) if name.startswith("edited-") else BENCH / name
 
 
 def run_set(name: str, model_path: str | None = None, verify_all: bool = True, **kwargs):

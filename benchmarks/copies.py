@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import BENCH, ROOT, machine, replace_readme_block, write
-from edits import build_edited_set
+from edits import EDITED_SETS, UPLOAD_SETS, set_folder
 from PIL import Image
 
 import dedup.grouping
@@ -43,22 +43,9 @@ from dedup.evaluate import read_labels, run_bench
 from dedup.grouping import fused_vectors
 from dedup.pipeline import Deduplicator
 
-SETS = (
-    "products-flipkart",
-    "ukbench-dev",
-    "inshop-women",
-    "edited-inshop",
-    "edited-ukbench",
-    "edited-ukbench-x3",
-    "edited-ukbench-x13",
-    "edited-ukbench-r13",
-)
+SETS = ("products-flipkart", "ukbench-dev", "inshop-women", *EDITED_SETS, *UPLOAD_SETS)
 CUTOFFS = (1e-6, 0.002, 0.003, 0.005, 0.01)
 QUALITIES = (95, 90, 75)
-
-
-def _folder(name: str) -> Path:
-    return build_edited_set(name) if name.startswith("edited-") else BENCH / name
 
 
 def _dedup(name: str) -> Deduplicator:
@@ -98,7 +85,7 @@ def set_distances() -> dict[str, dict]:
     photos, and (edited sets) an original and its edited copy."""
     out = {}
     for name in SETS:
-        folder = _folder(name)
+        folder = set_folder(name)
         lab = read_labels(folder / "labels.csv")
         res = _dedup(name).run(folder, files=list(lab.path))
         paths = res.groups.path.to_numpy()
@@ -138,7 +125,7 @@ def sweep(tmp: Path) -> list[dict]:
     for cutoff in CUTOFFS:
         dedup.grouping.SAME_CONTENT_DISTANCE = cutoff
         for name in SETS:
-            r = run_bench(_folder(name) / "labels.csv", _dedup(name), tmp / f"{cutoff}-{name}")
+            r = run_bench(set_folder(name) / "labels.csv", _dedup(name), tmp / f"{cutoff}-{name}")
             pw = r["pairwise"]
             row = {
                 "cutoff": cutoff,

@@ -78,6 +78,18 @@ UPLOAD_SETS = {
 UPLOAD_QUALITY = 90
 
 
+#: The shared labelled sets (``../shared/bench``), in the order the reports list them.
+SHARED_SETS = ("products-flipkart", "ukbench-dev", "inshop-women", "robustness")
+#: The edited-copy sets of one upload per original (besides :data:`UPLOAD_SETS`).
+EDITED_SETS = ("edited-inshop", "edited-ukbench")
+
+
+def set_folder(name: str) -> Path:
+    """The folder of a labelled set: a shared one, or an edited-copy set
+    (``edited-*``, built by :func:`build_edited_set` on first use)."""
+    return build_edited_set(name) if name.startswith("edited-") else BENCH / name
+
+
 def build_edited_set(name: str, out: Path | None = None, n: int | None = None, seed: int = 0) -> Path:
     """Write an edited-copy set: the originals, one edited copy each, ``labels.csv``.
 
@@ -172,5 +184,5 @@ def build_crowd_set(out: Path | None = None, photos: int = 5, crops: int = 24, s
 
 
 if __name__ == "__main__":
-    for set_name in ("edited-inshop", "edited-ukbench", *UPLOAD_SETS):
+    for set_name in (*EDITED_SETS, *UPLOAD_SETS):
         print(build_edited_set(set_name))

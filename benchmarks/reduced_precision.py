@@ -41,7 +41,7 @@ from typing import Callable
 
 import numpy as np
 from _common import BENCH, ROOT, machine, replace_readme_block, write
-from edits import build_edited_set
+from edits import set_folder
 from PIL import Image
 from speed import model_rate
 
@@ -174,7 +174,7 @@ def bench(arm: str, tag: str, fn: Network, tmp: Path) -> tuple[dict, dict]:
     confidences ((path, path) -> p) and the true groups (path -> label)."""
     out, runs = {}, {}
     for name in SETS:
-        folder = build_edited_set(name) if name.startswith("edited-") else BENCH / name
+        folder = set_folder(name)
         cache = ROOT / "benchmarks" / ".cache" / f"reduced_precision-{name}.sqlite"
         dd = _Keeping(backbones="efficientnet-lite0", cache=cache, progress=False)
         r = run_bench(folder / "labels.csv", dd, tmp / arm / name, backbones=([CompiledLite0(tag, fn)], ""))

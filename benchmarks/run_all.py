@@ -18,24 +18,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCH, RESULTS, ROOT, machine, replace_readme_block, write  # noqa: E402
-from edits import build_edited_set  # noqa: E402
+from _common import RESULTS, ROOT, machine, replace_readme_block, write  # noqa: E402
+from edits import EDITED_SETS, SHARED_SETS, UPLOAD_SETS, set_folder  # noqa: E402
 
 from dedup.evaluate import run_bench  # noqa: E402
 from dedup.pipeline import Deduplicator  # noqa: E402
 from dedup.report.bench import VIEW_COLUMNS, view_cells  # noqa: E402
 
-SETS = (
-    "products-flipkart",
-    "ukbench-dev",
-    "inshop-women",
-    "robustness",
-    "edited-inshop",
-    "edited-ukbench",
-    "edited-ukbench-x3",
-    "edited-ukbench-x13",
-    "edited-ukbench-r13",
-)
+SETS = (*SHARED_SETS, *EDITED_SETS, *UPLOAD_SETS)
 
 
 def _fmt(x, digits=3):
@@ -47,7 +37,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in SETS:
-            folder = build_edited_set(name) if name.startswith("edited-") else BENCH / name
+            folder = set_folder(name)
             dd = Deduplicator(
                 backbones="efficientnet-lite0", cache=ROOT / "benchmarks" / ".cache" / f"{name}.sqlite", progress=False
             )

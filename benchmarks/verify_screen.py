@@ -44,7 +44,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BENCH, ROOT, machine, write  # noqa: E402
-from edits import build_crowd_set, build_edited_set  # noqa: E402
+from edits import EDITED_SETS, SHARED_SETS, build_crowd_set, set_folder  # noqa: E402
 
 from dedup.calibration import PairModel  # noqa: E402
 from dedup.evaluate import pairwise_scores  # noqa: E402
@@ -58,15 +58,7 @@ from dedup.verify import (  # noqa: E402
     worth_verifying,
 )
 
-SETS = (
-    "products-flipkart",
-    "ukbench-dev",
-    "inshop-women",
-    "robustness",
-    "edited-inshop",
-    "edited-ukbench",
-    "crowd-ukbench",
-)
+SETS = (*SHARED_SETS, *EDITED_SETS, "crowd-ukbench")
 MIN_CONFIDENCE = (0.02, 0.05, 0.1)
 NEAREST = (0, 1, 2, 3, 4)
 MAX_DISTANCE = (-1.0, 0.1, 0.15, 0.2)
@@ -82,10 +74,7 @@ def _decision(conf: np.ndarray, params: GroupingParams) -> np.ndarray:
 
 
 def measure_set(name: str) -> list[dict]:
-    if name == "crowd-ukbench":
-        folder = build_crowd_set()
-    else:
-        folder = build_edited_set(name) if name.startswith("edited-") else BENCH / name
+    folder = build_crowd_set() if name == "crowd-ukbench" else set_folder(name)
     labels = pd.read_csv(folder / "labels.csv", dtype=str, keep_default_na=False)
     labels = labels[~labels.group.str.startswith("_")]
     cache = ROOT / "benchmarks" / ".cache" / f"{name}.sqlite"
