@@ -47,7 +47,7 @@ from dedup.embed import Embedded, _from_cache  # noqa: E402
 from dedup.evaluate import pairwise_scores  # noqa: E402
 from dedup.grouping import GroupingParams, candidate_pairs, fused_parts, fused_vectors, group, score_pairs  # noqa: E402
 from dedup.hashing import hash_pass  # noqa: E402
-from dedup.index import EXACT_KNN_MAX, N_PROBE, WeightedVectors, build_indexes  # noqa: E402
+from dedup.index import EXACT_KNN_MAX, N_PROBE, WeightedVectors, annoy_indexes, neighbour_lists  # noqa: E402
 from dedup.pipeline import DEFAULT_K, Deduplicator, Result, groups_table  # noqa: E402
 from dedup.report import write_report  # noqa: E402
 
@@ -278,8 +278,8 @@ def run(n: int, stats) -> dict:
         emb = {"efficientnet-lite0": data["emb"]}
         make = fused_parts if n > EXACT_KNN_MAX else fused_vectors  # as Deduplicator.fused_space
         fused = make([data["emb"]], data["colours"], params.colour_weight)
-        indexes, ids = build_indexes(emb, DEFAULT_K)
-        fused_ids = build_indexes({"fused": fused}, DEFAULT_K, keep=False)[1][0]
+        indexes, ids = annoy_indexes(emb), neighbour_lists(emb, DEFAULT_K)
+        fused_ids = neighbour_lists({"fused": fused}, DEFAULT_K)[0]
     done(p, rec)
     p, rec = stage("candidates")
     with p:

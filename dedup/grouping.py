@@ -357,13 +357,24 @@ REENCODE_COLOUR_DISTANCE: float = 0.05
 
 def _reencoded(code_a: np.ndarray, code_b: np.ndarray, colour_a: np.ndarray, colour_b: np.ndarray) -> np.ndarray:
     """``(m,)`` bool: pairs within :data:`REENCODE_PHASH_BITS` and
-    :data:`REENCODE_COLOUR_DISTANCE` (rows of pHash codes and colour descriptors)."""
+    :data:`REENCODE_COLOUR_DISTANCE` (rows of pHash codes and colour descriptors;
+    the colour distance only where the bits are near)."""
     x = np.bitwise_xor(np.asarray(code_a, np.uint64), np.asarray(code_b, np.uint64))
     bits = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+    colour = np.full(len(bits), np.inf, np.float32)
     near = bits <= REENCODE_PHASH_BITS
     if near.any():
-        near[near] = colour_distance(colour_a[near], colour_b[near]) <= REENCODE_COLOUR_DISTANCE
-    return near
+        colour[near] = colour_distance(colour_a[near], colour_b[near])
+    return _within_reencode(bits, colour)
+
+
+def _within_reencode(phash_bits: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """``(m,)`` bool: pHash Hamming distances and colour distances of pairs
+    within :data:`REENCODE_PHASH_BITS` and :data:`REENCODE_COLOUR_DISTANCE`
+    (compared in float32, as the Spark engine's window functions compare)."""
+    return (np.asarray(phash_bits) <= REENCODE_PHASH_BITS) & (
+        np.asarray(colour, np.float32) <= np.float32(REENCODE_COLOUR_DISTANCE)
+    )
 
 
 #: Fused-space radius assumed for neighbours a small collection lacks: the
@@ -766,9 +777,7 @@ def content_labels(n: int, pairs: Pairs, hash_pairs: dict[str, np.ndarray]) -> n
     from scipy.sparse.csgraph import connected_components
 
     sha = np.asarray(hash_pairs.get("sha256", np.zeros((0, 2))), np.int64).reshape(-1, 2)
-    near = (np.asarray(pairs.phash_bits) <= REENCODE_PHASH_BITS) & (
-        np.asarray(pairs.colour, np.float32) <= np.float32(REENCODE_COLOUR_DISTANCE)
-    )
+    near = _within_reencode(pairs.phash_bits, pairs.colour)
     edges = np.concatenate([sha, np.asarray(pairs.ij, np.int64)[near]])
     if n == 0 or len(edges) == 0:
         return np.arange(n, dtype=np.int64)

@@ -300,31 +300,6 @@ def neighbour_lists(
     return ids
 
 
-def build_indexes(
-    vectors: dict,
-    k: int,
-    n_trees: int = DEFAULT_N_TREES,
-    search_k_factor: int = SEARCH_K_FACTOR,
-    keep: bool = True,
-    exact_max: int = EXACT_KNN_MAX,
-    progress: bool = False,
-    search=None,
-) -> tuple[dict[str, AnnIndex], list[np.ndarray]]:
-    """:func:`annoy_indexes` (with ``keep``) and :func:`neighbour_lists` of
-    the same matrices.
-
-    Returns:
-        ``(indexes, neighbour_ids)``: name -> :class:`AnnIndex` (none when
-        ``n == 0``, ``n > exact_max`` or not ``keep``) and, per matrix,
-        ``(n, k + 1)`` int64 ids (-1 padded).
-
-    Raises:
-        ValueError: ``keep`` with a :class:`WeightedVectors`.
-    """
-    indexes = annoy_indexes(vectors, n_trees, search_k_factor, exact_max) if keep else {}
-    return indexes, neighbour_lists(vectors, k, exact_max, progress, search)
-
-
 def clustered_knn(
     X,
     k: int,

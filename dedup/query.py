@@ -122,7 +122,7 @@ class Searcher:
         """The Annoy index of one backbone's embeddings.
 
         The run's own (listed in run.json, checked by :func:`check_files`);
-        else, for a run too large to build it (:func:`dedup.index.build_indexes`),
+        else, for a run too large to build it (:func:`dedup.index.annoy_indexes`),
         the one an earlier query built and kept beside it, when its record
         (SHA-256 and run id, written last) says it is whole and of this run;
         else built now from the run's embeddings (on every core; about 12
