@@ -69,6 +69,8 @@ CLASSES_PER_BATCH = 96
 TEMPERATURE = 0.05
 #: Largest weights file part, in bytes (a GPU machine returns files up to 16 MiB).
 PART_BYTES = 12_000_000
+#: ``--min-confidence`` levels measured (in steps of 0.01 at the confident end).
+SWEEP = np.round(np.r_[np.arange(0.5, 0.851, 0.05), np.arange(0.9, 0.991, 0.01)], 2)
 
 
 def prepare() -> None:
@@ -247,7 +249,7 @@ def evaluate() -> None:
             names = ["efficientnet-lite0"] + ([_self_trained(setting)] if setting else [])
             dd = Deduplicator(backbones=",".join(names), cache=OUT / "runs.sqlite", progress=False)
             out = Path(tmp) / (setting or "default")
-            r = run_bench(OUT / "test.csv", dd, out, root=INSHOP)
+            r = run_bench(OUT / "test.csv", dd, out, sweep=SWEEP, root=INSHOP)
             sweep = {round(s["min_confidence"], 2): s for s in r["sweep"]}
             at98 = [s for s in r["sweep"] if s["precision"] >= 0.98]
             best = max(at98, key=lambda s: s["f1"]) if at98 else None
