@@ -417,9 +417,13 @@ def cmd_query(args) -> int:
     csv = Path(args.csv) if args.csv else Path(args.index) / "query.csv"
     atomic_write(csv, lambda p: res.to_csv(p, index=False))
     for query, rows in res.groupby("query", sort=False):
-        print(f"{query}  ({searcher.similarity} similarity, ranked in the {searcher.space} space)")
+        how = f"ranked in the {searcher.space} space"
+        if rows.confidence.notna().any():  # a catalogue file: its own neighbour list comes first
+            how = f"itself, its neighbours by the run's pair confidence, the rest in the {searcher.space} space"
+        print(f"{query}  ({searcher.similarity} similarity, {how})")
         for r in rows.itertuples():
-            print(f"  {r.rank:3d}. {r.distance:.4f}  {r.path}  [{r.group}]")
+            p = f"  p {r.confidence:.3f}" if r.confidence == r.confidence else ""  # NaN: not in its list
+            print(f"  {r.rank:3d}. {r.distance:.4f}  {r.path}  [{r.group}]{p}")
     print(f"{len(args.images) - len(searcher.skipped)} queries in {secs:.2f} s; results: {csv}")
     return 1 if searcher.skipped else 0
 

@@ -194,9 +194,10 @@ class Searcher:
         Returns:
             DataFrame ``query, rank (1..n), path, group, distance,
             embedding_distance, colour_distance, confidence``:
-            ``distance`` is the one the ranking used (:attr:`space`: the
+            ``distance`` is the distance in :attr:`space` (the
             colour-fused cosine distance or the ensemble embedding
-            distance, in [0, 2]); ``embedding_distance`` the ensemble
+            distance, in [0, 2]), which ranks the rows after a catalogue
+            file's own neighbour list (below); ``embedding_distance`` the ensemble
             cosine distance, [0, 2]; ``colour_distance`` the Hellinger
             distance of the colour descriptors, [0, 1] (empty without the
             run's colours); ``confidence`` the run's calibrated P(same
@@ -295,9 +296,10 @@ class Searcher:
         that is catalogue row ``own`` (``cand`` then holds every row) gets
         itself, then the run's neighbour list of it (by pair confidence),
         then the other rows by distance."""
+        d_emb = np.clip(d_emb, 0.0, 2.0)  # float rounding puts an identical image a hair below 0
         if bc is not None:
             w = self.colour_weight
-            d = (1.0 - w) * d_emb + w * (1.0 - bc)
+            d = np.clip((1.0 - w) * d_emb + w * (1.0 - bc), 0.0, 2.0)
             d_col = hellinger(bc)
         else:
             d, d_col = d_emb, np.full(len(cand), np.nan)

@@ -54,9 +54,19 @@ def test_query_cli_prints_and_writes_the_n_nearest(catalogue, tmp_path):
     assert list(res["rank"]) == [1, 2, 3, 4]
     assert res.distance.is_monotonic_increasing
     # the image itself is in the catalogue: distance ~0 at rank 1; then photos of the same shirt
-    assert res.path[0] == q.name and res.distance[0] < 1e-4
+    assert res.path[0] == q.name and 0 <= res.distance[0] < 1e-4
     assert (res.path[1:3].str.contains("rs19stkt")).all()
     assert q.name in proc.stdout
+    # ... listed by the run's pair confidence, which the printout says and shows
+    assert "its neighbours by the run's pair confidence" in proc.stdout
+    assert f"p {res.confidence[1]:.3f}" in proc.stdout
+    # a photo outside the catalogue is ranked by distance alone, without confidences
+    new = tmp_path / "new.jpg"
+    Image.open(q).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(new, quality=90)
+    proc = run_cli("query", str(new), "--index", str(outs["content"]), "-n", "3", "--csv", str(csv))
+    assert proc.returncode == 0, proc.stderr
+    assert "ranked in the fused space" in proc.stdout and " p 0." not in proc.stdout
+    assert pd.read_csv(csv).confidence.isna().all()
 
 
 def test_query_with_an_image_not_in_the_catalogue(catalogue):
