@@ -6,9 +6,12 @@ manifest; ``undo`` reads the manifest and puts every file back. Nothing is
 ever deleted or overwritten: a move whose target exists is refused and
 reported, and undo checks each file's SHA-256 before moving it back.
 
-Which image is kept: a regular file before a symbolic link, then the largest
-resolution (width x height in pixels), then the largest file (bytes), then
-the first path in sort order.
+Which image is kept: a file that lies in the input folder before one
+reached through a symbolic link to a folder outside it, a regular file before
+a symbolic link, then the largest resolution (width x height in pixels), then
+the largest file (bytes), then the first path in sort order. A file reached
+through a link to an outside folder is never moved: it belongs to that
+folder, which the user did not point at.
 """
 
 from __future__ import annotations
@@ -29,6 +32,27 @@ from .hashing import sha256_file
 MANIFEST = "moved-manifest.jsonl"
 
 
+def outside_root(sources: list, root: str | os.PathLike) -> list[bool]:
+    """Which local files really lie outside the input folder ``root``: their
+    folder, with every symbolic link on the way resolved, is not under the
+    resolved ``root``. A symbolic link file inside the folder is inside,
+    whatever it points to; a URL is not local (False). Each distinct folder
+    is resolved once."""
+    root_real = Path(os.path.realpath(root))
+    real: dict[Path, bool] = {}
+    out = []
+    for src in sources:
+        if is_url(src):
+            out.append(False)
+            continue
+        parent = Path(src).parent
+        if parent not in real:
+            folder = Path(os.path.realpath(parent))
+            real[parent] = folder != root_real and root_real not in folder.parents
+        out.append(real[parent])
+    return out
+
+
 def choose_keepers(groups: pd.DataFrame, root: str | os.PathLike, files: list | None = None) -> pd.Series:
     """Which row of each group is kept.
 
@@ -39,22 +63,33 @@ def choose_keepers(groups: pd.DataFrame, root: str | os.PathLike, files: list | 
 
     Returns:
         Boolean Series aligned with ``groups``: True for the one kept image of
-        each group (and for every singleton). A regular file is kept before a
-        symbolic link (moving the file a kept link points to would break it),
-        then the largest resolution, the largest file, the first path.
+        each group (and for every singleton). A file in the input folder is
+        kept before one reached through a symbolic link to a folder outside
+        it (that one is never moved, so the folder keeps its own copy), a
+        regular file before a symbolic link (moving the file a kept link
+        points to would break it), then the largest resolution, the largest
+        file, the first path.
     """
     df = groups.copy()
     sources = row_files(groups.path, root, files)
+    df["_outside"] = outside_root(sources, root)
     df["_link"] = [not is_url(f) and f.is_symlink() for f in sources]
     df["_pixels"] = df.width.astype("int64") * df.height.astype("int64")
     df["_bytes"] = [f.stat().st_size if not is_url(f) and f.exists() else -1 for f in sources]
-    df = df.sort_values(["group", "_link", "_pixels", "_bytes", "path"], ascending=[True, True, False, False, True])
+    df = df.sort_values(
+        ["group", "_outside", "_link", "_pixels", "_bytes", "path"], ascending=[True, True, True, False, False, True]
+    )
     keep = ~df.duplicated("group", keep="first")
     return keep.reindex(groups.index)
 
 
-def _plan_one(src: Path | str, root: Path, dest: Path, dest_dev: int) -> tuple[Path | None, str, int]:
-    """Where ``src`` goes and whether it may: ``(target, problem, bytes to copy)``."""
+#: Why a file reached through a symbolic link to an outside folder is not moved.
+OUTSIDE = "refused: in a folder outside the input folder (reached through a symbolic link)"
+
+
+def _plan_one(src: Path | str, root: Path, dest: Path, dest_dev: int, outside: bool) -> tuple[Path | None, str, int]:
+    """Where ``src`` goes and whether it may: ``(target, problem, bytes to
+    copy)``; ``outside``: it lies in a folder outside ``root`` (:func:`outside_root`)."""
     if is_url(src):
         return None, "refused: a URL, not a local file", 0
     src = Path(src)
@@ -63,6 +98,8 @@ def _plan_one(src: Path | str, root: Path, dest: Path, dest_dev: int) -> tuple[P
     except ValueError:
         return None, "refused: not under the input folder", 0
     target = dest / rel
+    if outside:
+        return target, OUTSIDE, 0
     if not os.path.lexists(src):
         return target, "source missing", 0
     if os.path.lexists(target):
@@ -82,7 +119,9 @@ def plan_moves(
 
     Each non-kept image of a group of 2+ is planned: a symbolic link is moved
     as a link (its target, often the kept image, stays where it is); a target
-    that exists, a missing source or a non-regular file is refused.
+    that exists, a missing source, a non-regular file, or a file reached
+    through a symbolic link to a folder outside ``root`` (:data:`OUTSIDE`) is
+    refused.
 
     Args:
         groups: a run's duplicate groups (``path, group, width, height, sha256``).
@@ -101,11 +140,12 @@ def plan_moves(
     keep = choose_keepers(groups, root, sources)
     kept_of = {g: p for g, p, k in zip(groups.group, groups.path, keep) if k}
     dest_dev = os.stat(dest).st_dev
+    outside = outside_root(sources, root)
     rows = []
-    for (_, r), k, src in zip(groups.iterrows(), keep, sources):
+    for (_, r), k, src, away in zip(groups.iterrows(), keep, sources, outside):
         if k:
             continue
-        target, problem, size = _plan_one(src, root, dest, dest_dev)
+        target, problem, size = _plan_one(src, root, dest, dest_dev, away)
         link = os.readlink(src) if not is_url(src) and os.path.islink(src) else ""
         rows.append(
             {

@@ -55,6 +55,35 @@ def test_move_duplicates_keeps_the_largest_and_undo_restores_everything(tmp_path
     assert checksums(d) == before
 
 
+def test_files_reached_through_a_link_to_another_folder_are_never_moved(tmp_path):
+    d = _catalogue(tmp_path)
+    # another folder the user did not point at, holding byte copies of two
+    # catalogue photos and a photo of its own, linked into the catalogue
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    photos = sorted(p for p in d.iterdir() if p.name.startswith("m-rs19stkt"))[:2]
+    for p in photos:
+        shutil.copy(p, elsewhere / p.name)
+    shutil.copy(bench_set("ukbench-dev") / "images" / "ukbench00000.jpg", elsewhere / "own.jpg")
+    (d / "linked").symlink_to(elsewhere, target_is_directory=True)
+    theirs, before = checksums(elsewhere), checksums(d)
+    quarantine, out = tmp_path / "quarantine", tmp_path / "out"
+    proc = run_cli("run", str(d), "--out", str(out), "--quiet", "--move-duplicates", str(quarantine))
+    assert proc.returncode == 0, proc.stderr
+    moved = pd.read_csv(out / "moved.csv", keep_default_na=False).set_index("path")
+    # the linked folder is read, and its copies are refused, not moved
+    for p in photos:
+        assert moved.status[f"linked/{p.name}"].startswith("refused: in a folder outside the input folder")
+        assert f"linked/{p.name}" not in checksums(quarantine)
+    assert checksums(elsewhere) == theirs
+    # the group keeps a photo of the catalogue itself, and the catalogue's other duplicates still move
+    kept = set(moved.kept[[f"linked/{p.name}" for p in photos]])
+    assert len(kept) == 1 and not kept.pop().startswith("linked/")
+    assert (moved.status[~moved.index.str.startswith("linked/")] == "moved").all()
+    assert run_cli("undo", str(quarantine / "moved-manifest.jsonl")).returncode == 0
+    assert checksums(d) == before and checksums(elsewhere) == theirs
+
+
 def test_move_target_inside_the_input_folder_is_refused(tmp_path):
     d = _catalogue(tmp_path)
     before = checksums(d)
