@@ -332,7 +332,8 @@ def resolve_source(
         image_col: the manifest's column of image paths: absolute, or
             relative to the manifest's folder (to the current folder when
             the manifest itself is remote); ``file://`` URIs are taken as
-            local paths.
+            local paths. A row with no path (empty or missing) is skipped
+            with a logged warning that counts such rows.
 
     Returns:
         ``(root, files)``: the folder paths are reported relative to, and
@@ -366,8 +367,18 @@ def resolve_source(
                 f"manifest {manifest} has no column {image_col!r}; its columns: {', '.join(table.columns)}"
             )
         root = Path(".") if remote else Path(text.removeprefix("file://")).resolve().parent
+        values = table[image_col].astype("string")
+        blank = (values.isna() | (values.str.strip() == "")).to_numpy(bool)
+        if blank.any():
+            log.warning(
+                "manifest %s: %d rows have no image path in column %r (first: row %d of the table); skipped",
+                manifest,
+                int(blank.sum()),
+                image_col,
+                int(blank.argmax()) + 1,
+            )
         files: list[Path | str] = []
-        for value in table[image_col].dropna().astype(str):
+        for value in values[~blank]:
             if is_url(value):
                 files.append(value)
                 continue

@@ -36,6 +36,16 @@ def test_a_manifest_lists_absolute_and_relative_paths(tmp_path, kind):
     assert input_folders(root, files) == sorted({images[1].parent, tmp_path.resolve()})
 
 
+def test_manifest_rows_without_a_path_are_skipped_and_counted(tmp_path, caplog):
+    images = sorted((bench_set("products-flipkart") / "images").iterdir())[:2]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"image,sku\n{images[0]},a\n,b\n   ,c\n{images[1]},d\n")
+    with caplog.at_level("WARNING", logger="dedup.discover"):
+        root, files = resolve_source(None, manifest, "image")
+    assert files == images
+    assert "2 rows have no image path in column 'image' (first: row 2 of the table)" in caplog.text
+
+
 def test_a_manifest_refuses_a_missing_column_and_keeps_urls(tmp_path):
     manifest = tmp_path / "m.csv"
     pd.DataFrame({"url": ["s3://bucket/a.jpg", "https://shop.example/b.jpg", "c.jpg"]}).to_csv(manifest, index=False)
