@@ -284,10 +284,10 @@ def evaluate() -> None:
         best = (
             "-" if w["best_f1_at_precision_0.98"] is None else "{:.3f} ({:.2f})".format(*w["best_f1_at_precision_0.98"])
         )
-        alone = "-" if w["recall_at_1_self_trained_alone"] is None else f"{w['recall_at_1_self_trained_alone']:.3f}"
+        r1 = "-" if w["recall_at_1_self_trained_alone"] is None else f"{w['recall_at_1_self_trained_alone']:.3f}"
         lines.append(
             f"| {w['backbones']} | {w['trained_on'] or '-'} | {w['train_seconds'] or '-'} | "
-            f"{w['recall_at_1_fused']:.3f} | {alone} | {trio(w['at_0.9'])} | {trio(w['at_0.95'])} | {best} | "
+            f"{w['recall_at_1_fused']:.3f} | {r1} | {trio(w['at_0.9'])} | {trio(w['at_0.95'])} | {best} | "
             f"{w['ece']:.3f} |"
         )
     levels = sorted(rows[0]["sweep"])
