@@ -33,7 +33,7 @@ from sklearn.metrics.cluster import contingency_matrix
 
 from .calibration import expected_calibration_error
 from .grouping import STAGES
-from .report import write_bench, write_report
+from .report import claim_output_folder, write_bench, write_report
 
 
 def _comb2(x: np.ndarray) -> float:
@@ -229,9 +229,15 @@ def run_bench(
 
     Returns:
         The dict written to ``bench.json``.
+
+    Raises:
+        FileExistsError: ``out`` holds a file under one of dedup's output
+            names that dedup did not write
+            (:func:`dedup.report.claim_output_folder`; checked first).
     """
     labels_csv = Path(labels_csv)
     labels = read_labels(labels_csv)
+    claim_output_folder(out)  # before any work: a file of the user's under an output name stops the bench
     result = dedup.run(labels_csv.parent if root is None else root, files=list(labels.path), backbones=backbones)
     write_report(result, out)
     out = Path(out)

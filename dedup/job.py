@@ -164,7 +164,9 @@ def run_job(
     Raises:
         NotADirectoryError: ``root`` is not a folder.
         ValueError: an output location inside ``root``, or a bad option.
-        FileExistsError: ``view.link_dir`` exists and is not empty (checked first).
+        FileExistsError: ``view.link_dir`` exists and is not empty, or ``out``
+            holds a file under an output name that dedup did not write
+            (:func:`dedup.report.claim_output_folder`); both checked first.
         dedup.lock.BusyError: another run holds ``out`` (or the cache).
         OSError: the output folder cannot be written.
     """
@@ -181,7 +183,7 @@ def run_job(
         check_outside(folder, **targets)
     if view.link_dir and Path(view.link_dir).is_dir() and any(Path(view.link_dir).iterdir()):
         raise FileExistsError(f"--link-dir {view.link_dir} exists and is not empty; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    report.claim_output_folder(out)  # before any work: a file of the user's under an output name stops the run
     urls = any(is_url(f) for f in files or ())
     with Lock(out / OUT_LOCK, f"output folder {out}"), download_spool() if urls else nullcontext():
         result = dedup.run(root, files=files, backbones=backbones)

@@ -203,6 +203,28 @@ def test_a_second_run_into_the_same_out_fails_at_once(tmp_path):
     assert run_cli("run", str(d), "--out", str(out), "-q").returncode == 0  # free again
 
 
+def test_an_output_folder_holding_someone_elses_groups_csv_is_refused_untouched(tmp_path):
+    d = tmp_path / "pics"
+    _distinct(d, 2)
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "groups.csv").write_text("sku,colour\n1,red\n")  # the user's own table, not a run's
+    (out / "notes.txt").write_text("kept as it is")
+    before = checksums(out)
+    proc = run_cli("run", str(d), "--out", str(out), "-q")
+    assert proc.returncode == 1 and "holds groups.csv, which dedup did not write" in proc.stderr
+    assert checksums(out) == before and not (out / ".dedup-out").exists()
+    labels = d / "labels.csv"
+    pd.DataFrame({"path": sorted(p.name for p in d.iterdir()), "group": ["a", "b"]}).to_csv(labels, index=False)
+    proc = run_cli("bench", str(labels), "--out", str(out), "-q")
+    assert proc.returncode == 1 and "which dedup did not write" in proc.stderr and checksums(out) == before
+    # a folder with other files only is claimed and written; they stay, and later runs may replace its output
+    (out / "groups.csv").unlink()
+    for _ in range(2):
+        assert run_cli("run", str(d), "--out", str(out), "-q").returncode == 0
+    assert (out / "notes.txt").read_text() == "kept as it is" and (out / "run.json").exists()
+
+
 def test_a_read_only_cache_is_one_line_not_a_traceback(tmp_path):
     d = tmp_path / "pics"
     _distinct(d, 2)

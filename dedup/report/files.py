@@ -54,6 +54,74 @@ NEIGHBOURS_NPY = "neighbours.npy"
 NEIGHBOUR_CONFIDENCE_NPY = "neighbour-confidence.npy"
 
 
+#: Written into an output folder before any file of a run, and never removed:
+#: the folder is dedup's, and a later run may replace the files it wrote there.
+OUT_MARKER = ".dedup-out"
+#: The fixed names ``run`` writes into an output folder besides the report
+#: files above (and ``index-<backbone>.ann``, ``embeddings-<backbone>.npy``):
+#: its gallery, pictures and moves, and ``query``'s default answer file.
+RUN_EXTRA_NAMES = ("gallery.html", "map.png", "dendrogram.png", "moved.csv", "query.csv")
+
+
+def claim_output_folder(out: str | os.PathLike) -> Path:
+    """Make ``out`` (created if missing) a dedup output folder, or refuse it.
+
+    A folder holding :data:`OUT_MARKER`, or a ``run.json`` with a ``run_id``
+    (a run of a dedup version from before the marker), is dedup's already.
+    Any other folder is claimed (the marker written) unless it holds a file
+    under one of dedup's output names (the report's, ``bench``'s,
+    :data:`RUN_EXTRA_NAMES`, ``index-*.ann``, ``embeddings-*.npy``, the
+    gallery's further pages ``gallery-*.html``): that
+    file is someone else's, and a run would replace it. Other files in the
+    folder are never touched.
+
+    Returns:
+        ``out`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FileExistsError: naming the first such file (nothing written).
+        OSError: the folder cannot be created or written.
+    """
+    out = Path(out)
+    if (out / OUT_MARKER).exists():
+        return out
+    from .bench import BENCH_JSON, BENCH_MD, SWEEP_PNG  # bench imports this module
+
+    ours = False
+    try:
+        ours = "run_id" in json.loads((out / RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        pass
+    if not ours and out.is_dir():
+        names = {
+            GROUPS_CSV,
+            GROUPS_PARQUET,
+            SKIPPED_CSV,
+            RUN_JSON,
+            REVIEW_CSV,
+            COLOURS_NPY,
+            NEIGHBOURS_NPY,
+            NEIGHBOUR_CONFIDENCE_NPY,
+            BENCH_JSON,
+            BENCH_MD,
+            SWEEP_PNG,
+            *RUN_EXTRA_NAMES,
+        }
+        for f in sorted(out.iterdir()):
+            stem, suffix = os.path.splitext(f.name)
+            patterned = (stem.startswith("index-") and suffix == ".ann") or (
+                stem.startswith(("embeddings-", "gallery")) and suffix in (".npy", ".html")
+            )
+            if f.name in names or patterned:
+                raise FileExistsError(
+                    f"{out} holds {f.name}, which dedup did not write and a run would replace; "
+                    "choose a new or empty output folder"
+                )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OUT_MARKER).touch()
+    return out
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Write a file whole or not at all: ``write(tmp)`` fills a temporary file
     beside ``path`` (named ``.NAME.<pid>.tmp``, so concurrent writers never
@@ -101,10 +169,11 @@ def write_report(result, out: str | os.PathLike) -> Path:
         The output folder.
 
     Raises:
+        FileExistsError: ``out`` holds a file under one of dedup's output
+            names that dedup did not write (:func:`claim_output_folder`).
         OSError: the folder cannot be written.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output_folder(out)
     retract(out)
     written: list[str] = []
 
