@@ -87,11 +87,11 @@ def claim_output_folder(out: str | os.PathLike) -> Path:
         return out
     from .bench import BENCH_JSON, BENCH_MD, SWEEP_PNG  # bench imports this module
 
-    ours = False
     try:
-        ours = "run_id" in json.loads((out / RUN_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        pass
+        record = json.loads((out / RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = None
+    ours = isinstance(record, dict) and "run_id" in record
     if not ours and out.is_dir():
         names = {
             GROUPS_CSV,
@@ -109,8 +109,10 @@ def claim_output_folder(out: str | os.PathLike) -> Path:
         }
         for f in sorted(out.iterdir()):
             stem, suffix = os.path.splitext(f.name)
-            patterned = (stem.startswith("index-") and suffix == ".ann") or (
-                stem.startswith(("embeddings-", "gallery")) and suffix in (".npy", ".html")
+            patterned = (
+                (stem.startswith("index-") and suffix == ".ann")
+                or (stem.startswith("embeddings-") and suffix == ".npy")
+                or (stem.startswith("gallery") and suffix == ".html")
             )
             if f.name in names or patterned:
                 raise FileExistsError(
