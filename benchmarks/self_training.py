@@ -54,7 +54,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import BENCH, machine, write  # noqa: E402  (no dedup import: `train` runs without it)
+from _common import BENCH, _write_whole, machine, write  # noqa: E402  (no dedup import: `train` runs without it)
 
 OUT = HERE / ".cache" / "self_training"
 
@@ -96,7 +96,7 @@ def prepare() -> None:
         "pseudo_pair_precision": round(float((truth[ij[:, 0]] == truth[ij[:, 1]]).mean()), 4),
         "test_photos": len(test),
     }
-    (OUT / "prepared.json").write_text(json.dumps(info, indent=1))
+    _write_whole(OUT / "prepared.json", json.dumps(info, indent=1))
     print(info)
 
 
@@ -183,13 +183,15 @@ def train(setting: str, images: Path) -> None:
         part[k] = v
         size += v.numel() * 4
     parts.append(part)
+    (OUT / f"{setting}.json").unlink(missing_ok=True)  # the record of a finished training, written last
     for old in OUT.glob(f"{setting}.pth.*"):
         old.unlink()
     for i, p in enumerate(parts):
         torch.save(p, OUT / f"{setting}.pth.{i}")
     device = torch.cuda.get_device_name(0) if dev == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    (OUT / f"{setting}.json").write_text(
-        json.dumps({"setting": setting, "device": device, "train_seconds": round(seconds, 1), "epochs": EPOCHS})
+    _write_whole(
+        OUT / f"{setting}.json",
+        json.dumps({"setting": setting, "device": device, "train_seconds": round(seconds, 1), "epochs": EPOCHS}),
     )
 
 

@@ -406,7 +406,7 @@ def cmd_query(args) -> int:
     import time
 
     from .query import Searcher
-    from .report import atomic_write
+    from .report import QUERY_CSV, atomic_write
 
     searcher = Searcher(args.index, args.weights_dir)
     t = time.perf_counter()
@@ -414,7 +414,7 @@ def cmd_query(args) -> int:
     secs = time.perf_counter() - t
     for path, reason in searcher.skipped:
         print(f"skipped query {path}: {reason}", file=sys.stderr)
-    csv = Path(args.csv) if args.csv else Path(args.index) / "query.csv"
+    csv = Path(args.csv) if args.csv else Path(args.index) / QUERY_CSV
     atomic_write(csv, lambda p: res.to_csv(p, index=False))
     for query, rows in res.groupby("query", sort=False):
         how = f"ranked in the {searcher.space} space"

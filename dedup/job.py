@@ -197,7 +197,7 @@ def run_job(
             from .actions import move_duplicates as move
 
             moved = move(duplicates, root, move_duplicates, files=result.files)
-            report.atomic_write(out / "moved.csv", lambda p: moved.to_csv(p, index=False))
+            report.atomic_write(out / report.MOVED_CSV, lambda p: moved.to_csv(p, index=False))
             job.moved = moved
     return job
 
@@ -207,7 +207,7 @@ def _apply_view(result, view: ViewOptions, out: Path) -> None:
     from . import views
     from .decode import capture_times
     from .pipeline import group_counts
-    from .report import plot_dendrogram
+    from .report import DENDROGRAM_PNG, plot_dendrogram
 
     if view.method == "group":
         return
@@ -235,14 +235,14 @@ def _apply_view(result, view: ViewOptions, out: Path) -> None:
     }
     result.meta["counts"].update(group_counts(result.groups))
     if Z is not None:
-        plot_dendrogram(Z, out / "dendrogram.png", cut=1 - view.sim)
+        plot_dendrogram(Z, out / DENDROGRAM_PNG, cut=1 - view.sim)
 
 
 def _write_pictures(job: JobResult, view: ViewOptions, root: Path) -> None:
     """The gallery (thumbnails cached), the t-SNE map and the symlink folders."""
     from .cache import Cache
     from .links import link_clusters
-    from .report import plot_map, write_gallery
+    from .report import GALLERY_HTML, MAP_PNG, plot_map, write_gallery
 
     result = job.result
     if view.gallery:
@@ -252,7 +252,7 @@ def _write_pictures(job: JobResult, view: ViewOptions, root: Path) -> None:
             write_gallery(
                 result.groups,
                 root,
-                job.out / "gallery.html",
+                job.out / GALLERY_HTML,
                 title=f"dedup: {root}",
                 files=result.files,
                 cache=cache,
@@ -262,6 +262,6 @@ def _write_pictures(job: JobResult, view: ViewOptions, root: Path) -> None:
             if cache is not None:
                 cache.close()
     if view.map:
-        plot_map(result.ensemble_embeddings(), result.groups.group.to_numpy(), job.out / "map.png")
+        plot_map(result.ensemble_embeddings(), result.groups.group.to_numpy(), job.out / MAP_PNG)
     if view.link_dir:
         job.links = link_clusters(result.groups, root, view.link_dir, files=result.files)

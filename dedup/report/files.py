@@ -57,10 +57,19 @@ NEIGHBOUR_CONFIDENCE_NPY = "neighbour-confidence.npy"
 #: Written into an output folder before any file of a run, and never removed:
 #: the folder is dedup's, and a later run may replace the files it wrote there.
 OUT_MARKER = ".dedup-out"
+#: The gallery's first page (more pages: ``gallery-<n>.html``), the t-SNE
+#: map, the dendrogram, the moves of ``--move-duplicates``, and ``query``'s
+#: default answer file.
+GALLERY_HTML, MAP_PNG, DENDROGRAM_PNG, MOVED_CSV, QUERY_CSV = (
+    "gallery.html",
+    "map.png",
+    "dendrogram.png",
+    "moved.csv",
+    "query.csv",
+)
 #: The fixed names ``run`` writes into an output folder besides the report
-#: files above (and ``index-<backbone>.ann``, ``embeddings-<backbone>.npy``):
-#: its gallery, pictures and moves, and ``query``'s default answer file.
-RUN_EXTRA_NAMES = ("gallery.html", "map.png", "dendrogram.png", "moved.csv", "query.csv")
+#: files above (and ``index-<backbone>.ann``, ``embeddings-<backbone>.npy``).
+RUN_EXTRA_NAMES = (GALLERY_HTML, MAP_PNG, DENDROGRAM_PNG, MOVED_CSV, QUERY_CSV)
 
 
 def claim_output_folder(out: str | os.PathLike) -> Path:
